@@ -1,0 +1,59 @@
+use super::resize::resize_linear;
+
+/// pytorch-grad-cam's `scale_cam_image` normalisation: `m -= min; m /= (max + 1e-7)`,
+/// so a map that is constant (e.g. all zero after ReLU) becomes all zeros.
+pub fn minmax_in_place(m: &mut [f32]) {
+    if m.is_empty() {
+        return;
+    }
+    let min = m.iter().cloned().fold(f32::INFINITY, f32::min);
+    m.iter_mut().for_each(|v| *v -= min);
+    let max = m.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let d = max + 1e-7;
+    m.iter_mut().for_each(|v| *v /= d);
+}
+
+/// The final map of one sample, exactly as pytorch-grad-cam computes it: ReLU, min-max,
+/// (bi)linear resize to `dst`, clamp at 0, min-max again.
+pub fn heatmap(raw: &[f32], src: &[usize], dst: &[usize]) -> Vec<f32> {
+    let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
+    minmax_in_place(&mut m);
+    let mut out = resize_linear(&m, src, dst);
+    out.iter_mut().for_each(|v| *v = v.max(0.0));
+    minmax_in_place(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_negative_map_is_all_zero() {
+        let out = heatmap(&[-1.0, -2.0, -0.5, -3.0], &[2, 2], &[4, 4]);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn constant_positive_map_is_all_zero() {
+        let out = heatmap(&[2.0; 5], &[5], &[10]);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn single_peak_is_one_and_min_is_zero() {
+        let out = heatmap(&[0.0, 5.0, -3.0], &[3], &[3]);
+        // ReLU -> [0, 5, 0]; min-max -> [0, 1 - tiny, 0]; second min-max keeps it.
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] - 1.0).abs() < 1e-6);
+        assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn minmax_matches_numpy_eps_semantics() {
+        let mut m = vec![1.0f32, 3.0];
+        minmax_in_place(&mut m);
+        assert_eq!(m[0], 0.0);
+        assert_eq!(m[1], 2.0 / (2.0 + 1e-7));
+    }
+}

@@ -1,0 +1,107 @@
+/// Linear (1D) or bilinear (2D) resize with half-pixel centres and edge clamping: OpenCV's
+/// `INTER_LINEAR` and PyTorch's `align_corners=False`, which pytorch-grad-cam's output uses.
+/// Bilinear is separable, so each axis is interpolated in turn.
+pub fn resize_linear(src: &[f32], src_shape: &[usize], dst_shape: &[usize]) -> Vec<f32> {
+    assert_eq!(
+        src_shape.len(),
+        dst_shape.len(),
+        "resize_linear: rank mismatch"
+    );
+    assert_eq!(src.len(), src_shape.iter().product::<usize>());
+    let mut cur = src.to_vec();
+    let mut shape = src_shape.to_vec();
+    for axis in 0..shape.len() {
+        if shape[axis] == dst_shape[axis] {
+            continue;
+        }
+        cur = resize_axis(&cur, &shape, axis, dst_shape[axis]);
+        shape[axis] = dst_shape[axis];
+    }
+    cur
+}
+
+/// Source index and weight of the upper neighbour for each output position.
+fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f64 / n_out as f64;
+    (0..n_out)
+        .map(|i| {
+            let x = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let x0 = (x.floor() as usize).min(n_in - 1);
+            let x1 = (x0 + 1).min(n_in - 1);
+            let w = if x0 == n_in - 1 { 0.0 } else { x - x0 as f64 };
+            (x0, x1, w as f32)
+        })
+        .collect()
+}
+
+fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize) -> Vec<f32> {
+    let n_in = shape[axis];
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let t = taps(n_in, n_out);
+    let mut out = vec![0f32; outer * n_out * inner];
+    for o in 0..outer {
+        let s = &src[o * n_in * inner..(o + 1) * n_in * inner];
+        let d = &mut out[o * n_out * inner..(o + 1) * n_out * inner];
+        for (j, &(x0, x1, w)) in t.iter().enumerate() {
+            let a = &s[x0 * inner..(x0 + 1) * inner];
+            let b = &s[x1 * inner..(x1 + 1) * inner];
+            for (k, dv) in d[j * inner..(j + 1) * inner].iter_mut().enumerate() {
+                *dv = a[k] + (b[k] - a[k]) * w;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_1d_matches_hand_computed_half_pixel_values() {
+        // torch: F.interpolate(torch.tensor([[[0., 1., 3.]]]), size=6, mode='linear',
+        //                      align_corners=False)
+        // -> [0.0, 0.25, 0.75, 1.5, 2.5, 3.0]
+        let out = resize_linear(&[0.0, 1.0, 3.0], &[3], &[6]);
+        let want = [0.0, 0.25, 0.75, 1.5, 2.5, 3.0];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn bilinear_2x2_to_4x4() {
+        // torch: F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4),
+        //                      mode='bilinear', align_corners=False)
+        let out = resize_linear(&[0.0, 1.0, 2.0, 3.0], &[2, 2], &[4, 4]);
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.25, 0.75, 1.0,
+            0.5, 0.75, 1.25, 1.5,
+            1.5, 1.75, 2.25, 2.5,
+            2.0, 2.25, 2.75, 3.0,
+        ];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn non_integer_ratio_and_downscale() {
+        // 3 -> 7: x = (i + 0.5) * 3/7 - 0.5; i = 3 -> x = 1.0 exactly.
+        let out = resize_linear(&[0.0, 10.0, 20.0], &[3], &[7]);
+        assert!((out[3] - 10.0).abs() < 1e-5);
+        assert_eq!(out[0], 0.0);
+        assert_eq!(out[6], 20.0);
+        // 4 -> 2: x = 0.5 and 2.5 -> the means of neighbours.
+        let out = resize_linear(&[0.0, 2.0, 4.0, 6.0], &[4], &[2]);
+        assert_eq!(out, vec![1.0, 5.0]);
+    }
+
+    #[test]
+    fn constant_map_stays_constant() {
+        let out = resize_linear(&[0.7; 6], &[2, 3], &[5, 9]);
+        assert!(out.iter().all(|v| (v - 0.7).abs() < 1e-6));
+    }
+}

@@ -1,0 +1,328 @@
+//! `camstream image` and `camstream signal`: explain files sample by sample, in batches.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+use camstream::cam::{heatmap, CamBatch, GradCam, Targets};
+use camstream::model::{InputKind, ModelRequest, Network};
+use camstream::preprocess::{denormalise, prepare_image, read_image};
+use camstream::render::{overlay_like_show_cam_on_image, JET};
+use camstream::{io, Error};
+
+use super::ExplainArgs;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Image,
+    Signal,
+}
+
+struct Sample {
+    file: usize,
+    data: Vec<f32>,
+    /// (C, spatial...) of this sample.
+    shape: Vec<usize>,
+    view: Option<RgbImage>,
+}
+
+struct InputFile {
+    path: PathBuf,
+    stem: String,
+    count: usize,
+}
+
+/// One sample's explanation.
+struct Explained {
+    class: usize,
+    logit: f32,
+    probability: f32,
+    raw: Vec<f32>,
+    spatial: Vec<usize>,
+}
+
+fn load_inputs(
+    paths: &[PathBuf],
+    net: &Network,
+    kind: Kind,
+) -> Result<(Vec<InputFile>, Vec<Sample>)> {
+    let spatial_rank = match kind {
+        Kind::Image => 2,
+        Kind::Signal => 1,
+    };
+    let mut files = Vec::new();
+    let mut samples = Vec::new();
+    for (fi, path) in paths.iter().enumerate() {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let before = samples.len();
+        if ext == "npy" {
+            let (data, shape) = io::read_npy(path)?;
+            let (n, per) = if shape.len() == spatial_rank + 1 {
+                (1, shape.clone())
+            } else if shape.len() == spatial_rank + 2 {
+                (shape[0], shape[1..].to_vec())
+            } else {
+                let want = if kind == Kind::Image {
+                    "(C,H,W) or (N,C,H,W)"
+                } else {
+                    "(C,L) or (N,C,L)"
+                };
+                return Err(Error::input(
+                    path,
+                    format!("array of shape {shape:?}; expected {want}"),
+                )
+                .into());
+            };
+            if per[0] != net.input.channels {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "{} channels, the model takes {} (shape {shape:?})",
+                        per[0], net.input.channels
+                    ),
+                )
+                .into());
+            }
+            if data.iter().any(|v| !v.is_finite()) {
+                return Err(Error::input(path, "contains NaN or infinite values").into());
+            }
+            let len: usize = per.iter().product();
+            for i in 0..n {
+                let d = data[i * len..(i + 1) * len].to_vec();
+                let view =
+                    (kind == Kind::Image).then(|| denormalise(&d, per[1], per[2], &net.input));
+                samples.push(Sample {
+                    file: fi,
+                    data: d,
+                    shape: per.clone(),
+                    view,
+                });
+            }
+        } else if kind == Kind::Image {
+            let img = read_image(path)?;
+            let p = prepare_image(&img, &net.input);
+            let mut shape = vec![net.input.channels];
+            shape.extend(&net.input.size);
+            samples.push(Sample {
+                file: fi,
+                data: p.chw,
+                shape,
+                view: Some(p.view),
+            });
+        } else {
+            return Err(Error::Unsupported {
+                what: "signal format",
+                name: format!(".{ext}"),
+                supported: vec![".npy (C,L) or (N,C,L) float32".into()],
+            }
+            .into());
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("input{fi}"));
+        files.push(InputFile {
+            path: path.clone(),
+            stem,
+            count: samples.len() - before,
+        });
+    }
+    Ok((files, samples))
+}
+
+/// `--class`: one value for all samples, or exactly one per sample.
+fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Vec<Option<usize>>> {
+    let Some(arg) = arg else {
+        return Ok(vec![None; n]);
+    };
+    let parts: Vec<&str> = arg.split(',').map(str::trim).collect();
+    let classes = parts
+        .iter()
+        .map(|p| net.parse_class(p))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    match classes.len() {
+        1 => Ok(vec![Some(classes[0]); n]),
+        k if k == n => Ok(classes.into_iter().map(Some).collect()),
+        k => Err(Error::ClassCount {
+            classes: k,
+            batch: n,
+        }
+        .into()),
+    }
+}
+
+pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
+    let device = Device::Cpu;
+    let net = Network::load(
+        &ModelRequest {
+            model: &args.model.model,
+            weights: args.model.weights.as_deref(),
+            target: args.layer.as_deref(),
+            labels_file: args.model.labels.as_deref(),
+        },
+        &device,
+    )?;
+    match (kind, net.input.kind) {
+        (Kind::Image, InputKind::Signal) => bail!(
+            "model {} takes 1D signals: use `camstream signal`",
+            args.model.model
+        ),
+        (Kind::Signal, InputKind::Image) => bail!(
+            "model {} takes pictures: use `camstream image`",
+            args.model.model
+        ),
+        _ => {}
+    }
+    let layer = args
+        .layer
+        .clone()
+        .unwrap_or_else(|| net.default_layer.clone());
+    let cam = GradCam::new(&net, &layer)?;
+    if !(0.0..=1.0).contains(&args.alpha) {
+        bail!("--alpha must be within 0..1, got {}", args.alpha);
+    }
+
+    let (files, samples) = load_inputs(&args.inputs, &net, kind)?;
+    let targets = parse_targets(args.class.as_deref(), &net, samples.len())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    let explained = explain_all(
+        &cam,
+        &samples,
+        &targets,
+        args.batch as usize,
+        &device,
+        &files,
+    )?;
+
+    let mut start = 0;
+    for file in &files {
+        let idx: Vec<usize> = (start..start + file.count).collect();
+        start += file.count;
+        write_outputs(args, kind, &net, &layer, file, &idx, &samples, &explained)?;
+    }
+    Ok(())
+}
+
+/// Runs Grad-CAM over consecutive samples of equal shape, `batch` at a time.
+fn explain_all(
+    cam: &GradCam,
+    samples: &[Sample],
+    targets: &[Option<usize>],
+    batch: usize,
+    device: &Device,
+    files: &[InputFile],
+) -> Result<Vec<Explained>> {
+    let mut out = Vec::with_capacity(samples.len());
+    let mut i = 0;
+    while i < samples.len() {
+        let mut j = i + 1;
+        while j < samples.len() && j - i < batch && samples[j].shape == samples[i].shape {
+            j += 1;
+        }
+        let chunk = &samples[i..j];
+        let mut shape = vec![chunk.len()];
+        shape.extend(&chunk[0].shape);
+        let data: Vec<f32> = chunk.iter().flat_map(|s| s.data.iter().copied()).collect();
+        let x = Tensor::from_vec(data, shape.clone(), device)?;
+        let t = &targets[i..j];
+        let tg = if t.iter().all(Option::is_none) {
+            Targets::TopOne
+        } else {
+            Targets::PerSample(t.iter().map(|c| c.unwrap_or(0)).collect())
+        };
+        let b: CamBatch = cam.run(&x, &tg).map_err(|e| match e {
+            Error::Candle(c) => anyhow::anyhow!(
+                "{}: input of shape {:?} does not fit the model: {c}",
+                files[chunk[0].file].path.display(),
+                &shape[1..]
+            ),
+            other => other.into(),
+        })?;
+        for k in 0..b.len() {
+            out.push(Explained {
+                class: b.classes[k],
+                logit: b.logit(k),
+                probability: b.probability(k),
+                raw: b.raw_map(k).to_vec(),
+                spatial: b.spatial.clone(),
+            });
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    args: &ExplainArgs,
+    kind: Kind,
+    net: &Network,
+    layer: &str,
+    file: &InputFile,
+    idx: &[usize],
+    samples: &[Sample],
+    explained: &[Explained],
+) -> Result<()> {
+    let out = &args.out;
+    let many = idx.len() > 1;
+    let mut heatmaps = Vec::new();
+    for (k, &s) in idx.iter().enumerate() {
+        let e = &explained[s];
+        let input_size = &samples[s].shape[1..];
+        if args.cam_npy {
+            heatmaps.extend(heatmap(&e.raw, &e.spatial, input_size));
+        }
+        if let (Kind::Image, Some(view)) = (kind, &samples[s].view) {
+            let (w, h) = (view.width() as usize, view.height() as usize);
+            let mask = heatmap(&e.raw, &e.spatial, &[h, w]);
+            let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
+            let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
+            let name = if many {
+                format!("{}.{k}.png", file.stem)
+            } else {
+                format!("{}.png", file.stem)
+            };
+            io::write_png(&out.join(name), &img)?;
+        }
+        if args.json {
+            let line = serde_json::json!({
+                "input": file.path.display().to_string(),
+                "index": k,
+                "class": e.class,
+                "label": net.label(e.class),
+                "logit": e.logit,
+                "probability": e.probability,
+                "layer": layer,
+            });
+            // A closed pipe (`| head`) is an error to report, not a panic.
+            writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")?;
+        }
+    }
+    if args.cam_npy {
+        let first = &explained[idx[0]];
+        let mut raw_shape = vec![idx.len()];
+        raw_shape.extend(&first.spatial);
+        let raw: Vec<f32> = idx
+            .iter()
+            .flat_map(|&s| explained[s].raw.iter().copied())
+            .collect();
+        io::write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
+        let mut hm_shape = vec![idx.len()];
+        hm_shape.extend(&samples[idx[0]].shape[1..]);
+        io::write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
+    }
+    Ok(())
+}
+
+fn npy_path(out: &Path, stem: &str, what: &str) -> PathBuf {
+    out.join(format!("{stem}.{what}.npy"))
+}

@@ -1,0 +1,13 @@
+//! camstream: Grad-CAM for CNNs over pictures, video and 1D signals, on candle.
+//!
+//! Data flows one way: `preprocess` → `model` (cut at the target layer) → `cam` →
+//! `render` → `io`.
+
+pub mod cam;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod preprocess;
+pub mod render;
+
+pub use error::{Error, Result};

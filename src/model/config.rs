@@ -1,0 +1,278 @@
+//! Model configs in TOML: the `[model]`, `[input]` and `[[layer]]` contract that other
+//! tools write, so any plain PyTorch CNN can be described without code.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::{resnet, sequential, Network, Weights};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    Image,
+    Signal,
+}
+
+/// How a decoded picture is brought to the model's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// Straight to the model size, aspect ratio not kept.
+    Stretch,
+    /// Shorter side to this many pixels, then a centre crop (torchvision's eval transform).
+    ShorterSideCrop(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    pub kind: InputKind,
+    pub channels: usize,
+    /// [H, W] for images, [L] for signals.
+    pub size: Vec<usize>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Decoded values are divided by this first (255 for 8-bit pictures).
+    pub scale: f32,
+    pub resize: Resize,
+}
+
+impl InputSpec {
+    pub fn imagenet() -> Self {
+        Self {
+            kind: InputKind::Image,
+            channels: 3,
+            size: vec![224, 224],
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+            scale: 255.0,
+            resize: Resize::ShorterSideCrop(256),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelSection {
+    pub arch: String,
+    pub labels: Option<Vec<String>>,
+    pub labels_file: Option<PathBuf>,
+    pub target_layer: Option<String>,
+    pub weights: Option<PathBuf>,
+    /// `arch = "resnet"`: "basic" or "bottleneck".
+    pub block: Option<String>,
+    /// `arch = "resnet"`: blocks per stage, e.g. [2, 2, 2, 2].
+    pub blocks: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputSection {
+    pub kind: String,
+    pub channels: usize,
+    pub size: Vec<usize>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+    pub scale: Option<f32>,
+    /// "stretch" (default) or "shorter_side" (then `resize_to`, and a centre crop).
+    pub resize: Option<String>,
+    pub resize_to: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct LayerSpec {
+    pub name: String,
+    pub op: String,
+    pub stride: Option<usize>,
+    pub padding: Option<usize>,
+    pub dilation: Option<usize>,
+    pub groups: Option<usize>,
+    pub bias: Option<bool>,
+    pub eps: Option<f64>,
+    pub kernel: Option<usize>,
+    pub slope: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelFile {
+    pub model: ModelSection,
+    pub input: Option<InputSection>,
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerSpec>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+pub const ARCHS: &[&str] = &["sequential", "resnet"];
+
+pub fn read_labels(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let labels: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if labels.is_empty() {
+        return Err(Error::input(path, "labels file is empty"));
+    }
+    Ok(labels)
+}
+
+impl ModelFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut cfg: ModelFile = toml::from_str(&text).map_err(|e| {
+            // toml's message spans lines; keep the first for a one-line error.
+            let msg = e.to_string();
+            Error::config(
+                path,
+                msg.lines().next().unwrap_or("invalid TOML").to_string(),
+            )
+        })?;
+        cfg.path = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Paths in a config are relative to the config's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    pub fn input_spec(&self) -> Result<InputSpec> {
+        let Some(inp) = &self.input else {
+            if self.model.arch == "resnet" {
+                return Ok(InputSpec::imagenet());
+            }
+            return Err(Error::config(&self.path, "missing [input] section"));
+        };
+        let kind = match inp.kind.as_str() {
+            "image" => InputKind::Image,
+            "signal" => InputKind::Signal,
+            other => {
+                return Err(Error::Unsupported {
+                    what: "input kind",
+                    name: other.into(),
+                    supported: vec!["image".into(), "signal".into()],
+                })
+            }
+        };
+        let want = if kind == InputKind::Image { 2 } else { 1 };
+        if inp.size.len() != want || inp.size.contains(&0) {
+            return Err(Error::config(
+                &self.path,
+                format!(
+                    "[input] size must be {} positive numbers for kind = \"{}\"",
+                    want, inp.kind
+                ),
+            ));
+        }
+        let per_channel = |v: &Option<Vec<f32>>, default: f32, what: &str| -> Result<Vec<f32>> {
+            match v {
+                None => Ok(vec![default; inp.channels]),
+                Some(v) if v.len() == 1 => Ok(vec![v[0]; inp.channels]),
+                Some(v) if v.len() == inp.channels => Ok(v.clone()),
+                Some(v) => Err(Error::config(
+                    &self.path,
+                    format!(
+                        "[input] {what} has {} values for {} channels",
+                        v.len(),
+                        inp.channels
+                    ),
+                )),
+            }
+        };
+        let std = per_channel(&inp.std, 1.0, "std")?;
+        if std.contains(&0.0) {
+            return Err(Error::config(&self.path, "[input] std must not be 0"));
+        }
+        let resize = match inp.resize.as_deref() {
+            None | Some("stretch") => Resize::Stretch,
+            Some("shorter_side") => Resize::ShorterSideCrop(
+                inp.resize_to
+                    .unwrap_or_else(|| inp.size.iter().copied().min().unwrap_or(0)),
+            ),
+            Some(other) => {
+                return Err(Error::Unsupported {
+                    what: "resize mode",
+                    name: other.into(),
+                    supported: vec!["stretch".into(), "shorter_side".into()],
+                })
+            }
+        };
+        Ok(InputSpec {
+            kind,
+            channels: inp.channels,
+            size: inp.size.clone(),
+            mean: per_channel(&inp.mean, 0.0, "mean")?,
+            std,
+            scale: inp.scale.unwrap_or(1.0),
+            resize,
+        })
+    }
+
+    pub fn labels(&self) -> Result<Option<Vec<String>>> {
+        match (&self.model.labels, &self.model.labels_file) {
+            (Some(l), _) => Ok(Some(l.clone())),
+            (None, Some(f)) => Ok(Some(read_labels(&self.resolve(f))?)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Builds the network; `keep` is a layer whose own output must survive BN folding.
+    pub fn build(&self, w: &Weights, keep: Option<&str>, device: &Device) -> Result<Network> {
+        let input = self.input_spec()?;
+        let name = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let mut net = match self.model.arch.as_str() {
+            "sequential" => {
+                if self.layers.is_empty() {
+                    return Err(Error::config(
+                        &self.path,
+                        "arch = \"sequential\" needs [[layer]] entries",
+                    ));
+                }
+                sequential::build(&name, &self.layers, input, w, keep, device, &self.path)?
+            }
+            "resnet" => {
+                let block = match self.model.block.as_deref().unwrap_or("basic") {
+                    "basic" => resnet::Block::Basic,
+                    "bottleneck" => resnet::Block::Bottleneck,
+                    other => {
+                        return Err(Error::Unsupported {
+                            what: "resnet block",
+                            name: other.into(),
+                            supported: vec!["basic".into(), "bottleneck".into()],
+                        })
+                    }
+                };
+                let blocks = self.model.blocks.clone().ok_or_else(|| {
+                    Error::config(
+                        &self.path,
+                        "arch = \"resnet\" needs `blocks = [..]` (blocks per stage)",
+                    )
+                })?;
+                resnet::build(&name, block, &blocks, input, w, device)?
+            }
+            other => {
+                return Err(Error::Unsupported {
+                    what: "arch",
+                    name: other.into(),
+                    supported: ARCHS.iter().map(|s| s.to_string()).collect(),
+                })
+            }
+        };
+        if let Some(t) = &self.model.target_layer {
+            // Validate now so a typo in the config fails at load, not mid-run.
+            net.resolve_layer(t)?;
+            net.default_layer = t.clone();
+        }
+        net.labels = self.labels()?;
+        Ok(net)
+    }
+}

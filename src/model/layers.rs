@@ -1,0 +1,347 @@
+//! The building blocks of the networks, in eval mode, for 1D (N,C,L) and 2D (N,C,H,W)
+//! activations. BatchNorm is folded into the preceding convolution at load time.
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::weights::Weights;
+
+/// Spatial rank of a layer: 1 for signals, 2 for images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dims {
+    One,
+    Two,
+}
+
+impl Dims {
+    pub fn rank(self) -> usize {
+        match self {
+            Dims::One => 1,
+            Dims::Two => 2,
+        }
+    }
+}
+
+/// Per-channel `y = x * scale + shift` view of an eval-mode BatchNorm.
+#[derive(Clone, Debug)]
+pub struct ChannelAffine {
+    pub scale: Tensor,
+    pub shift: Tensor,
+}
+
+impl ChannelAffine {
+    /// Reads `{prefix}.weight/bias/running_mean/running_var` for `channels` channels.
+    pub fn load_bn(w: &Weights, prefix: &str, channels: usize, eps: f64) -> Result<Self> {
+        let s = [Some(channels)];
+        let gamma = w.get(&format!("{prefix}.weight"), &s)?;
+        let beta = w.get(&format!("{prefix}.bias"), &s)?;
+        let mean = w.get(&format!("{prefix}.running_mean"), &s)?;
+        let var = w.get(&format!("{prefix}.running_var"), &s)?;
+        let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
+        let shift = (beta - mean.mul(&scale)?)?;
+        Ok(Self { scale, shift })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.scale.dims1().unwrap_or(0)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let shape = channel_shape(x.rank(), self.channels());
+        x.broadcast_mul(&self.scale.reshape(shape.clone())?)?
+            .broadcast_add(&self.shift.reshape(shape)?)
+    }
+}
+
+fn channel_shape(rank: usize, c: usize) -> Vec<usize> {
+    let mut s = vec![1; rank];
+    s[1] = c;
+    s
+}
+
+#[derive(Clone, Debug)]
+pub struct Conv {
+    pub dims: Dims,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Conv {
+    /// Loads `{prefix}.weight` (and `.bias` if `bias`), checking the input channels and,
+    /// when known, the output channels and kernel size.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        dims: Dims,
+        in_channels: usize,
+        out_channels: Option<usize>,
+        kernel: Option<usize>,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        if groups == 0 || !in_channels.is_multiple_of(groups) {
+            return Err(Error::Weights {
+                file: w.file().to_path_buf(),
+                msg: format!(
+                    "{prefix}: groups={groups} does not divide {in_channels} input channels"
+                ),
+            });
+        }
+        let mut spec = vec![out_channels, Some(in_channels / groups)];
+        spec.extend(std::iter::repeat_n(kernel, dims.rank()));
+        let weight = w.get(&format!("{prefix}.weight"), &spec)?;
+        let out = weight.dim(0)?;
+        let bias = if bias {
+            Some(w.get(&format!("{prefix}.bias"), &[Some(out)])?)
+        } else {
+            w.get_opt(&format!("{prefix}.bias"), &[Some(out)])?
+        };
+        Ok(Self {
+            dims,
+            weight,
+            bias,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups,
+        })
+    }
+
+    pub fn with(mut self, stride: usize, padding: usize, dilation: usize) -> Self {
+        self.stride = stride;
+        self.padding = padding;
+        self.dilation = dilation;
+        self
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Folds an eval-mode BatchNorm that follows this convolution into its weights.
+    pub fn fold(&mut self, bn: &ChannelAffine) -> Result<()> {
+        let c = self.out_channels();
+        let mut wshape = vec![c];
+        wshape.extend(std::iter::repeat_n(1, self.weight.rank() - 1));
+        self.weight = self.weight.broadcast_mul(&bn.scale.reshape(wshape)?)?;
+        self.bias = Some(match &self.bias {
+            Some(b) => (b.mul(&bn.scale)? + &bn.shift)?,
+            None => bn.shift.clone(),
+        });
+        Ok(())
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match self.dims {
+            Dims::One => x.conv1d(
+                &self.weight,
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+            )?,
+            Dims::Two => x.conv2d(
+                &self.weight,
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+            )?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape(channel_shape(y.rank(), b.dims1()?))?),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, prefix: &str, in_features: usize, bias: bool) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[None, Some(in_features)])?;
+        let out = weight.dim(0)?;
+        let bias = if bias {
+            Some(w.get(&format!("{prefix}.bias"), &[Some(out)])?)
+        } else {
+            w.get_opt(&format!("{prefix}.bias"), &[Some(out)])?
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub kind: PoolKind,
+    pub dims: Dims,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Pads the last `rank` dims of `x` with a constant on both sides.
+fn pad_const(x: &Tensor, rank: usize, pad: usize, value: f32) -> candle_core::Result<Tensor> {
+    let mut x = x.clone();
+    for d in (x.rank() - rank)..x.rank() {
+        let mut shape = x.dims().to_vec();
+        shape[d] = pad;
+        let side = Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?;
+        x = Tensor::cat(&[&side, &x, &side], d)?;
+    }
+    Ok(x)
+}
+
+/// Non-overlapping max pooling whose gradient goes to the *first* maximum of each
+/// window, as PyTorch's does. candle's own max-pool backward splits it among ties, and
+/// ties are everywhere after a ReLU (all-zero windows), which skews Grad-CAM below a pool.
+/// Windows are laid out on the last axis, then `argmax` + `gather` (backward: scatter).
+fn max_pool_first_argmax(x: &Tensor, dims: Dims, k: usize) -> candle_core::Result<Tensor> {
+    let windows = match dims {
+        Dims::One => {
+            let (n, c, l) = x.dims3()?;
+            let lo = l / k;
+            x.narrow(2, 0, lo * k)?.reshape((n, c, lo, k))?
+        }
+        Dims::Two => {
+            let (n, c, h, w) = x.dims4()?;
+            let (ho, wo) = (h / k, w / k);
+            x.narrow(2, 0, ho * k)?
+                .narrow(3, 0, wo * k)?
+                .reshape((n, c, ho, k, wo, k))?
+                .permute((0, 1, 2, 4, 3, 5))?
+                .contiguous()?
+                .reshape((n, c, ho, wo, k * k))?
+        }
+    };
+    let idx = windows.detach().argmax_keepdim(D::Minus1)?;
+    windows.gather(&idx, D::Minus1)?.squeeze(D::Minus1)
+}
+
+impl Pool {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if self.padding > 0 {
+            // torch pads max-pool with -inf and average-pool with zeros (count_include_pad).
+            let v = match self.kind {
+                PoolKind::Max => f32::NEG_INFINITY,
+                PoolKind::Avg => 0.0,
+            };
+            pad_const(x, self.dims.rank(), self.padding, v)?
+        } else {
+            x.clone()
+        };
+        if self.kind == PoolKind::Max && self.kernel == self.stride {
+            return max_pool_first_argmax(&x, self.dims, self.kernel);
+        }
+        // 1D pooling runs as 2D pooling over a (1, L) image.
+        let (x4, k, s) = match self.dims {
+            Dims::One => (x.unsqueeze(2)?, (1, self.kernel), (1, self.stride)),
+            Dims::Two => (x, (self.kernel, self.kernel), (self.stride, self.stride)),
+        };
+        let y = match self.kind {
+            PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
+            PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
+        };
+        match self.dims {
+            Dims::One => y.squeeze(2),
+            Dims::Two => Ok(y),
+        }
+    }
+}
+
+/// One step of a network. Residual blocks are single ops so a block's output (what
+/// PyTorch hooks on `layer4[-1]` see) is a place the network can be cut.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Conv(Conv),
+    Affine(ChannelAffine),
+    Relu,
+    Relu6,
+    LeakyRelu(f64),
+    Sigmoid,
+    Pool(Pool),
+    GlobalAvgPool,
+    Flatten,
+    Linear(Linear),
+    Identity,
+    Residual(Box<ResidualBlock>),
+}
+
+impl Op {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Op::Conv(c) => c.forward(x),
+            Op::Affine(a) => a.forward(x),
+            Op::Relu => x.relu(),
+            Op::Relu6 => x.clamp(0f32, 6f32),
+            Op::LeakyRelu(slope) => {
+                let neg = (x.minimum(0f32)? * *slope)?;
+                x.relu()? + neg
+            }
+            Op::Sigmoid => candle_nn::ops::sigmoid(x),
+            Op::Pool(p) => p.forward(x),
+            Op::GlobalAvgPool => {
+                if x.rank() <= 2 {
+                    Ok(x.clone())
+                } else {
+                    x.flatten_from(2)?.mean(D::Minus1)
+                }
+            }
+            Op::Flatten => x.flatten_from(1),
+            Op::Linear(l) => l.forward(x),
+            Op::Identity => Ok(x.clone()),
+            Op::Residual(b) => b.forward(x),
+        }
+    }
+}
+
+/// torchvision's BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3, 1x1), BN folded.
+#[derive(Clone, Debug)]
+pub struct ResidualBlock {
+    pub convs: Vec<Conv>,
+    pub downsample: Option<Conv>,
+}
+
+impl ResidualBlock {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, c) in self.convs.iter().enumerate() {
+            y = c.forward(&y)?;
+            if i < last {
+                y = y.relu()?;
+            }
+        }
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+}

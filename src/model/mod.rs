@@ -1,0 +1,227 @@
+//! Networks as a flat list of named units, so Grad-CAM can cut anywhere: run the units up
+//! to the target layer without gradients, then the rest from a leaf variable.
+
+pub mod config;
+pub mod layers;
+pub mod resnet;
+pub mod sequential;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+pub use config::{InputKind, InputSpec, Resize};
+use layers::Op;
+pub use weights::Weights;
+
+/// Names accepted by `--model` besides a config path.
+pub const BUILTIN: &[&str] = &["resnet18", "resnet34", "resnet50"];
+
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub name: String,
+    pub op: Op,
+    /// Set when this unit's op was folded into a neighbour (conv + BN): its own output no
+    /// longer exists, so it cannot be a target.
+    pub fused_into: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub name: String,
+    pub units: Vec<Unit>,
+    pub input: InputSpec,
+    pub labels: Option<Vec<String>>,
+    pub num_classes: usize,
+    pub default_layer: String,
+    pub device: Device,
+}
+
+/// How a model is named on the command line.
+pub struct ModelRequest<'a> {
+    /// A built-in architecture name or a TOML config path.
+    pub model: &'a str,
+    /// Weights file; a config may name its own.
+    pub weights: Option<&'a Path>,
+    /// The layer the caller will target, so that BN folding keeps its output intact.
+    pub target: Option<&'a str>,
+    pub labels_file: Option<&'a Path>,
+}
+
+impl Network {
+    pub fn load(req: &ModelRequest, device: &Device) -> Result<Self> {
+        let mut net = if BUILTIN.contains(&req.model) {
+            let Some(wpath) = req.weights else {
+                return Err(Error::input(
+                    req.model,
+                    "built-in architectures need --weights <FILE> (torchvision state_dict as .safetensors or .pth)",
+                ));
+            };
+            let w = Weights::load(wpath, device)?;
+            resnet::build_builtin(req.model, &w, device)?
+        } else if req.model.ends_with(".toml") {
+            let path = Path::new(req.model);
+            let cfg = config::ModelFile::read(path)?;
+            let wpath: PathBuf =
+                match (req.weights, &cfg.model.weights) {
+                    (Some(p), _) => p.to_path_buf(),
+                    (None, Some(p)) => cfg.resolve(p),
+                    (None, None) => return Err(Error::config(
+                        path,
+                        "no weights: pass --weights <FILE> or set `weights = \"file\"` in [model]",
+                    )),
+                };
+            let w = Weights::load(&wpath, device)?;
+            cfg.build(&w, req.target, device)?
+        } else {
+            let mut supported: Vec<String> = BUILTIN.iter().map(|s| s.to_string()).collect();
+            supported.push("<config>.toml".into());
+            return Err(Error::Unsupported {
+                what: "model",
+                name: req.model.to_string(),
+                supported,
+            });
+        };
+        if let Some(lf) = req.labels_file {
+            net.labels = Some(config::read_labels(lf)?);
+        }
+        if let Some(l) = &net.labels {
+            if l.len() != net.num_classes {
+                return Err(Error::input(
+                    req.labels_file
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| req.model.into()),
+                    format!(
+                        "{} labels for a model with {} classes",
+                        l.len(),
+                        net.num_classes
+                    ),
+                ));
+            }
+        }
+        Ok(net)
+    }
+
+    /// Index of the first unit that no longer has spatial dims (pooling or flatten).
+    fn spatial_end(&self) -> usize {
+        self.units
+            .iter()
+            .position(|u| matches!(u.op, Op::GlobalAvgPool | Op::Flatten | Op::Linear(_)))
+            .unwrap_or(self.units.len())
+    }
+
+    /// Every name `--layer` accepts, in network order.
+    pub fn target_names(&self) -> Vec<String> {
+        let end = self.spatial_end();
+        let mut names: Vec<String> = Vec::new();
+        for (i, u) in self.units[..end].iter().enumerate() {
+            if u.fused_into.is_none() {
+                names.push(u.name.clone());
+            }
+            // A dotted name's parent (`features.6` for `features.6.relu`, `layer4` for
+            // `layer4.1`) names the whole block's output, as a PyTorch module hook would.
+            if let Some((parent, _)) = u.name.rsplit_once('.') {
+                let next_same = self.units[..end]
+                    .get(i + 1)
+                    .is_some_and(|n| n.name.starts_with(&format!("{parent}.")));
+                if !next_same && !names.iter().any(|n| n == parent) {
+                    names.push(parent.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    /// The unit whose output a layer name means.
+    pub fn resolve_layer(&self, name: &str) -> Result<usize> {
+        let end = self.spatial_end();
+        let found = self.units.iter().position(|u| u.name == name).or_else(|| {
+            let prefix = format!("{name}.");
+            self.units.iter().rposition(|u| u.name.starts_with(&prefix))
+        });
+        let Some(idx) = found else {
+            return Err(Error::UnknownLayer {
+                name: name.to_string(),
+                valid: self.target_names(),
+            });
+        };
+        if idx >= end {
+            return Err(Error::BadTarget {
+                name: name.to_string(),
+                why: "its output has no spatial dimensions (it comes after global pooling)".into(),
+            });
+        }
+        if let Some(into) = &self.units[idx].fused_into {
+            return Err(Error::BadTarget {
+                name: name.to_string(),
+                why: format!("it was folded into `{into}` at load; target `{into}`"),
+            });
+        }
+        Ok(idx)
+    }
+
+    /// Runs units `from..to` (exclusive end).
+    pub fn forward_range(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        let mut x = x.clone();
+        for u in &self.units[from..to] {
+            x = u.op.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Logits (N, classes).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_range(x, 0, self.units.len())
+    }
+
+    pub fn label(&self, class: usize) -> String {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.get(class).cloned())
+            .unwrap_or_else(|| format!("class {class}"))
+    }
+
+    /// Output shape (per sample, batch dim included as 1) of every unit, from a dry run.
+    pub fn unit_shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let mut shape = vec![1, self.input.channels];
+        shape.extend(&self.input.size);
+        let mut x = Tensor::zeros(shape, candle_core::DType::F32, &self.device)?;
+        let mut out = Vec::with_capacity(self.units.len());
+        for u in &self.units {
+            x = u.op.forward(&x)?;
+            out.push(x.dims().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Turns `--class` values (indices or labels) into class indices.
+    pub fn parse_class(&self, s: &str) -> Result<usize> {
+        if let Ok(i) = s.parse::<usize>() {
+            if i >= self.num_classes {
+                return Err(Error::ClassOutOfRange {
+                    class: i,
+                    num_classes: self.num_classes,
+                });
+            }
+            return Ok(i);
+        }
+        match &self.labels {
+            Some(l) => l
+                .iter()
+                .position(|x| x == s)
+                .ok_or_else(|| Error::UnknownLabel {
+                    label: s.to_string(),
+                    labels: l.clone(),
+                }),
+            None => Err(Error::UnknownLabel {
+                label: s.to_string(),
+                labels: vec![format!(
+                    "(the model has no labels; use an index 0..{})",
+                    self.num_classes
+                )],
+            }),
+        }
+    }
+}

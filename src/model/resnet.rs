@@ -1,0 +1,209 @@
+//! torchvision ResNets (v1.5: the stride sits on the 3x3 conv of a bottleneck) with their
+//! state_dict names. Widths are read from the weights, so narrow variants load too.
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+use crate::model::config::InputSpec;
+use crate::model::layers::{ChannelAffine, Conv, Dims, Linear, Op, Pool, PoolKind, ResidualBlock};
+use crate::model::{Network, Unit, Weights};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    Basic,
+    Bottleneck,
+}
+
+pub fn build_builtin(arch: &str, w: &Weights, device: &Device) -> Result<Network> {
+    let (block, blocks): (Block, &[usize]) = match arch {
+        "resnet18" => (Block::Basic, &[2, 2, 2, 2]),
+        "resnet34" => (Block::Basic, &[3, 4, 6, 3]),
+        "resnet50" => (Block::Bottleneck, &[3, 4, 6, 3]),
+        other => {
+            return Err(Error::Unsupported {
+                what: "architecture",
+                name: other.into(),
+                supported: super::BUILTIN.iter().map(|s| s.to_string()).collect(),
+            })
+        }
+    };
+    build(arch, block, blocks, InputSpec::imagenet(), w, device)
+}
+
+/// A conv followed by its BatchNorm, folded.
+fn conv_bn(
+    w: &Weights,
+    conv: &str,
+    bn: &str,
+    in_ch: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<Conv> {
+    let mut c = Conv::load(w, conv, Dims::Two, in_ch, None, Some(kernel), 1, false)?.with(
+        stride,
+        kernel / 2,
+        1,
+    );
+    let norm = ChannelAffine::load_bn(w, bn, c.out_channels(), 1e-5)?;
+    c.fold(&norm)?;
+    Ok(c)
+}
+
+pub fn build(
+    name: &str,
+    block: Block,
+    blocks: &[usize],
+    input: InputSpec,
+    w: &Weights,
+    device: &Device,
+) -> Result<Network> {
+    let stem = {
+        let c = Conv::load(w, "conv1", Dims::Two, input.channels, None, None, 1, false)?;
+        let k = c.weight.dims()[2];
+        let mut c = c.with(2, k / 2, 1);
+        c.fold(&ChannelAffine::load_bn(w, "bn1", c.out_channels(), 1e-5)?)?;
+        c
+    };
+    let mut channels = stem.out_channels();
+    let mut units = vec![
+        Unit {
+            name: "conv1".into(),
+            op: Op::Conv(stem),
+            fused_into: Some("bn1".into()),
+        },
+        Unit {
+            name: "bn1".into(),
+            op: Op::Identity,
+            fused_into: None,
+        },
+        Unit {
+            name: "relu".into(),
+            op: Op::Relu,
+            fused_into: None,
+        },
+        Unit {
+            name: "maxpool".into(),
+            op: Op::Pool(Pool {
+                kind: PoolKind::Max,
+                dims: Dims::Two,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            }),
+            fused_into: None,
+        },
+    ];
+    for (stage, &n) in blocks.iter().enumerate() {
+        for b in 0..n {
+            let p = format!("layer{}.{}", stage + 1, b);
+            let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+            let convs = match block {
+                Block::Basic => {
+                    let c1 = conv_bn(
+                        w,
+                        &format!("{p}.conv1"),
+                        &format!("{p}.bn1"),
+                        channels,
+                        3,
+                        stride,
+                    )?;
+                    let c2 = conv_bn(
+                        w,
+                        &format!("{p}.conv2"),
+                        &format!("{p}.bn2"),
+                        c1.out_channels(),
+                        3,
+                        1,
+                    )?;
+                    vec![c1, c2]
+                }
+                Block::Bottleneck => {
+                    let c1 = conv_bn(
+                        w,
+                        &format!("{p}.conv1"),
+                        &format!("{p}.bn1"),
+                        channels,
+                        1,
+                        1,
+                    )?;
+                    let c2 = conv_bn(
+                        w,
+                        &format!("{p}.conv2"),
+                        &format!("{p}.bn2"),
+                        c1.out_channels(),
+                        3,
+                        stride,
+                    )?;
+                    let c3 = conv_bn(
+                        w,
+                        &format!("{p}.conv3"),
+                        &format!("{p}.bn3"),
+                        c2.out_channels(),
+                        1,
+                        1,
+                    )?;
+                    vec![c1, c2, c3]
+                }
+            };
+            let out = convs[convs.len() - 1].out_channels();
+            let downsample = if w.contains(&format!("{p}.downsample.0.weight")) {
+                Some(conv_bn(
+                    w,
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    channels,
+                    1,
+                    stride,
+                )?)
+            } else {
+                None
+            };
+            if downsample.is_none() && (out != channels || stride != 1) {
+                return Err(Error::MissingTensor {
+                    file: w.file().to_path_buf(),
+                    name: format!("{p}.downsample.0.weight"),
+                    hint: format!(
+                        "; block {p} changes {channels} -> {out} channels with stride {stride}"
+                    ),
+                });
+            }
+            if let Some(d) = &downsample {
+                if d.out_channels() != out {
+                    return Err(Error::ShapeMismatch {
+                        file: w.file().to_path_buf(),
+                        name: format!("{p}.downsample.0.weight"),
+                        expected: format!("[{out}, {channels}, 1, 1]"),
+                        found: d.weight.dims().to_vec(),
+                    });
+                }
+            }
+            channels = out;
+            units.push(Unit {
+                name: p,
+                op: Op::Residual(Box::new(ResidualBlock { convs, downsample })),
+                fused_into: None,
+            });
+        }
+    }
+    let fc = Linear::load(w, "fc", channels, true)?;
+    let num_classes = fc.out_features();
+    units.push(Unit {
+        name: "avgpool".into(),
+        op: Op::GlobalAvgPool,
+        fused_into: None,
+    });
+    units.push(Unit {
+        name: "fc".into(),
+        op: Op::Linear(fc),
+        fused_into: None,
+    });
+    Ok(Network {
+        name: name.to_string(),
+        units,
+        input,
+        labels: None,
+        num_classes,
+        default_layer: format!("layer{}", blocks.len()),
+        device: device.clone(),
+    })
+}

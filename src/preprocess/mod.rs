@@ -1,0 +1,141 @@
+//! From decoded inputs to model tensors: resize, crop and normalise per the model's
+//! `[input]`, keeping the picture the model saw (at full resolution) for the overlay.
+
+use std::path::Path;
+
+use image::{imageops::FilterType, RgbImage};
+
+use crate::error::{Error, Result};
+use crate::model::{InputSpec, Resize};
+
+/// One decoded picture ready for the network.
+pub struct PreparedImage {
+    /// (C, H, W) normalised values, as the model expects.
+    pub chw: Vec<f32>,
+    /// The region the model sees, at the source resolution: what the heatmap is drawn on.
+    pub view: RgbImage,
+}
+
+pub fn read_image(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(Error::input(
+            path,
+            "not a picture camstream can read (PNG or JPEG; or .npy for tensors)",
+        ));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| Error::input(path, format!("cannot decode picture: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// The box (x, y, w, h) of `img` the model sees, and the size the box is resized to.
+fn crop_box(w: u32, h: u32, spec: &InputSpec) -> (u32, u32, u32, u32) {
+    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    match spec.resize {
+        Resize::Stretch => (0, 0, w, h),
+        Resize::ShorterSideCrop(s) => {
+            // torchvision: Resize(s) then CenterCrop(th, tw), mapped back to source pixels.
+            let scale = s as f64 / w.min(h) as f64;
+            let cw = ((tw as f64 / scale).round() as u32).clamp(1, w);
+            let ch = ((th as f64 / scale).round() as u32).clamp(1, h);
+            ((w - cw) / 2, (h - ch) / 2, cw, ch)
+        }
+    }
+}
+
+pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
+    let (x, y, cw, ch) = crop_box(img.width(), img.height(), spec);
+    let view = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    // Triangle = bilinear with PIL's antialiasing support when shrinking.
+    let small = if (cw, ch) == (tw, th) {
+        view.clone()
+    } else {
+        image::imageops::resize(&view, tw, th, FilterType::Triangle)
+    };
+    PreparedImage {
+        chw: normalise(&small, spec),
+        view,
+    }
+}
+
+/// `x = (p / scale - mean) / std`, channels first; 1-channel models get luma.
+pub fn normalise(img: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let c = spec.channels;
+    let mut out = vec![0f32; c * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for ch in 0..c {
+            let v = if c == 1 {
+                0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32
+            } else {
+                px[ch.min(2)] as f32
+            };
+            out[ch * h * w + i] = (v / spec.scale - spec.mean[ch]) / spec.std[ch];
+        }
+    }
+    out
+}
+
+/// Undo the normalisation of a (C, H, W) tensor to show it, for `.npy` inputs.
+pub fn denormalise(chw: &[f32], h: usize, w: usize, spec: &InputSpec) -> RgbImage {
+    let c = chw.len() / (h * w);
+    let mut img = RgbImage::new(w as u32, h as u32);
+    for (i, px) in img.pixels_mut().enumerate() {
+        for k in 0..3 {
+            let ch = if c >= 3 { k } else { 0 };
+            let m = spec.mean.get(ch).copied().unwrap_or(0.0);
+            let s = spec.std.get(ch).copied().unwrap_or(1.0);
+            let v = (chw[ch * h * w + i] * s + m) * spec.scale;
+            // A model fed raw [0, 1] values (scale 1) is shown as 8-bit.
+            let v = if spec.scale <= 1.0 { v * 255.0 } else { v };
+            px[k] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InputKind;
+
+    fn spec() -> InputSpec {
+        InputSpec {
+            kind: InputKind::Image,
+            channels: 3,
+            size: vec![4, 6],
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            scale: 255.0,
+            resize: Resize::Stretch,
+        }
+    }
+
+    #[test]
+    fn normalise_then_denormalise_round_trips() {
+        let mut img = RgbImage::new(6, 4);
+        for (i, p) in img.pixels_mut().enumerate() {
+            *p = image::Rgb([(i * 10) as u8, 255 - (i * 7) as u8, 128]);
+        }
+        let s = spec();
+        let chw = normalise(&img, &s);
+        assert_eq!(chw.len(), 3 * 4 * 6);
+        assert!((chw[0] - (0.0 / 255.0 - 0.5) / 0.25).abs() < 1e-6);
+        assert_eq!(denormalise(&chw, 4, 6, &s), img);
+    }
+
+    #[test]
+    fn shorter_side_crop_box_is_centred() {
+        let mut s = spec();
+        s.size = vec![224, 224];
+        s.resize = Resize::ShorterSideCrop(256);
+        // 512x1024 (w x h): scale 0.5, crop 448x448 centred.
+        assert_eq!(crop_box(512, 1024, &s), (32, 288, 448, 448));
+    }
+}

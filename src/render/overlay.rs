@@ -1,0 +1,46 @@
+use super::colormap::Colormap;
+
+/// `show_cam_on_image(img/255, mask, use_rgb=True, image_weight=1-alpha)` as
+/// pytorch-grad-cam computes it: colour `uint8(255*mask)`, blend, divide by the blend's
+/// maximum, truncate to uint8. `rgb` is HxWx3, `mask` HxW in [0, 1].
+pub fn overlay_like_show_cam_on_image(
+    rgb: &[u8],
+    mask: &[f32],
+    cmap: &Colormap,
+    alpha: f32,
+) -> Vec<u8> {
+    assert_eq!(
+        rgb.len(),
+        mask.len() * 3,
+        "overlay: image and mask sizes differ"
+    );
+    let mut blend = vec![0f32; rgb.len()];
+    let mut max = 0f32;
+    for (i, &m) in mask.iter().enumerate() {
+        let c = cmap.rgb_f(m);
+        for k in 0..3 {
+            let v = alpha * (c[k] as f32 / 255.0) + (1.0 - alpha) * (rgb[3 * i + k] as f32 / 255.0);
+            blend[3 * i + k] = v;
+            max = max.max(v);
+        }
+    }
+    let max = if max > 0.0 { max } else { 1.0 };
+    blend.iter().map(|v| (255.0 * (v / max)) as u8).collect()
+}
+
+/// The overlay for people (video frames, large photos): the same blend without the
+/// whole-image renormalisation, which would brighten each frame differently.
+pub fn overlay(rgb: &mut [u8], mask: &[f32], cmap: &Colormap, alpha: f32) {
+    assert_eq!(
+        rgb.len(),
+        mask.len() * 3,
+        "overlay: image and mask sizes differ"
+    );
+    for (px, &m) in rgb.chunks_exact_mut(3).zip(mask) {
+        let c = cmap.rgb_f(m);
+        for k in 0..3 {
+            let v = alpha * c[k] as f32 + (1.0 - alpha) * px[k] as f32;
+            px[k] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
