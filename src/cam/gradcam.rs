@@ -152,3 +152,29 @@ impl<'a> GradCam<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_list_must_match_the_batch() {
+        let logits = vec![vec![0.1, 0.9], vec![0.5, 0.2], vec![0.0, 0.0]];
+        assert_eq!(Targets::TopOne.resolve(&logits, 2).unwrap(), vec![1, 0, 0]);
+        assert_eq!(Targets::All(1).resolve(&logits, 2).unwrap(), vec![1, 1, 1]);
+        for short_or_long in [vec![0, 1], vec![0, 1, 1, 0]] {
+            let n = short_or_long.len();
+            match Targets::PerSample(short_or_long).resolve(&logits, 2) {
+                Err(Error::ClassCount { classes, batch }) => assert_eq!((classes, batch), (n, 3)),
+                other => panic!("expected a class-count error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Targets::All(2).resolve(&logits, 2),
+            Err(Error::ClassOutOfRange {
+                class: 2,
+                num_classes: 2
+            })
+        ));
+    }
+}

@@ -345,3 +345,105 @@ impl ResidualBlock {
         (y + identity)?.relu()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        // A small LCG keeps the test deterministic without an RNG dependency.
+        let n: usize = shape.iter().product();
+        let mut s = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn folded_batchnorm_equals_conv_then_batchnorm() {
+        for (dims, wshape, xshape) in [
+            (Dims::Two, vec![6, 3, 3, 3], vec![2, 3, 9, 7]),
+            (Dims::One, vec![5, 2, 7], vec![3, 2, 40]),
+        ] {
+            let c = wshape[0];
+            let conv = Conv {
+                dims,
+                weight: rand(&wshape, 1),
+                bias: Some(rand(&[c], 2)),
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+                groups: 1,
+            };
+            let var = (rand(&[c], 3).abs().unwrap() + 0.5).unwrap();
+            let bn = ChannelAffine {
+                scale: (rand(&[c], 4) + 1.0)
+                    .unwrap()
+                    .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                    .unwrap(),
+                shift: rand(&[c], 5),
+            };
+            let x = rand(&xshape, 6);
+            let unfolded = bn.forward(&conv.forward(&x).unwrap()).unwrap();
+            let mut folded = conv.clone();
+            folded.fold(&bn).unwrap();
+            let diff = (folded.forward(&x).unwrap() - unfolded)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{dims:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn max_pool_sends_gradient_to_the_first_maximum_only() {
+        // torch.nn.functional.max_pool2d(x, 2) on an all-zero window: the gradient goes to
+        // index 0 of the window (PyTorch), not 1/4 to each (candle's built-in backward).
+        let x = candle_core::Var::from_tensor(
+            &Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let pool = Pool {
+            kind: PoolKind::Max,
+            dims: Dims::Two,
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+        };
+        let y = pool.forward(x.as_tensor()).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+        // 1D, odd length: the tail beyond the last full window is dropped (floor mode).
+        let x = Tensor::new(&[[[1f32, 3., 2., 2., 5.]]], &Device::Cpu).unwrap();
+        let pool = Pool {
+            dims: Dims::One,
+            ..pool
+        };
+        let y: Vec<f32> = pool
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(y, vec![3.0, 2.0]);
+    }
+}

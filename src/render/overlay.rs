@@ -14,6 +14,7 @@ pub fn overlay_like_show_cam_on_image(
         mask.len() * 3,
         "overlay: image and mask sizes differ"
     );
+    // All float32, as numpy computes it for float32 inputs.
     let mut blend = vec![0f32; rgb.len()];
     let mut max = 0f32;
     for (i, &m) in mask.iter().enumerate() {
@@ -25,6 +26,7 @@ pub fn overlay_like_show_cam_on_image(
         }
     }
     let max = if max > 0.0 { max } else { 1.0 };
+    // np.uint8 truncates.
     blend.iter().map(|v| (255.0 * (v / max)) as u8).collect()
 }
 

@@ -1,0 +1,49 @@
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn npy(path: impl AsRef<Path>) -> (Vec<f32>, Vec<usize>) {
+    let path = path.as_ref();
+    camstream::io::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Integer arrays (pred.npy, labels.npy) as usize.
+pub fn npy_usize(path: impl AsRef<Path>) -> Vec<usize> {
+    let t = candle_core::Tensor::read_npy(path.as_ref()).expect("read npy");
+    t.to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as usize)
+        .collect()
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length differs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The reference folder for large files (ResNet-18 weights): `CAMSTREAM_REFERENCE_DIR`.
+/// Under CI it must exist, so a missing folder fails instead of passing silently.
+pub fn reference_dir() -> Option<PathBuf> {
+    match std::env::var_os("CAMSTREAM_REFERENCE_DIR") {
+        Some(d) if Path::new(&d).is_dir() => Some(PathBuf::from(d)),
+        other => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but CAMSTREAM_REFERENCE_DIR ({other:?}) is not a folder");
+            }
+            eprintln!(
+                "skipping: set CAMSTREAM_REFERENCE_DIR to ../shared/reference to run this test"
+            );
+            None
+        }
+    }
+}
