@@ -4,10 +4,15 @@
 //! `render` → `io`.
 
 pub mod cam;
+pub mod decode;
+pub mod encode;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod preprocess;
 pub mod render;
+pub mod synth;
+pub mod train;
 
 pub use error::{Error, Result};

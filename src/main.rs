@@ -2,6 +2,12 @@
 
 mod cli;
 
+// glibc's malloc returns large tensor buffers to the kernel on every free (mmap/munmap),
+// which cost a third of CPU time as page faults in training and inference; mimalloc
+// keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

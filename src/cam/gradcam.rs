@@ -40,7 +40,8 @@ impl Targets {
     }
 }
 
-pub(crate) fn argmax(v: &[f32]) -> usize {
+/// Index of the first maximum, like `np.argmax`.
+pub fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {

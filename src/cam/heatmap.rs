@@ -57,3 +57,46 @@ mod tests {
         assert_eq!(m[1], 2.0 / (2.0 + 1e-7));
     }
 }
+
+/// Maps a low-resolution map in [0, 1] onto the source region the model input shows:
+/// `model_rect` (x, y, w, h) of the `model` (h, w) input is resized to `out` (h, w).
+/// `renormalise` applies pytorch-grad-cam's clamp and second min-max after resizing.
+pub fn upsample_to_source(
+    map01: &[f32],
+    spatial: &[usize],
+    model: [usize; 2],
+    model_rect: [usize; 4],
+    out: [usize; 2],
+    renormalise: bool,
+) -> Vec<f32> {
+    let full = model_rect == [0, 0, model[1], model[0]];
+    let mut m = if full {
+        resize_linear(map01, spatial, &out)
+    } else {
+        let at_model = resize_linear(map01, spatial, &model);
+        let [x0, y0, w, h] = model_rect;
+        let mut crop = Vec::with_capacity(w * h);
+        for y in y0..y0 + h {
+            crop.extend_from_slice(&at_model[y * model[1] + x0..y * model[1] + x0 + w]);
+        }
+        resize_linear(&crop, &[h, w], &out)
+    };
+    m.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    if renormalise {
+        minmax_in_place(&mut m);
+    }
+    m
+}
+
+/// The final pytorch-grad-cam map of a 2D sample, drawn over the source region.
+pub fn heatmap_on_source(
+    raw: &[f32],
+    spatial: &[usize],
+    model: [usize; 2],
+    model_rect: [usize; 4],
+    out: [usize; 2],
+) -> Vec<f32> {
+    let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
+    minmax_in_place(&mut m);
+    upsample_to_source(&m, spatial, model, model_rect, out, true)
+}

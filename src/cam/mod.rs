@@ -5,6 +5,6 @@ mod gradcam;
 mod heatmap;
 mod resize;
 
-pub use gradcam::{CamBatch, GradCam, Targets};
-pub use heatmap::{heatmap, minmax_in_place};
+pub use gradcam::{argmax, CamBatch, GradCam, Targets};
+pub use heatmap::{heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
 pub use resize::resize_linear;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-use camstream::cam::{heatmap, CamBatch, GradCam, Targets};
+use camstream::cam::{heatmap, heatmap_on_source, CamBatch, GradCam, Targets};
 use camstream::model::{InputKind, ModelRequest, Network};
 use camstream::preprocess::{denormalise, prepare_image, read_image};
 use camstream::render::{overlay_like_show_cam_on_image, JET};
@@ -26,7 +26,8 @@ struct Sample {
     data: Vec<f32>,
     /// (C, spatial...) of this sample.
     shape: Vec<usize>,
-    view: Option<RgbImage>,
+    /// What the overlay is drawn on, and which part of the model input it shows.
+    view: Option<(RgbImage, [usize; 4])>,
 }
 
 struct InputFile {
@@ -49,9 +50,9 @@ fn load_inputs(
     net: &Network,
     kind: Kind,
 ) -> Result<(Vec<InputFile>, Vec<Sample>)> {
-    let spatial_rank = match kind {
-        Kind::Image => 2,
-        Kind::Signal => 1,
+    let spatial_rank = match net.input.kind {
+        InputKind::Image | InputKind::Audio => 2,
+        InputKind::Signal => 1,
     };
     let mut files = Vec::new();
     let mut samples = Vec::new();
@@ -96,8 +97,12 @@ fn load_inputs(
             let len: usize = per.iter().product();
             for i in 0..n {
                 let d = data[i * len..(i + 1) * len].to_vec();
-                let view =
-                    (kind == Kind::Image).then(|| denormalise(&d, per[1], per[2], &net.input));
+                let view = (kind == Kind::Image).then(|| {
+                    (
+                        denormalise(&d, per[1], per[2], &net.input),
+                        [0, 0, per[2], per[1]],
+                    )
+                });
                 samples.push(Sample {
                     file: fi,
                     data: d,
@@ -108,13 +113,15 @@ fn load_inputs(
         } else if kind == Kind::Image {
             let img = read_image(path)?;
             let p = prepare_image(&img, &net.input);
+            let [sx, sy, sw, sh] = p.placement.source;
+            let view = image::imageops::crop_imm(&img, sx, sy, sw, sh).to_image();
             let mut shape = vec![net.input.channels];
             shape.extend(&net.input.size);
             samples.push(Sample {
                 file: fi,
                 data: p.chw,
                 shape,
-                view: Some(p.view),
+                view: Some((view, p.placement.model.map(|v| v as usize))),
             });
         } else {
             return Err(Error::Unsupported {
@@ -281,9 +288,10 @@ fn write_outputs(
         if args.cam_npy {
             heatmaps.extend(heatmap(&e.raw, &e.spatial, input_size));
         }
-        if let (Kind::Image, Some(view)) = (kind, &samples[s].view) {
+        if let (Kind::Image, Some((view, rect))) = (kind, &samples[s].view) {
             let (w, h) = (view.width() as usize, view.height() as usize);
-            let mask = heatmap(&e.raw, &e.spatial, &[h, w]);
+            let model = [input_size[0], input_size[1]];
+            let mask = heatmap_on_source(&e.raw, &e.spatial, model, *rect, [h, w]);
             let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
             let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
             let name = if many {

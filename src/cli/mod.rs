@@ -2,6 +2,7 @@
 
 mod explain;
 mod layers;
+mod train;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,10 @@ enum Command {
     Signal(ExplainArgs),
     /// List every valid target layer of a model with its output shape.
     Layers(ModelArgs),
+    /// Train a sample model on a synthetic task (shapes, ecg, audio) with candle.
+    Train(train::TrainArgs),
+    /// Accuracy and localisation (pointing game, energy in region) on held-out samples.
+    Eval(train::EvalArgs),
 }
 
 #[derive(Args, Clone)]
@@ -105,5 +110,7 @@ pub fn run() -> Result<()> {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
         Command::Signal(a) => explain::run(&a, explain::Kind::Signal),
         Command::Layers(a) => layers::run(&a),
+        Command::Train(a) => train::run_train(&a),
+        Command::Eval(a) => train::run_eval(&a),
     }
 }

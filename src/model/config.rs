@@ -8,11 +8,14 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::{resnet, sequential, Network, Weights};
+use crate::preprocess::melspec::{MelConfig, MelScale};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputKind {
     Image,
     Signal,
+    /// A waveform turned into a (1, mels, frames) log-mel picture by the front end.
+    Audio,
 }
 
 /// How a decoded picture is brought to the model's size.
@@ -22,6 +25,9 @@ pub enum Resize {
     Stretch,
     /// Shorter side to this many pixels, then a centre crop (torchvision's eval transform).
     ShorterSideCrop(usize),
+    /// Fit inside the model size keeping the aspect ratio; the border is the mean colour
+    /// (0 after normalisation).
+    Letterbox,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +41,10 @@ pub struct InputSpec {
     /// Decoded values are divided by this first (255 for 8-bit pictures).
     pub scale: f32,
     pub resize: Resize,
+    /// Sampling rate the model expects (signals and audio).
+    pub sample_rate: Option<f32>,
+    /// The log-mel front end of `kind = "audio"` models.
+    pub frontend: Option<MelConfig>,
 }
 
 impl InputSpec {
@@ -47,6 +57,8 @@ impl InputSpec {
             std: vec![0.229, 0.224, 0.225],
             scale: 255.0,
             resize: Resize::ShorterSideCrop(256),
+            sample_rate: None,
+            frontend: None,
         }
     }
 }
@@ -72,9 +84,20 @@ pub struct InputSection {
     pub mean: Option<Vec<f32>>,
     pub std: Option<Vec<f32>>,
     pub scale: Option<f32>,
-    /// "stretch" (default) or "shorter_side" (then `resize_to`, and a centre crop).
+    /// "stretch" (default), "letterbox", or "shorter_side" (then `resize_to`, and a
+    /// centre crop).
     pub resize: Option<String>,
     pub resize_to: Option<usize>,
+    pub sample_rate: Option<f32>,
+    // The audio front end (kind = "audio").
+    pub n_fft: Option<usize>,
+    pub win_length: Option<usize>,
+    pub hop: Option<usize>,
+    pub n_mels: Option<usize>,
+    pub fmin: Option<f32>,
+    pub fmax: Option<f32>,
+    pub mel_scale: Option<MelScale>,
+    pub log_offset: Option<f32>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -151,15 +174,16 @@ impl ModelFile {
         let kind = match inp.kind.as_str() {
             "image" => InputKind::Image,
             "signal" => InputKind::Signal,
+            "audio" => InputKind::Audio,
             other => {
                 return Err(Error::Unsupported {
                     what: "input kind",
                     name: other.into(),
-                    supported: vec!["image".into(), "signal".into()],
+                    supported: vec!["image".into(), "signal".into(), "audio".into()],
                 })
             }
         };
-        let want = if kind == InputKind::Image { 2 } else { 1 };
+        let want = if kind == InputKind::Signal { 1 } else { 2 };
         if inp.size.len() != want || inp.size.contains(&0) {
             return Err(Error::config(
                 &self.path,
@@ -190,6 +214,7 @@ impl ModelFile {
         }
         let resize = match inp.resize.as_deref() {
             None | Some("stretch") => Resize::Stretch,
+            Some("letterbox") => Resize::Letterbox,
             Some("shorter_side") => Resize::ShorterSideCrop(
                 inp.resize_to
                     .unwrap_or_else(|| inp.size.iter().copied().min().unwrap_or(0)),
@@ -198,9 +223,32 @@ impl ModelFile {
                 return Err(Error::Unsupported {
                     what: "resize mode",
                     name: other.into(),
-                    supported: vec!["stretch".into(), "shorter_side".into()],
+                    supported: vec!["stretch".into(), "letterbox".into(), "shorter_side".into()],
                 })
             }
+        };
+        let frontend = if kind == InputKind::Audio {
+            let d = MelConfig::default();
+            let mel = MelConfig {
+                sample_rate: inp.sample_rate.map_or(d.sample_rate, |r| r as u32),
+                n_fft: inp.n_fft.unwrap_or(d.n_fft),
+                win_length: inp.win_length.or(inp.n_fft).unwrap_or(d.win_length),
+                hop: inp.hop.unwrap_or(d.hop),
+                n_mels: inp.n_mels.unwrap_or(inp.size[0]),
+                fmin: inp.fmin.unwrap_or(d.fmin),
+                fmax: inp.fmax.unwrap_or(d.fmax),
+                mel_scale: inp.mel_scale.unwrap_or(d.mel_scale),
+                log_offset: inp.log_offset.unwrap_or(d.log_offset),
+            };
+            if mel.n_mels != inp.size[0] || mel.hop == 0 || mel.n_fft == 0 {
+                return Err(Error::config(
+                    &self.path,
+                    "[input] audio: n_mels must equal size[0], hop and n_fft must be positive",
+                ));
+            }
+            Some(mel)
+        } else {
+            None
         };
         Ok(InputSpec {
             kind,
@@ -210,6 +258,8 @@ impl ModelFile {
             std,
             scale: inp.scale.unwrap_or(1.0),
             resize,
+            sample_rate: inp.sample_rate,
+            frontend,
         })
     }
 

@@ -51,7 +51,7 @@ pub fn build(
     cfg: &Path,
 ) -> Result<Network> {
     let in_dims = match input.kind {
-        InputKind::Image => Dims::Two,
+        InputKind::Image | InputKind::Audio => Dims::Two,
         InputKind::Signal => Dims::One,
     };
     let mut flow = Flow::Spatial {

@@ -1,6 +1,8 @@
 //! From decoded inputs to model tensors: resize, crop and normalise per the model's
 //! `[input]`, keeping the picture the model saw (at full resolution) for the overlay.
 
+pub mod melspec;
+
 use std::path::Path;
 
 use image::{imageops::FilterType, RgbImage};
@@ -8,12 +10,19 @@ use image::{imageops::FilterType, RgbImage};
 use crate::error::{Error, Result};
 use crate::model::{InputSpec, Resize};
 
+/// How the model's input relates to the source picture: `model` (x, y, w, h in model
+/// pixels) shows `source` (x, y, w, h in source pixels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub model: [u32; 4],
+    pub source: [u32; 4],
+}
+
 /// One decoded picture ready for the network.
 pub struct PreparedImage {
     /// (C, H, W) normalised values, as the model expects.
     pub chw: Vec<f32>,
-    /// The region the model sees, at the source resolution: what the heatmap is drawn on.
-    pub view: RgbImage,
+    pub placement: Placement,
 }
 
 pub fn read_image(path: &Path) -> Result<RgbImage> {
@@ -33,34 +42,68 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// The box (x, y, w, h) of `img` the model sees, and the size the box is resized to.
-fn crop_box(w: u32, h: u32, spec: &InputSpec) -> (u32, u32, u32, u32) {
+/// Where a `w` x `h` picture goes in the model input.
+pub fn placement(w: u32, h: u32, spec: &InputSpec) -> Placement {
     let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
     match spec.resize {
-        Resize::Stretch => (0, 0, w, h),
+        Resize::Stretch => Placement {
+            model: [0, 0, tw, th],
+            source: [0, 0, w, h],
+        },
+        Resize::Letterbox => {
+            let s = (tw as f64 / w as f64).min(th as f64 / h as f64);
+            let nw = ((w as f64 * s).round() as u32).clamp(1, tw);
+            let nh = ((h as f64 * s).round() as u32).clamp(1, th);
+            Placement {
+                model: [(tw - nw) / 2, (th - nh) / 2, nw, nh],
+                source: [0, 0, w, h],
+            }
+        }
         Resize::ShorterSideCrop(s) => {
             // torchvision: Resize(s) then CenterCrop(th, tw), mapped back to source pixels.
             let scale = s as f64 / w.min(h) as f64;
             let cw = ((tw as f64 / scale).round() as u32).clamp(1, w);
             let ch = ((th as f64 / scale).round() as u32).clamp(1, h);
-            ((w - cw) / 2, (h - ch) / 2, cw, ch)
+            Placement {
+                model: [0, 0, tw, th],
+                source: [(w - cw) / 2, (h - ch) / 2, cw, ch],
+            }
         }
     }
 }
 
 pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
-    let (x, y, cw, ch) = crop_box(img.width(), img.height(), spec);
-    let view = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+    let p = placement(img.width(), img.height(), spec);
+    let [sx, sy, sw, sh] = p.source;
+    let [mx, my, mw, mh] = p.model;
     let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    let view = image::imageops::crop_imm(img, sx, sy, sw, sh).to_image();
     // Triangle = bilinear with PIL's antialiasing support when shrinking.
-    let small = if (cw, ch) == (tw, th) {
-        view.clone()
+    let small = if (sw, sh) == (mw, mh) {
+        view
     } else {
-        image::imageops::resize(&view, tw, th, FilterType::Triangle)
+        image::imageops::resize(&view, mw, mh, FilterType::Triangle)
+    };
+    let small = if (mw, mh) == (tw, th) {
+        small
+    } else {
+        // The border takes the normalisation mean, i.e. 0 once normalised.
+        let fill = image::Rgb(std::array::from_fn(|c| {
+            let m = spec
+                .mean
+                .get(c)
+                .or(spec.mean.first())
+                .copied()
+                .unwrap_or(0.0);
+            (m * spec.scale).round().clamp(0.0, 255.0) as u8
+        }));
+        let mut canvas = RgbImage::from_pixel(tw, th, fill);
+        image::imageops::replace(&mut canvas, &small, mx as i64, my as i64);
+        canvas
     };
     PreparedImage {
         chw: normalise(&small, spec),
-        view,
+        placement: p,
     }
 }
 
@@ -114,6 +157,8 @@ mod tests {
             std: vec![0.25; 3],
             scale: 255.0,
             resize: Resize::Stretch,
+            sample_rate: None,
+            frontend: None,
         }
     }
 
@@ -136,6 +181,20 @@ mod tests {
         s.size = vec![224, 224];
         s.resize = Resize::ShorterSideCrop(256);
         // 512x1024 (w x h): scale 0.5, crop 448x448 centred.
-        assert_eq!(crop_box(512, 1024, &s), (32, 288, 448, 448));
+        assert_eq!(placement(512, 1024, &s).source, [32, 288, 448, 448]);
+    }
+
+    #[test]
+    fn letterbox_keeps_aspect_and_pads_with_the_mean() {
+        let mut s = spec();
+        s.size = vec![64, 64];
+        s.resize = Resize::Letterbox;
+        let p = placement(640, 360, &s);
+        assert_eq!(p.model, [0, 14, 64, 36]);
+        let img = RgbImage::from_pixel(640, 360, image::Rgb([255, 0, 0]));
+        let prep = prepare_image(&img, &s);
+        // Border rows normalise to 0, content to (1 - 0.5) / 0.25 = 2 in red.
+        assert!(prep.chw[0].abs() < 0.02);
+        assert!((prep.chw[32 * 64 + 5] - 2.0).abs() < 1e-5);
     }
 }

@@ -72,6 +72,33 @@ fn build_jet() -> Colormap {
 
 pub static JET: LazyLock<Colormap> = LazyLock::new(build_jet);
 
+/// A perceptual colormap from the `colorous` crate as a 256-entry table.
+fn from_gradient(g: colorous::Gradient) -> Colormap {
+    let mut lut = [[0u8; 3]; 256];
+    for (i, e) in lut.iter_mut().enumerate() {
+        let c = g.eval_continuous(i as f64 / 255.0);
+        *e = [c.r, c.g, c.b];
+    }
+    Colormap { lut }
+}
+
+pub static TURBO: LazyLock<Colormap> = LazyLock::new(|| from_gradient(colorous::TURBO));
+pub static VIRIDIS: LazyLock<Colormap> = LazyLock::new(|| from_gradient(colorous::VIRIDIS));
+pub static INFERNO: LazyLock<Colormap> = LazyLock::new(|| from_gradient(colorous::INFERNO));
+
+/// `--colormap` names.
+pub const COLORMAPS: &[&str] = &["jet", "turbo", "viridis", "inferno"];
+
+pub fn by_name(name: &str) -> Option<&'static Colormap> {
+    match name {
+        "jet" => Some(&JET),
+        "turbo" => Some(&TURBO),
+        "viridis" => Some(&VIRIDIS),
+        "inferno" => Some(&INFERNO),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,10 @@
 
 mod colormap;
 mod overlay;
+mod text;
 
-pub use colormap::{Colormap, JET};
+pub use colormap::{
+    by_name as colormap_by_name, Colormap, COLORMAPS, INFERNO, JET, TURBO, VIRIDIS,
+};
 pub use overlay::{overlay, overlay_like_show_cam_on_image};
+pub use text::draw_label;
