@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
 pub mod render;
 pub mod synth;

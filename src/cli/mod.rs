@@ -2,7 +2,9 @@
 
 mod explain;
 mod layers;
+mod samples;
 mod train;
+mod video;
 
 use std::path::PathBuf;
 
@@ -38,8 +40,12 @@ enum Command {
     Image(ExplainArgs),
     /// Explain 1D signals given as preprocessed (C,L)/(N,C,L) float32 .npy tensors.
     Signal(ExplainArgs),
+    /// Annotate a video with Grad-CAM heatmaps (streamed; any length, constant memory).
+    Video(video::VideoArgs),
     /// List every valid target layer of a model with its output shape.
     Layers(ModelArgs),
+    /// Make the sample inputs (pictures, video, ECG, audio) from the synthetic generators.
+    Samples(samples::SamplesArgs),
     /// Train a sample model on a synthetic task (shapes, ecg, audio) with candle.
     Train(train::TrainArgs),
     /// Accuracy and localisation (pointing game, energy in region) on held-out samples.
@@ -110,6 +116,8 @@ pub fn run() -> Result<()> {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
         Command::Signal(a) => explain::run(&a, explain::Kind::Signal),
         Command::Layers(a) => layers::run(&a),
+        Command::Video(a) => video::run(&a),
+        Command::Samples(a) => samples::run(&a),
         Command::Train(a) => train::run_train(&a),
         Command::Eval(a) => train::run_eval(&a),
     }

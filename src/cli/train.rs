@@ -112,6 +112,13 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         secs
     );
     train::save(t.as_ref(), &trained, &a.out, acc, &header)?;
+    let tail = trained.losses.len().min(100).max(1);
+    let mean = |v: &[f32]| v[v.len().saturating_sub(tail)..].iter().sum::<f32>() / tail as f32;
+    eprintln!(
+        "last {tail} steps: mean loss {:.3}, batch accuracy {:.1} %",
+        mean(&trained.losses),
+        mean(&trained.batch_accuracy) * 100.0
+    );
     eprintln!(
         "{}: held-out accuracy {:.1} % on 1000 samples; wrote {}/{}.toml (+ .safetensors) in {secs:.0} s",
         t.name(),

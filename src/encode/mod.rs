@@ -380,7 +380,8 @@ impl AudioCopy {
                 }
             };
             let pts = p.pts().or(p.dts()).unwrap_or(0);
-            if pts < self.start {
+            // Without a section, keep everything (AAC priming packets have pts < 0).
+            if self.start > 0 && pts < self.start {
                 continue;
             }
             if self.end.is_some_and(|e| pts >= e) {

@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod ecg;
 pub mod shapes;
+pub mod video;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -47,7 +47,7 @@ impl Canvas {
                 (
                     rng.random_range(0.0..std::f32::consts::TAU),
                     rng.random_range(0.04..0.25) * 64.0 / w.max(h) as f32 * 2.0,
-                    rng.random_range(0.03..0.08),
+                    rng.random_range(0.01..0.05),
                     rng.random_range(0.0..std::f32::consts::TAU),
                 )
             })
@@ -184,12 +184,19 @@ pub fn random_shape(
 ) -> Shape {
     let size = rng.random_range(min..max);
     let m = size / 2.0 + 1.0;
+    // Squares stay near axis-aligned (a rotated square is a diamond, another shape to a
+    // person); triangles point anywhere.
+    let angle = if class == 1 {
+        rng.random_range(-0.35..0.35)
+    } else {
+        rng.random_range(0.0..std::f32::consts::TAU)
+    };
     Shape {
         class,
         cx: rng.random_range(m..(w as f32 - m)),
         cy: rng.random_range(m..(h as f32 - m)),
         size,
-        angle: rng.random_range(0.0..std::f32::consts::TAU),
+        angle,
         colour: contrasting_colour(rng, bg),
     }
 }

@@ -81,7 +81,7 @@ impl Task for Shapes {
         vec![64, 64]
     }
     fn input_toml(&self) -> String {
-        "[input]\nkind = \"image\"\nchannels = 3\nsize = [64, 64]\nmean = [0.5]\nstd = [0.25]\nscale = 255.0\nresize = \"stretch\"\n".into()
+        "[input]\nkind = \"image\"\nchannels = 3\nsize = [64, 64]\nmean = [0.5]\nstd = [0.25]\nscale = 255.0\nresize = \"letterbox\"\n".into()
     }
     fn sample(&self, rng: &mut Rng) -> TaskSample {
         let s = shapes::sample(rng);
@@ -157,6 +157,15 @@ impl AudioEvents {
     pub fn frames(&self) -> usize {
         self.mel.frames(audio::LEN)
     }
+
+    /// The normalised log-mel input of a clip.
+    pub fn features(&self, wave: &[f32]) -> Vec<f32> {
+        self.mel
+            .compute(wave)
+            .into_iter()
+            .map(|v| (v - AUDIO_MEAN) / AUDIO_STD)
+            .collect()
+    }
 }
 
 impl Task for AudioEvents {
@@ -202,12 +211,7 @@ impl Task for AudioEvents {
     fn sample(&self, rng: &mut Rng) -> TaskSample {
         let s = audio::sample(rng);
         let hop = self.mel.config().hop;
-        let spec: Vec<f32> = self
-            .mel
-            .compute(&s.wave)
-            .into_iter()
-            .map(|v| (v - AUDIO_MEAN) / AUDIO_STD)
-            .collect();
+        let spec = self.features(&s.wave);
         // Frame t is centred on sample t*hop.
         let x0 = s.interval.0.div_ceil(hop);
         let x1 = (s.interval.1 / hop + 1).min(self.frames());

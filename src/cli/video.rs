@@ -1,0 +1,256 @@
+//! `camstream video IN -o OUT.mp4`: the streaming pipeline on a video file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use camstream::decode::Section;
+use camstream::encode::EncodeOptions;
+use camstream::model::{InputKind, ModelRequest, Network, Resize};
+use camstream::pipeline::{run_video, Norm, Stage, VideoJob};
+use camstream::render::{colormap_by_name, COLORMAPS};
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct VideoArgs {
+    /// Input video (anything FFmpeg reads: MP4, MKV, WebM, AVI, ...)
+    pub input: PathBuf,
+
+    /// Output file (.mp4, .mkv or .mov), H.264; written under a temporary name and
+    /// renamed when complete
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Target layer (see `camstream layers`); default: the model's
+    #[arg(long, short = 'l')]
+    pub layer: Option<String>,
+
+    /// Explain this class (index or label) in every frame; default: each frame's top-1
+    #[arg(long, short = 'c')]
+    pub class: Option<String>,
+
+    /// Frames per forward/backward pass
+    #[arg(long, short = 'b', default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+
+    /// Explain one frame in K and reuse its map for the frames between (fast preview)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: u64,
+
+    /// Heatmap scaling: `frame` (per-frame min-max, as pytorch-grad-cam) or `ema:A`
+    /// (smoothed over time with weight A of the past, e.g. ema:0.8; no flicker)
+    #[arg(long, default_value = "frame")]
+    pub norm: String,
+
+    /// Colormap: jet (as OpenCV), turbo, viridis, inferno
+    #[arg(long, default_value = "jet")]
+    pub colormap: String,
+
+    /// Heatmap weight in the blend
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+
+    /// How frames are fitted to the model input (default: the config's)
+    #[arg(long, value_parser = ["letterbox", "stretch"])]
+    pub fit: Option<String>,
+
+    /// libx264 quality (0-51, lower is better)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=51))]
+    pub crf: u8,
+
+    /// libx264 preset (ultrafast ... veryslow)
+    #[arg(long, default_value = "veryfast")]
+    pub preset: String,
+
+    /// Start of the section to process, in seconds
+    #[arg(long)]
+    pub start: Option<f64>,
+
+    /// Length of the section to process, in seconds
+    #[arg(long)]
+    pub duration: Option<f64>,
+
+    /// Write one JSON line per frame (index, pts, seconds, class, label, logit,
+    /// probability, peak_x, peak_y, explained)
+    #[arg(long)]
+    pub frames_json: Option<PathBuf>,
+
+    /// Write the run's report (frames, per-stage and end-to-end frames/s, peak memory)
+    /// as JSON
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    /// Overlay worker threads
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+
+    /// Do not draw the label and score on frames
+    #[arg(long)]
+    pub no_label: bool,
+
+    /// No progress bar or summary
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Testing: make STAGE fail at frame N (STAGE:N)
+    #[arg(long, hide = true)]
+    pub fail_at: Option<String>,
+}
+
+pub fn run(a: &VideoArgs) -> Result<()> {
+    let mut net = Network::load(
+        &ModelRequest {
+            model: &a.model.model,
+            weights: a.model.weights.as_deref(),
+            target: a.layer.as_deref(),
+            labels_file: a.model.labels.as_deref(),
+        },
+        &Device::Cpu,
+    )?;
+    if net.input.kind != InputKind::Image {
+        bail!(
+            "model {} does not take pictures: video needs an image model",
+            a.model.model
+        );
+    }
+    match a.fit.as_deref() {
+        Some("letterbox") => net.input.resize = Resize::Letterbox,
+        Some("stretch") => net.input.resize = Resize::Stretch,
+        _ => {}
+    }
+    let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
+    let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
+    let norm = Norm::parse(&a.norm).ok_or_else(|| {
+        anyhow!(
+            "--norm must be `frame` or `ema:A` with 0 <= A < 1, got `{}`",
+            a.norm
+        )
+    })?;
+    let colormap = colormap_by_name(&a.colormap).ok_or_else(|| {
+        anyhow!(
+            "unknown colormap `{}`; colormaps: {}",
+            a.colormap,
+            COLORMAPS.join(", ")
+        )
+    })?;
+    if !(0.0..=1.0).contains(&a.alpha) {
+        bail!("--alpha must be within 0..1, got {}", a.alpha);
+    }
+    if a.start.is_some_and(|s| s < 0.0) || a.duration.is_some_and(|d| d <= 0.0) {
+        bail!("--start must be >= 0 and --duration > 0");
+    }
+    let fail_at = match &a.fail_at {
+        Some(s) => {
+            let (st, n) = s
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--fail-at STAGE:N"))?;
+            Some((
+                Stage::parse(st).ok_or_else(|| anyhow!("unknown stage {st}"))?,
+                n.parse()?,
+            ))
+        }
+        None => None,
+    };
+    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // First Ctrl-C: stop reading and finish the file; second: leave at once.
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let bar = if a.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} frames {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total {
+            bar.set_length(t.max(done));
+        }
+        bar.set_position(done);
+    };
+    let job = VideoJob {
+        input: a.input.clone(),
+        output: a.output.clone(),
+        net: &net,
+        layer,
+        class,
+        batch: a.batch as usize,
+        every: a.every as usize,
+        norm,
+        colormap,
+        alpha: a.alpha,
+        label: !a.no_label,
+        encode: EncodeOptions {
+            crf: a.crf,
+            preset: a.preset.clone(),
+            threads: 0,
+        },
+        section: Section {
+            start: a.start,
+            duration: a.duration,
+        },
+        frames_json: a.frames_json.clone(),
+        overlay_workers: a.workers.max(1),
+        progress: Some(&progress),
+        fail_at,
+    };
+    let report = run_video(&job, &cancel)?;
+    bar.finish_and_clear();
+    if let Some(p) = &a.report {
+        camstream::io::write_atomic(p, |tmp| {
+            std::fs::write(
+                tmp,
+                serde_json::to_string_pretty(&report).unwrap_or_default(),
+            )
+            .map_err(|e| camstream::Error::io(tmp, e))
+        })?;
+    }
+    if !a.quiet {
+        let stages: Vec<String> = report
+            .stages
+            .iter()
+            .map(|s| format!("{} {:.0}", s.stage, s.fps))
+            .collect();
+        eprintln!(
+            "{}{} frames ({} explained) in {:.1} s: {:.1} frames/s end to end; stage frames/s: {}; peak memory {:.0} MB{}",
+            if report.interrupted { "interrupted: " } else { "" },
+            report.frames,
+            report.explained,
+            report.wall_s,
+            report.fps,
+            stages.join(", "),
+            report.peak_rss_mb,
+            if report.corrupt_packets > 0 {
+                format!("; {} corrupt packets skipped", report.corrupt_packets)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}

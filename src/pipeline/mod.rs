@@ -1,0 +1,225 @@
+//! The streaming video pipeline: decode → preprocess → model (batched Grad-CAM) →
+//! overlay (a pool of workers) → encode, one thread per stage, joined by bounded
+//! channels. Memory is bounded by the channel capacities, whatever the input's length;
+//! the pipeline runs at the speed of its slowest stage. A stage that fails records its
+//! error once and drops its channels, which ends every other stage.
+
+mod norm;
+mod stages;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use norm::Norm;
+
+use crate::decode::{DecodeError, Section};
+use crate::encode::{EncodeError, EncodeOptions};
+use crate::model::Network;
+use crate::render::Colormap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Model(#[from] crate::Error),
+    #[error("{0}")]
+    Io(String),
+    #[error("stage {stage} failed at frame {frame} (injected for testing)")]
+    Injected { stage: Stage, frame: u64 },
+    #[error("stage {0} stopped unexpectedly")]
+    Panicked(Stage),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    Preprocess,
+    Model,
+    Overlay,
+    Encode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Decode,
+        Stage::Preprocess,
+        Stage::Model,
+        Stage::Overlay,
+        Stage::Encode,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Preprocess => "preprocess",
+            Stage::Model => "model",
+            Stage::Overlay => "overlay",
+            Stage::Encode => "encode",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub struct VideoJob<'a> {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub net: &'a Network,
+    pub layer: String,
+    /// Explain this class in every frame; default: each frame's top-1.
+    pub class: Option<usize>,
+    pub batch: usize,
+    /// Explain one frame in `every`; the frames between reuse its map.
+    pub every: usize,
+    pub norm: Norm,
+    pub colormap: &'static Colormap,
+    pub alpha: f32,
+    pub label: bool,
+    pub encode: EncodeOptions,
+    pub section: Section,
+    pub frames_json: Option<PathBuf>,
+    pub overlay_workers: usize,
+    /// Called with (frames done, frames expected) as frames are written.
+    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+    /// Test hook: make a stage fail at a frame.
+    pub fail_at: Option<(Stage, u64)>,
+}
+
+/// Busy time of one stage (time spent working, not waiting on channels).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StageStat {
+    pub stage: &'static str,
+    pub frames: u64,
+    pub busy_s: f64,
+    /// Frames per second of busy time: what this stage alone could sustain.
+    pub fps: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VideoReport {
+    pub frames: u64,
+    pub explained: u64,
+    pub corrupt_packets: u64,
+    pub wall_s: f64,
+    pub fps: f64,
+    pub stages: Vec<StageStat>,
+    pub interrupted: bool,
+    pub peak_rss_mb: f64,
+}
+
+/// The first error of any stage; later ones are consequences and are dropped.
+#[derive(Default)]
+pub(crate) struct FirstError(Mutex<Option<PipelineError>>);
+
+impl FirstError {
+    pub(crate) fn set(&self, e: PipelineError) {
+        if let Ok(mut g) = self.0.lock() {
+            g.get_or_insert(e);
+        }
+    }
+    fn take(&self) -> Option<PipelineError> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+/// Accumulated busy time, shared by a stage's workers.
+#[derive(Default)]
+pub(crate) struct Busy {
+    nanos: std::sync::atomic::AtomicU64,
+    frames: std::sync::atomic::AtomicU64,
+}
+
+impl Busy {
+    pub(crate) fn add(&self, d: Duration, frames: u64) {
+        self.nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.frames.fetch_add(frames, Ordering::Relaxed);
+    }
+    fn stat(&self, stage: Stage, workers: usize) -> StageStat {
+        let busy = self.nanos.load(Ordering::Relaxed) as f64 / 1e9 / workers.max(1) as f64;
+        let frames = self.frames.load(Ordering::Relaxed);
+        StageStat {
+            stage: stage.name(),
+            frames,
+            busy_s: busy,
+            fps: if busy > 0.0 {
+                frames as f64 / busy
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// Peak resident memory of this process so far.
+pub fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; no other invariants.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0 {
+            u.ru_maxrss as f64 / 1024.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The temporary name the output is written under until it is complete.
+pub fn temp_output(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out.mp4".into());
+    output.with_file_name(format!(".{name}.{}.part", std::process::id()))
+}
+
+/// The container for an output name (the temporary name hides the extension).
+fn container_for(output: &Path) -> &'static str {
+    match output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("mkv") => "matroska",
+        Some("mov") => "mov",
+        _ => "mp4",
+    }
+}
+
+/// Runs the whole pipeline. The output appears under its name only when complete (or
+/// when interrupted through `cancel`, as a valid file of the frames done so far).
+pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
+    let tmp = temp_output(&job.output);
+    let started = Instant::now();
+    let result = stages::run(job, &tmp, container_for(&job.output), cancel);
+    match result {
+        Ok(mut report) => {
+            std::fs::rename(&tmp, &job.output).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                PipelineError::Io(format!("{}: {e}", job.output.display()))
+            })?;
+            report.wall_s = started.elapsed().as_secs_f64();
+            report.fps = report.frames as f64 / report.wall_s.max(1e-9);
+            report.interrupted = cancel.load(Ordering::Relaxed);
+            report.peak_rss_mb = peak_rss_mb();
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

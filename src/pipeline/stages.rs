@@ -1,0 +1,412 @@
+//! The stage threads. Each knows only its input and output message types.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use image::RgbImage;
+
+use super::norm::{Norm, Normaliser};
+use super::{Busy, FirstError, PipelineError, Stage, VideoJob, VideoReport};
+use crate::cam::{argmax, upsample_to_source, GradCam, Targets};
+use crate::decode::{DecodedFrame, VideoDecoder, VideoInfo};
+use crate::encode::{AudioSource, VideoEncoder};
+use crate::preprocess::{prepare_image, Placement};
+use crate::render::{draw_label, overlay};
+
+struct Prepared {
+    frame: DecodedFrame,
+    input: Vec<f32>,
+    placement: Placement,
+}
+
+/// A frame with the map to draw on it.
+struct Explained {
+    frame: DecodedFrame,
+    placement: Placement,
+    /// Low-resolution map in [0, 1], shared by the frames that reuse it (`--every`).
+    map: Arc<Vec<f32>>,
+    spatial: Vec<usize>,
+    class: usize,
+    logit: f32,
+    probability: f32,
+    explained: bool,
+}
+
+struct Rendered {
+    index: u64,
+    pts: i64,
+    rgb: RgbImage,
+    json: String,
+}
+
+fn inject(job: &VideoJob, stage: Stage, frame: u64) -> Result<(), PipelineError> {
+    match job.fail_at {
+        Some((s, n)) if s == stage && n == frame => Err(PipelineError::Injected { stage, frame }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a stage body, turning its error (or panic) into the pipeline's first error.
+fn guard(stage: Stage, errors: &FirstError, body: impl FnOnce() -> Result<(), PipelineError>) {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => errors.set(e),
+        Err(_) => errors.set(PipelineError::Panicked(stage)),
+    }
+}
+
+pub(super) fn run(
+    job: &VideoJob,
+    tmp: &Path,
+    container: &str,
+    cancel: &AtomicBool,
+) -> Result<VideoReport, PipelineError> {
+    let errors = FirstError::default();
+    let busy: [Busy; 5] = Default::default();
+    let corrupt = AtomicU64::new(0);
+    let explained = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    let workers = job.overlay_workers.max(1);
+    let cap = job.batch.max(1) * job.every.max(1) + 2;
+    let (info_tx, info_rx) = bounded::<VideoInfo>(1);
+    let (dec_tx, dec_rx) = bounded::<DecodedFrame>(cap);
+    let (pre_tx, pre_rx) = bounded::<Prepared>(cap);
+    let (cam_tx, cam_rx) = bounded::<Explained>(cap);
+    let (ren_tx, ren_rx) = bounded::<Rendered>(cap + workers);
+
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            guard(Stage::Decode, &errors, || {
+                decode(job, info_tx, dec_tx, cancel, &busy[0], &corrupt)
+            })
+        });
+        s.spawn(|| {
+            guard(Stage::Preprocess, &errors, || {
+                preprocess(job, dec_rx, pre_tx, &busy[1])
+            })
+        });
+        s.spawn(|| {
+            guard(Stage::Model, &errors, || {
+                model(job, pre_rx, cam_tx, &busy[2], &explained)
+            })
+        });
+        for _ in 0..workers {
+            let (rx, tx) = (cam_rx.clone(), ren_tx.clone());
+            let (errors, busy) = (&errors, &busy[3]);
+            s.spawn(move || guard(Stage::Overlay, errors, || render(job, rx, tx, busy)));
+        }
+        drop(cam_rx);
+        drop(ren_tx);
+        // The encoder needs the input's size and timing, which only the decoder knows.
+        if let Ok(info) = info_rx.recv() {
+            let (errors, busy, written) = (&errors, &busy[4], &written);
+            s.spawn(move || {
+                guard(Stage::Encode, errors, || {
+                    encode(job, &info, tmp, container, ren_rx, busy, written)
+                })
+            });
+        }
+    });
+    if let Some(e) = errors.take() {
+        return Err(e);
+    }
+    Ok(VideoReport {
+        frames: written.load(Ordering::Relaxed),
+        explained: explained.load(Ordering::Relaxed),
+        corrupt_packets: corrupt.load(Ordering::Relaxed),
+        wall_s: 0.0,
+        fps: 0.0,
+        stages: Stage::ALL
+            .iter()
+            .zip(&busy)
+            .map(|(st, b)| b.stat(*st, if *st == Stage::Overlay { workers } else { 1 }))
+            .collect(),
+        interrupted: false,
+        peak_rss_mb: 0.0,
+    })
+}
+
+fn decode(
+    job: &VideoJob,
+    info_tx: Sender<VideoInfo>,
+    tx: Sender<DecodedFrame>,
+    cancel: &AtomicBool,
+    busy: &Busy,
+    corrupt: &AtomicU64,
+) -> Result<(), PipelineError> {
+    let mut dec = VideoDecoder::open(&job.input, job.section)?;
+    if info_tx.send(dec.info().clone()).is_err() {
+        return Ok(());
+    }
+    drop(info_tx);
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let t = Instant::now();
+        let Some(frame) = dec.next_frame()? else {
+            break;
+        };
+        busy.add(t.elapsed(), 1);
+        inject(job, Stage::Decode, frame.index)?;
+        if tx.send(frame).is_err() {
+            break; // downstream stopped; its error (if any) is already recorded
+        }
+    }
+    corrupt.store(dec.corrupt_packets(), Ordering::Relaxed);
+    Ok(())
+}
+
+fn preprocess(
+    job: &VideoJob,
+    rx: Receiver<DecodedFrame>,
+    tx: Sender<Prepared>,
+    busy: &Busy,
+) -> Result<(), PipelineError> {
+    for frame in rx {
+        let t = Instant::now();
+        inject(job, Stage::Preprocess, frame.index)?;
+        let p = prepare_image(&frame.rgb, &job.net.input);
+        busy.add(t.elapsed(), 1);
+        if tx
+            .send(Prepared {
+                frame,
+                input: p.chw,
+                placement: p.placement,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn model(
+    job: &VideoJob,
+    rx: Receiver<Prepared>,
+    tx: Sender<Explained>,
+    busy: &Busy,
+    explained_count: &AtomicU64,
+) -> Result<(), PipelineError> {
+    let net = job.net;
+    let cam = GradCam::new(net, &job.layer)?;
+    let every = job.every.max(1) as u64;
+    let mut normaliser = Normaliser::default();
+    // Frames waiting for the batch that explains them (or the frame they reuse).
+    let mut pending: Vec<Prepared> = Vec::new();
+    let mut in_batch = 0usize;
+    let mut last: Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)> = None;
+    let mut flush = |pending: &mut Vec<Prepared>,
+                     last: &mut Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)>|
+     -> Result<bool, PipelineError> {
+        let t = Instant::now();
+        let chosen: Vec<usize> = (0..pending.len())
+            .filter(|&i| pending[i].frame.index % every == 0)
+            .collect();
+        let mut maps: Vec<Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)>> =
+            vec![None; pending.len()];
+        if !chosen.is_empty() {
+            for &i in &chosen {
+                inject(job, Stage::Model, pending[i].frame.index)?;
+            }
+            let mut shape = vec![chosen.len(), net.input.channels];
+            shape.extend(&net.input.size);
+            let mut data = Vec::with_capacity(shape.iter().product());
+            for &i in &chosen {
+                data.extend_from_slice(&pending[i].input);
+            }
+            let x = Tensor::from_vec(data, shape, &net.device).map_err(crate::Error::from)?;
+            let targets = match job.class {
+                Some(c) => Targets::All(c),
+                None => Targets::TopOne,
+            };
+            let out = cam.run(&x, &targets)?;
+            for (k, &i) in chosen.iter().enumerate() {
+                let map = normaliser.apply(job.norm, out.raw_map(k));
+                maps[i] = Some((
+                    Arc::new(map),
+                    out.spatial.clone(),
+                    out.classes[k],
+                    out.logit(k),
+                    out.probability(k),
+                ));
+            }
+            explained_count.fetch_add(chosen.len() as u64, Ordering::Relaxed);
+        }
+        busy.add(t.elapsed(), pending.len() as u64);
+        for (p, m) in pending.drain(..).zip(maps) {
+            let is_new = m.is_some();
+            if let Some(m) = m {
+                *last = Some(m);
+            }
+            let Some((map, spatial, class, logit, probability)) = last.clone() else {
+                continue;
+            };
+            let e = Explained {
+                frame: p.frame,
+                placement: p.placement,
+                map,
+                spatial,
+                class,
+                logit,
+                probability,
+                explained: is_new,
+            };
+            if tx.send(e).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    for p in rx {
+        if p.frame.index % every == 0 {
+            if in_batch == job.batch.max(1) {
+                // The batch is full: explain it before this frame starts the next one.
+                if !flush(&mut pending, &mut last)? {
+                    return Ok(());
+                }
+                in_batch = 0;
+            }
+            in_batch += 1;
+        }
+        pending.push(p);
+    }
+    flush(&mut pending, &mut last)?;
+    Ok(())
+}
+
+fn render(
+    job: &VideoJob,
+    rx: Receiver<Explained>,
+    tx: Sender<Rendered>,
+    busy: &Busy,
+) -> Result<(), PipelineError> {
+    let model = [job.net.input.size[0], job.net.input.size[1]];
+    for e in rx {
+        let t = Instant::now();
+        inject(job, Stage::Overlay, e.frame.index)?;
+        let mut rgb = e.frame.rgb;
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let rect = e.placement.model.map(|v| v as usize);
+        let mask = upsample_to_source(
+            &e.map,
+            &e.spatial,
+            model,
+            rect,
+            [h, w],
+            job.norm == Norm::Frame,
+        );
+        let peak = argmax(&mask);
+        overlay(&mut rgb, &mask, job.colormap, job.alpha);
+        let label = job.net.label(e.class);
+        if job.label {
+            draw_label(&mut rgb, &format!("{label} {:.2}", e.probability));
+        }
+        let json = serde_json::json!({
+            "index": e.frame.index,
+            "pts": e.frame.pts,
+            "seconds": e.frame.seconds,
+            "class": e.class,
+            "label": label,
+            "logit": e.logit,
+            "probability": e.probability,
+            "peak_x": peak % w,
+            "peak_y": peak / w,
+            "explained": e.explained,
+        })
+        .to_string();
+        busy.add(t.elapsed(), 1);
+        let r = Rendered {
+            index: e.frame.index,
+            pts: e.frame.pts,
+            rgb,
+            json,
+        };
+        if tx.send(r).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn encode(
+    job: &VideoJob,
+    info: &VideoInfo,
+    tmp: &Path,
+    container: &str,
+    rx: Receiver<Rendered>,
+    busy: &Busy,
+    written: &AtomicU64,
+) -> Result<(), PipelineError> {
+    let audio = if info.has_audio {
+        let start = job.section.start.unwrap_or(0.0);
+        AudioSource::Copy {
+            path: job.input.clone(),
+            start,
+            end: job.section.duration.map(|d| start + d),
+        }
+    } else {
+        AudioSource::None
+    };
+    let t = Instant::now();
+    let mut enc = VideoEncoder::create(tmp, container, info, &job.encode, audio)?;
+    busy.add(t.elapsed(), 0);
+    let json_tmp = job.frames_json.as_ref().map(|p| super::temp_output(p));
+    let mut json = match &json_tmp {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| PipelineError::Io(format!("{}: {e}", p.display())))?,
+        )),
+        None => None,
+    };
+    let result = (|| {
+        // Overlay workers finish out of order; frames leave in order.
+        let mut waiting: BTreeMap<u64, Rendered> = BTreeMap::new();
+        let mut next = 0u64;
+        for r in rx {
+            waiting.insert(r.index, r);
+            while let Some(r) = waiting.remove(&next) {
+                let t = Instant::now();
+                inject(job, Stage::Encode, r.index)?;
+                enc.write(&r.rgb, r.pts)?;
+                if let Some(j) = json.as_mut() {
+                    writeln!(j, "{}", r.json)
+                        .map_err(|e| PipelineError::Io(format!("frames json: {e}")))?;
+                }
+                busy.add(t.elapsed(), 1);
+                next += 1;
+                written.store(next, Ordering::Relaxed);
+                if let Some(p) = job.progress {
+                    p(next, info.frames_hint);
+                }
+            }
+        }
+        let t = Instant::now();
+        enc.finish()?;
+        busy.add(t.elapsed(), 0);
+        if let (Some(mut j), Some(tmp_json), Some(dst)) =
+            (json.take(), json_tmp.as_ref(), job.frames_json.as_ref())
+        {
+            j.flush()
+                .map_err(|e| PipelineError::Io(format!("frames json: {e}")))?;
+            drop(j);
+            std::fs::rename(tmp_json, dst)
+                .map_err(|e| PipelineError::Io(format!("{}: {e}", dst.display())))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        if let Some(p) = &json_tmp {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}
