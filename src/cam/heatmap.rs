@@ -24,40 +24,6 @@ pub fn heatmap(raw: &[f32], src: &[usize], dst: &[usize]) -> Vec<f32> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn all_negative_map_is_all_zero() {
-        let out = heatmap(&[-1.0, -2.0, -0.5, -3.0], &[2, 2], &[4, 4]);
-        assert!(out.iter().all(|v| *v == 0.0));
-    }
-
-    #[test]
-    fn constant_positive_map_is_all_zero() {
-        let out = heatmap(&[2.0; 5], &[5], &[10]);
-        assert!(out.iter().all(|v| *v == 0.0));
-    }
-
-    #[test]
-    fn single_peak_is_one_and_min_is_zero() {
-        let out = heatmap(&[0.0, 5.0, -3.0], &[3], &[3]);
-        // ReLU -> [0, 5, 0]; min-max -> [0, 1 - tiny, 0]; second min-max keeps it.
-        assert_eq!(out[0], 0.0);
-        assert!((out[1] - 1.0).abs() < 1e-6);
-        assert_eq!(out[2], 0.0);
-    }
-
-    #[test]
-    fn minmax_matches_numpy_eps_semantics() {
-        let mut m = vec![1.0f32, 3.0];
-        minmax_in_place(&mut m);
-        assert_eq!(m[0], 0.0);
-        assert_eq!(m[1], 2.0 / (2.0 + 1e-7));
-    }
-}
-
 /// Maps a low-resolution map in [0, 1] onto the source region the model input shows:
 /// `model_rect` (x, y, w, h) of the `model` (h, w) input is resized to `out` (h, w).
 /// `renormalise` applies pytorch-grad-cam's clamp and second min-max after resizing.
@@ -99,4 +65,38 @@ pub fn heatmap_on_source(
     let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
     minmax_in_place(&mut m);
     upsample_to_source(&m, spatial, model, model_rect, out, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_negative_map_is_all_zero() {
+        let out = heatmap(&[-1.0, -2.0, -0.5, -3.0], &[2, 2], &[4, 4]);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn constant_positive_map_is_all_zero() {
+        let out = heatmap(&[2.0; 5], &[5], &[10]);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn single_peak_is_one_and_min_is_zero() {
+        let out = heatmap(&[0.0, 5.0, -3.0], &[3], &[3]);
+        // ReLU -> [0, 5, 0]; min-max -> [0, 1 - tiny, 0]; second min-max keeps it.
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] - 1.0).abs() < 1e-6);
+        assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn minmax_matches_numpy_eps_semantics() {
+        let mut m = vec![1.0f32, 3.0];
+        minmax_in_place(&mut m);
+        assert_eq!(m[0], 0.0);
+        assert_eq!(m[1], 2.0 / (2.0 + 1e-7));
+    }
 }

@@ -10,7 +10,7 @@ use image::RgbImage;
 use camstream::cam::{heatmap, heatmap_on_source, CamBatch, GradCam, Targets};
 use camstream::model::{InputKind, ModelRequest, Network};
 use camstream::preprocess::{denormalise, prepare_image, read_image};
-use camstream::render::{overlay_like_show_cam_on_image, JET};
+use camstream::render::{overlay_like_show_cam_on_image, plot_signal, JET};
 use camstream::{io, Error};
 
 use super::ExplainArgs;
@@ -300,6 +300,30 @@ fn write_outputs(
                 format!("{}.png", file.stem)
             };
             io::write_png(&out.join(name), &img)?;
+        }
+        if kind == Kind::Signal && net.input.kind == InputKind::Signal && samples[s].shape[0] >= 1 {
+            // The first channel, coloured by the final map.
+            let len = input_size[0];
+            let fin = heatmap(&e.raw, &e.spatial, input_size);
+            let name = if many {
+                format!("{}.{k}.png", file.stem)
+            } else {
+                format!("{}.png", file.stem)
+            };
+            let title = format!(
+                "{} — {} ({:.2}), layer {layer}",
+                file.stem,
+                net.label(e.class),
+                e.probability
+            );
+            plot_signal(
+                &out.join(name),
+                &samples[s].data[..len],
+                &fin,
+                net.input.sample_rate,
+                &title,
+                &JET,
+            )?;
         }
         if args.json {
             let line = serde_json::json!({

@@ -1,5 +1,6 @@
 //! Command-line parsing; each subcommand lives in its own module.
 
+mod bench;
 mod explain;
 mod layers;
 mod samples;
@@ -41,9 +42,11 @@ enum Command {
     /// Explain 1D signals given as preprocessed (C,L)/(N,C,L) float32 .npy tensors.
     Signal(ExplainArgs),
     /// Annotate a video with Grad-CAM heatmaps (streamed; any length, constant memory).
-    Video(video::VideoArgs),
+    Video(Box<video::VideoArgs>),
     /// List every valid target layer of a model with its output shape.
     Layers(ModelArgs),
+    /// Time forward-only and Grad-CAM on the same batch (frames/s and their ratio).
+    Bench(bench::BenchArgs),
     /// Make the sample inputs (pictures, video, ECG, audio) from the synthetic generators.
     Samples(samples::SamplesArgs),
     /// Train a sample model on a synthetic task (shapes, ecg, audio) with candle.
@@ -118,6 +121,7 @@ pub fn run() -> Result<()> {
         Command::Layers(a) => layers::run(&a),
         Command::Video(a) => video::run(&a),
         Command::Samples(a) => samples::run(&a),
+        Command::Bench(a) => bench::run(&a),
         Command::Train(a) => train::run_train(&a),
         Command::Eval(a) => train::run_eval(&a),
     }

@@ -112,7 +112,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         secs
     );
     train::save(t.as_ref(), &trained, &a.out, acc, &header)?;
-    let tail = trained.losses.len().min(100).max(1);
+    let tail = trained.losses.len().clamp(1, 100);
     let mean = |v: &[f32]| v[v.len().saturating_sub(tail)..].iter().sum::<f32>() / tail as f32;
     eprintln!(
         "last {tail} steps: mean loss {:.3}, batch accuracy {:.1} %",

@@ -218,7 +218,7 @@ impl VideoDecoder {
         (self.start_s / self.tb).round() as i64
     }
 
-    fn to_rgb(&mut self, f: &AvFrame) -> Result<RgbImage, DecodeError> {
+    fn convert_rgb(&mut self, f: &AvFrame) -> Result<RgbImage, DecodeError> {
         let (w, h) = (f.width(), f.height());
         let stale = self.scaler.as_ref().is_none_or(|s| {
             s.input().width != w || s.input().height != h || s.input().format != f.format()
@@ -273,7 +273,7 @@ impl VideoDecoder {
                 return Ok(None);
             }
             let base = *self.start_pts.get_or_insert(self.start_pts());
-            let rgb = self.to_rgb(&f)?;
+            let rgb = self.convert_rgb(&f)?;
             let frame = DecodedFrame {
                 index: self.next_index,
                 pts: pts - base,

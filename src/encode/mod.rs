@@ -139,7 +139,7 @@ impl VideoEncoder {
             .video()
             .map_err(|e| open_err(path, "encoder", e))?;
         // H.264 4:2:0 needs even sizes; odd ones keep their size in 4:4:4.
-        let pix = if info.width % 2 == 0 && info.height % 2 == 0 {
+        let pix = if info.width.is_multiple_of(2) && info.height.is_multiple_of(2) {
             Pixel::YUV420P
         } else {
             Pixel::YUV444P

@@ -207,3 +207,132 @@ pub fn build(
         device: device.clone(),
     })
 }
+
+/// A torchvision-shaped state dict with random weights (Kaiming-normal convs, identity
+/// BatchNorm statistics), for benchmarks that need the architecture, not its knowledge.
+pub fn random_weights(arch: &str, classes: usize, seed: u64, device: &Device) -> Result<Weights> {
+    use rand::Rng as _;
+    use rand_distr::{Distribution, Normal};
+    let (block, blocks): (Block, &[usize]) = match arch {
+        "resnet18" => (Block::Basic, &[2, 2, 2, 2]),
+        "resnet34" => (Block::Basic, &[3, 4, 6, 3]),
+        "resnet50" => (Block::Bottleneck, &[3, 4, 6, 3]),
+        other => {
+            return Err(Error::Unsupported {
+                what: "architecture",
+                name: other.into(),
+                supported: super::BUILTIN.iter().map(|s| s.to_string()).collect(),
+            })
+        }
+    };
+    let mut rng = crate::synth::rng(seed);
+    let mut t = std::collections::HashMap::new();
+    let conv = |t: &mut std::collections::HashMap<String, candle_core::Tensor>,
+                rng: &mut crate::synth::Rng,
+                name: String,
+                shape: [usize; 4]|
+     -> Result<()> {
+        let fan_in = shape[1] * shape[2] * shape[3];
+        let nd = Normal::new(0f32, (2.0 / fan_in as f32).sqrt()).expect("valid sigma");
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| nd.sample(rng))
+            .collect();
+        t.insert(
+            name,
+            candle_core::Tensor::from_vec(v, shape.to_vec(), device)?,
+        );
+        Ok(())
+    };
+    let bn = |t: &mut std::collections::HashMap<String, candle_core::Tensor>,
+              name: String,
+              c: usize|
+     -> Result<()> {
+        for (k, v) in [
+            ("weight", 1f32),
+            ("bias", 0.0),
+            ("running_mean", 0.0),
+            ("running_var", 1.0),
+        ] {
+            t.insert(
+                format!("{name}.{k}"),
+                candle_core::Tensor::full(v, c, device)?,
+            );
+        }
+        Ok(())
+    };
+    conv(&mut t, &mut rng, "conv1.weight".into(), [64, 3, 7, 7])?;
+    bn(&mut t, "bn1".into(), 64)?;
+    let expansion = if block == Block::Basic { 1 } else { 4 };
+    let mut c = 64;
+    for (stage, &n) in blocks.iter().enumerate() {
+        let planes = 64 << stage;
+        for b in 0..n {
+            let p = format!("layer{}.{}", stage + 1, b);
+            match block {
+                Block::Basic => {
+                    conv(
+                        &mut t,
+                        &mut rng,
+                        format!("{p}.conv1.weight"),
+                        [planes, c, 3, 3],
+                    )?;
+                    conv(
+                        &mut t,
+                        &mut rng,
+                        format!("{p}.conv2.weight"),
+                        [planes, planes, 3, 3],
+                    )?;
+                    bn(&mut t, format!("{p}.bn1"), planes)?;
+                    bn(&mut t, format!("{p}.bn2"), planes)?;
+                }
+                Block::Bottleneck => {
+                    conv(
+                        &mut t,
+                        &mut rng,
+                        format!("{p}.conv1.weight"),
+                        [planes, c, 1, 1],
+                    )?;
+                    conv(
+                        &mut t,
+                        &mut rng,
+                        format!("{p}.conv2.weight"),
+                        [planes, planes, 3, 3],
+                    )?;
+                    conv(
+                        &mut t,
+                        &mut rng,
+                        format!("{p}.conv3.weight"),
+                        [planes * 4, planes, 1, 1],
+                    )?;
+                    bn(&mut t, format!("{p}.bn1"), planes)?;
+                    bn(&mut t, format!("{p}.bn2"), planes)?;
+                    bn(&mut t, format!("{p}.bn3"), planes * 4)?;
+                }
+            }
+            let out = planes * expansion;
+            if b == 0 && (stage > 0 || c != out) {
+                conv(
+                    &mut t,
+                    &mut rng,
+                    format!("{p}.downsample.0.weight"),
+                    [out, c, 1, 1],
+                )?;
+                bn(&mut t, format!("{p}.downsample.1"), out)?;
+            }
+            c = out;
+        }
+    }
+    let bound = 1.0 / (c as f32).sqrt();
+    let w: Vec<f32> = (0..classes * c)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    t.insert(
+        "fc.weight".into(),
+        candle_core::Tensor::from_vec(w, (classes, c), device)?,
+    );
+    t.insert(
+        "fc.bias".into(),
+        candle_core::Tensor::zeros(classes, candle_core::DType::F32, device)?,
+    );
+    Ok(Weights::from_tensors(format!("<random {arch}>"), t))
+}

@@ -189,88 +189,112 @@ fn preprocess(
     Ok(())
 }
 
-fn model(
-    job: &VideoJob,
-    rx: Receiver<Prepared>,
-    tx: Sender<Explained>,
-    busy: &Busy,
-    explained_count: &AtomicU64,
-) -> Result<(), PipelineError> {
-    let net = job.net;
-    let cam = GradCam::new(net, &job.layer)?;
-    let every = job.every.max(1) as u64;
-    let mut normaliser = Normaliser::default();
-    // Frames waiting for the batch that explains them (or the frame they reuse).
-    let mut pending: Vec<Prepared> = Vec::new();
-    let mut in_batch = 0usize;
-    let mut last: Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)> = None;
-    let mut flush = |pending: &mut Vec<Prepared>,
-                     last: &mut Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)>|
-     -> Result<bool, PipelineError> {
+/// The map a frame is drawn with; shared by the frames that reuse it (`--every`).
+#[derive(Clone)]
+struct FrameMap {
+    map: Arc<Vec<f32>>,
+    spatial: Vec<usize>,
+    class: usize,
+    logit: f32,
+    probability: f32,
+}
+
+struct ModelStage<'a> {
+    job: &'a VideoJob<'a>,
+    cam: GradCam<'a>,
+    normaliser: Normaliser,
+    last: Option<FrameMap>,
+}
+
+impl ModelStage<'_> {
+    /// Explains the chosen frames of `pending` in one batch and sends all of them on.
+    /// Returns false when downstream has stopped.
+    fn flush(
+        &mut self,
+        pending: &mut Vec<Prepared>,
+        tx: &Sender<Explained>,
+        busy: &Busy,
+        count: &AtomicU64,
+    ) -> Result<bool, PipelineError> {
         let t = Instant::now();
+        let net = self.job.net;
+        let every = self.job.every.max(1) as u64;
         let chosen: Vec<usize> = (0..pending.len())
-            .filter(|&i| pending[i].frame.index % every == 0)
+            .filter(|&i| pending[i].frame.index.is_multiple_of(every))
             .collect();
-        let mut maps: Vec<Option<(Arc<Vec<f32>>, Vec<usize>, usize, f32, f32)>> =
-            vec![None; pending.len()];
+        let mut maps: Vec<Option<FrameMap>> = vec![None; pending.len()];
         if !chosen.is_empty() {
-            for &i in &chosen {
-                inject(job, Stage::Model, pending[i].frame.index)?;
-            }
             let mut shape = vec![chosen.len(), net.input.channels];
             shape.extend(&net.input.size);
             let mut data = Vec::with_capacity(shape.iter().product());
             for &i in &chosen {
+                inject(self.job, Stage::Model, pending[i].frame.index)?;
                 data.extend_from_slice(&pending[i].input);
             }
             let x = Tensor::from_vec(data, shape, &net.device).map_err(crate::Error::from)?;
-            let targets = match job.class {
-                Some(c) => Targets::All(c),
-                None => Targets::TopOne,
-            };
-            let out = cam.run(&x, &targets)?;
+            let targets = self.job.class.map_or(Targets::TopOne, Targets::All);
+            let out = self.cam.run(&x, &targets)?;
             for (k, &i) in chosen.iter().enumerate() {
-                let map = normaliser.apply(job.norm, out.raw_map(k));
-                maps[i] = Some((
-                    Arc::new(map),
-                    out.spatial.clone(),
-                    out.classes[k],
-                    out.logit(k),
-                    out.probability(k),
-                ));
+                maps[i] = Some(FrameMap {
+                    map: Arc::new(self.normaliser.apply(self.job.norm, out.raw_map(k))),
+                    spatial: out.spatial.clone(),
+                    class: out.classes[k],
+                    logit: out.logit(k),
+                    probability: out.probability(k),
+                });
             }
-            explained_count.fetch_add(chosen.len() as u64, Ordering::Relaxed);
+            count.fetch_add(chosen.len() as u64, Ordering::Relaxed);
         }
         busy.add(t.elapsed(), pending.len() as u64);
         for (p, m) in pending.drain(..).zip(maps) {
-            let is_new = m.is_some();
-            if let Some(m) = m {
-                *last = Some(m);
+            let explained = m.is_some();
+            if m.is_some() {
+                self.last = m;
             }
-            let Some((map, spatial, class, logit, probability)) = last.clone() else {
+            // Frame 0 is always explained, so every later frame has a map to reuse.
+            let Some(fm) = self.last.clone() else {
                 continue;
             };
             let e = Explained {
                 frame: p.frame,
                 placement: p.placement,
-                map,
-                spatial,
-                class,
-                logit,
-                probability,
-                explained: is_new,
+                map: fm.map,
+                spatial: fm.spatial,
+                class: fm.class,
+                logit: fm.logit,
+                probability: fm.probability,
+                explained,
             };
             if tx.send(e).is_err() {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+}
+
+fn model(
+    job: &VideoJob,
+    rx: Receiver<Prepared>,
+    tx: Sender<Explained>,
+    busy: &Busy,
+    count: &AtomicU64,
+) -> Result<(), PipelineError> {
+    let mut stage = ModelStage {
+        job,
+        cam: GradCam::new(job.net, &job.layer)?,
+        normaliser: Normaliser::default(),
+        last: None,
     };
+    let every = job.every.max(1) as u64;
+    // Frames waiting for the batch that explains them (or holds the map they reuse).
+    let mut pending: Vec<Prepared> = Vec::new();
+    let mut in_batch = 0usize;
     for p in rx {
-        if p.frame.index % every == 0 {
+        if p.frame.index.is_multiple_of(every) {
             if in_batch == job.batch.max(1) {
                 // The batch is full: explain it before this frame starts the next one.
-                if !flush(&mut pending, &mut last)? {
+                if !stage.flush(&mut pending, &tx, busy, count)? {
                     return Ok(());
                 }
                 in_batch = 0;
@@ -279,7 +303,7 @@ fn model(
         }
         pending.push(p);
     }
-    flush(&mut pending, &mut last)?;
+    stage.flush(&mut pending, &tx, busy, count)?;
     Ok(())
 }
 

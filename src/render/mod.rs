@@ -2,10 +2,12 @@
 
 mod colormap;
 mod overlay;
+mod plot;
 mod text;
 
 pub use colormap::{
     by_name as colormap_by_name, Colormap, COLORMAPS, INFERNO, JET, TURBO, VIRIDIS,
 };
 pub use overlay::{overlay, overlay_like_show_cam_on_image};
+pub use plot::plot_signal;
 pub use text::draw_label;

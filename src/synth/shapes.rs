@@ -109,8 +109,8 @@ impl Canvas {
                 }
                 let cov = hits as f32 / 16.0;
                 let p = &mut self.px[(y * self.w + x) as usize];
-                for c in 0..3 {
-                    p[c] = p[c] * (1.0 - cov) + s.colour[c] * cov;
+                for (v, c) in p.iter_mut().zip(s.colour) {
+                    *v = *v * (1.0 - cov) + c * cov;
                 }
                 if hits >= 8 {
                     bbox = [

@@ -1,0 +1,343 @@
+//! The video pipeline end to end on clips the test makes with our own encoder (real
+//! FFmpeg, no mocks), checked with our own decoder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use camstream::decode::{Section, VideoDecoder};
+use camstream::synth::video::{write_clip, ClipSpec, FrameTruth};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_camstream")
+}
+
+fn shapes_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/models/shapes.toml")
+}
+
+fn clip(dir: &Path, name: &str, spec: ClipSpec) -> (PathBuf, Vec<FrameTruth>) {
+    let p = dir.join(name);
+    let t = write_clip(&p, "mp4", &spec).expect("write clip");
+    (p, t)
+}
+
+fn spec(w: u32, h: u32, frames: u32, audio: bool) -> ClipSpec {
+    ClipSpec {
+        width: w,
+        height: h,
+        fps: 25,
+        frames,
+        shapes: 1,
+        audio,
+        vfr: false,
+        seed: 11,
+    }
+}
+
+/// Runs camstream, killing it if it does not finish in time (a hang fails the test).
+fn run(args: &[&str], limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("camstream {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (out, start.elapsed())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// (frame times in ms, width, height, fps, has audio); containers differ in time base.
+fn probe(p: &Path) -> (Vec<i64>, u32, u32, (i32, i32), bool) {
+    let mut d = VideoDecoder::open(p, Section::default()).expect("open output");
+    let info = d.info().clone();
+    let mut pts = Vec::new();
+    while let Some(f) = d.next_frame().expect("decode") {
+        pts.push((f.seconds * 1000.0).round() as i64);
+    }
+    (pts, info.width, info.height, info.rate, info.has_audio)
+}
+
+fn audio_packets(p: &Path) -> usize {
+    camstream::decode::init();
+    let mut ictx = ffmpeg_next::format::input(p).unwrap();
+    let idx = ictx
+        .streams()
+        .best(ffmpeg_next::media::Type::Audio)
+        .map(|s| s.index());
+    let Some(idx) = idx else { return 0 };
+    ictx.packets().filter(|(s, _)| s.index() == idx).count()
+}
+
+fn no_leftovers(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".part"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn output_keeps_frames_timing_size_and_audio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = clip(tmp.path(), "in.mp4", spec(320, 180, 50, true));
+    let out = tmp.path().join("out.mp4");
+    let (o, _) = run(
+        &[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+            "--batch",
+            "4",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = probe(&input);
+    let b = probe(&out);
+    assert_eq!(b.0.len(), 50, "frame count");
+    assert_eq!(a.0, b.0, "timestamps");
+    assert_eq!((a.1, a.2, a.3), (b.1, b.2, b.3), "size and rate");
+    assert!(b.4, "audio stream kept");
+    assert_eq!(
+        audio_packets(&input),
+        audio_packets(&out),
+        "audio packets copied unchanged"
+    );
+    no_leftovers(tmp.path());
+}
+
+#[test]
+fn odd_size_variable_rate_and_sections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sp = spec(321, 241, 40, false);
+    sp.vfr = true;
+    let (input, _) = clip(tmp.path(), "odd.mp4", sp);
+    let out = tmp.path().join("odd_out.mkv");
+    let (o, _) = run(
+        &[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+            "--every",
+            "3",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = probe(&input);
+    let b = probe(&out);
+    assert_eq!((b.1, b.2), (321, 241));
+    assert_eq!(a.0, b.0, "irregular timestamps preserved");
+    assert!(!b.4);
+
+    // A section: 0.4 s from 0.4 s of a 25 fps clip = 10 frames, timestamps from 0.
+    let (input, _) = clip(tmp.path(), "cfr.mp4", spec(160, 96, 40, true));
+    let out = tmp.path().join("cut.mp4");
+    let (o, _) = run(
+        &[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+            "--start",
+            "0.4",
+            "--duration",
+            "0.4",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = probe(&out);
+    assert_eq!(b.0.len(), 10, "{:?}", b.0);
+    assert_eq!(b.0[0], 0);
+    assert!(b.4);
+}
+
+#[test]
+fn heatmap_peak_follows_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, truth) = clip(tmp.path(), "move.mp4", spec(320, 180, 60, false));
+    let out = tmp.path().join("move_out.mp4");
+    let json = tmp.path().join("frames.jsonl");
+    let (o, _) = run(
+        &[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+            "--frames-json",
+            s(&json),
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), truth.len());
+    let mut hits = 0;
+    for (l, t) in lines.iter().zip(&truth) {
+        let (x, y) = (
+            l["peak_x"].as_u64().unwrap() as u32,
+            l["peak_y"].as_u64().unwrap() as u32,
+        );
+        let [x0, y0, x1, y1] = t[0].1;
+        if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+            hits += 1;
+        }
+    }
+    let rate = hits as f32 / truth.len() as f32;
+    eprintln!("pointing game over frames: {:.1} %", rate * 100.0);
+    assert!(rate >= 0.85, "pointing game {rate}");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = shapes_model();
+    let (input, _) = clip(t, "ok.mp4", spec(160, 96, 20, true));
+    let bytes = std::fs::read(&input).unwrap();
+    let truncated = t.join("truncated.mp4");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let text = t.join("notes.mp4");
+    std::fs::write(&text, "not a video at all").unwrap();
+    let wav = t.join("sound.wav");
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+        for i in 0..8000 {
+            w.write_sample(((i as f32 * 0.1).sin() * 1000.0) as i16)
+                .unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    for (bad, expect) in [
+        (t.join("missing.mp4"), "no such file"),
+        (truncated, "truncated.mp4"),
+        (text, "not a media file"),
+        (wav, "no video stream"),
+    ] {
+        let out = t.join("bad_out.mp4");
+        let (o, _) = run(
+            &["video", s(&bad), "-o", s(&out), "-m", s(&m), "-q"],
+            Duration::from_secs(60),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains(expect), "{bad:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+    no_leftovers(t);
+}
+
+#[test]
+fn a_failing_stage_stops_everything_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = clip(tmp.path(), "long.mp4", spec(160, 96, 250, true));
+    for stage in ["decode", "preprocess", "model", "overlay", "encode"] {
+        let out = tmp.path().join(format!("{stage}.mp4"));
+        let at = format!("{stage}:12");
+        let (o, took) = run(
+            &[
+                "video",
+                s(&input),
+                "-o",
+                s(&out),
+                "-m",
+                s(&shapes_model()),
+                "-q",
+                "--fail-at",
+                &at,
+            ],
+            Duration::from_secs(60),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stage}: {err}");
+        assert!(
+            err.contains(&format!("stage {stage} failed at frame 12")),
+            "{err}"
+        );
+        assert!(!out.exists(), "{stage}: output must not exist");
+        eprintln!("{stage}: failed run ended after {took:?}");
+    }
+    no_leftovers(tmp.path());
+}
+
+#[test]
+fn memory_stays_flat_for_a_longer_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (short, _) = clip(tmp.path(), "short.mp4", spec(320, 180, 50, false));
+    let (long, _) = clip(tmp.path(), "long.mp4", spec(320, 180, 300, false));
+    let mut peaks = Vec::new();
+    for input in [&short, &long] {
+        let out = tmp.path().join("o.mp4");
+        let rep = tmp.path().join("r.json");
+        let (o, _) = run(
+            &[
+                "video",
+                s(input),
+                "-o",
+                s(&out),
+                "-m",
+                s(&shapes_model()),
+                "-q",
+                "--report",
+                s(&rep),
+            ],
+            Duration::from_secs(300),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        peaks.push(r["peak_rss_mb"].as_f64().unwrap());
+    }
+    eprintln!(
+        "peak RSS: 2 s input {:.1} MB, 12 s input {:.1} MB",
+        peaks[0], peaks[1]
+    );
+    assert!(peaks[1] <= peaks[0] * 1.10, "{peaks:?}");
+}
