@@ -116,7 +116,7 @@ fn load_inputs(
             let [sx, sy, sw, sh] = p.placement.source;
             let view = image::imageops::crop_imm(&img, sx, sy, sw, sh).to_image();
             let mut shape = vec![net.input.channels];
-            shape.extend(&net.input.size);
+            shape.extend(p.size);
             samples.push(Sample {
                 file: fi,
                 data: p.chw,

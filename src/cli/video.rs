@@ -47,8 +47,9 @@ pub struct VideoArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub every: u64,
 
-    /// Heatmap scaling: `frame` (per-frame min-max, as pytorch-grad-cam) or `ema:A`
-    /// (smoothed over time with weight A of the past, e.g. ema:0.8; no flicker)
+    /// Heatmap scaling: `frame` (per-frame min-max, as pytorch-grad-cam), `clip` (one
+    /// scale for the whole clip, as SlowFast; two passes) or `ema:A` (smoothed over time
+    /// with weight A of the past, e.g. ema:0.8; no flicker)
     #[arg(long, default_value = "frame")]
     pub norm: String,
 
@@ -61,7 +62,7 @@ pub struct VideoArgs {
     pub alpha: f32,
 
     /// How frames are fitted to the model input (default: the config's)
-    #[arg(long, value_parser = ["letterbox", "stretch"])]
+    #[arg(long, value_parser = ["letterbox", "stretch", "keep_aspect"])]
     pub fit: Option<String>,
 
     /// libx264 quality (0-51, lower is better)
@@ -126,6 +127,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
     match a.fit.as_deref() {
         Some("letterbox") => net.input.resize = Resize::Letterbox,
         Some("stretch") => net.input.resize = Resize::Stretch,
+        Some("keep_aspect") => net.input.resize = Resize::KeepAspect,
         _ => {}
     }
     let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());

@@ -28,6 +28,10 @@ pub enum Resize {
     /// Fit inside the model size keeping the aspect ratio; the border is the mean colour
     /// (0 after normalisation).
     Letterbox,
+    /// Shorter side to the model's shorter side, aspect kept, nothing cropped or padded:
+    /// the input grows with the picture's aspect ratio (for fully convolutional models
+    /// with global pooling, where objects then keep the scale they were trained at).
+    KeepAspect,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +219,7 @@ impl ModelFile {
         let resize = match inp.resize.as_deref() {
             None | Some("stretch") => Resize::Stretch,
             Some("letterbox") => Resize::Letterbox,
+            Some("keep_aspect") => Resize::KeepAspect,
             Some("shorter_side") => Resize::ShorterSideCrop(
                 inp.resize_to
                     .unwrap_or_else(|| inp.size.iter().copied().min().unwrap_or(0)),
@@ -223,7 +228,12 @@ impl ModelFile {
                 return Err(Error::Unsupported {
                     what: "resize mode",
                     name: other.into(),
-                    supported: vec!["stretch".into(), "letterbox".into(), "shorter_side".into()],
+                    supported: vec![
+                        "stretch".into(),
+                        "letterbox".into(),
+                        "keep_aspect".into(),
+                        "shorter_side".into(),
+                    ],
                 })
             }
         };

@@ -120,15 +120,21 @@ pub struct VideoReport {
     pub peak_rss_mb: f64,
 }
 
-/// The first error of any stage; later ones are consequences and are dropped.
+/// The first error of any stage; later ones are consequences and are dropped. Once
+/// set, every stage stops at its next frame (a closed channel alone would not stop the
+/// other overlay workers, which share theirs).
 #[derive(Default)]
-pub(crate) struct FirstError(Mutex<Option<PipelineError>>);
+pub(crate) struct FirstError(Mutex<Option<PipelineError>>, AtomicBool);
 
 impl FirstError {
     pub(crate) fn set(&self, e: PipelineError) {
+        self.1.store(true, Ordering::SeqCst);
         if let Ok(mut g) = self.0.lock() {
             g.get_or_insert(e);
         }
+    }
+    pub(crate) fn failed(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
     fn take(&self) -> Option<PipelineError> {
         self.0.lock().ok().and_then(|mut g| g.take())
@@ -204,7 +210,16 @@ fn container_for(output: &Path) -> &'static str {
 pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
     let tmp = temp_output(&job.output);
     let started = Instant::now();
-    let result = stages::run(job, &tmp, container_for(&job.output), cancel);
+    let container = container_for(&job.output);
+    let clip_scale = if job.norm == Norm::Clip {
+        // First pass: the clip's largest map value (the model runs twice).
+        let max = std::sync::atomic::AtomicU32::new(0);
+        stages::run(job, &tmp, container, cancel, Some(&max), 0.0)?;
+        f32::from_bits(max.load(Ordering::Relaxed))
+    } else {
+        0.0
+    };
+    let result = stages::run(job, &tmp, container, cancel, None, clip_scale);
     match result {
         Ok(mut report) => {
             std::fs::rename(&tmp, &job.output).map_err(|e| {

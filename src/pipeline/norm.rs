@@ -9,12 +9,16 @@ pub enum Norm {
     /// Exponential smoothing of the map and of its scale over time (factor = weight of
     /// the past), so heatmaps do not flicker between frames.
     Ema(f32),
+    /// One scale for the whole clip (its largest map value), as SlowFast shows clips:
+    /// a first pass over the video finds it.
+    Clip,
 }
 
 impl Norm {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "frame" => Some(Norm::Frame),
+            "clip" => Some(Norm::Clip),
             _ => {
                 let a: f32 = s.strip_prefix("ema:")?.parse().ok()?;
                 (0.0..1.0).contains(&a).then_some(Norm::Ema(a))
@@ -31,6 +35,16 @@ pub struct Normaliser {
 }
 
 impl Normaliser {
+    /// For `Norm::Clip`: the clip's largest ReLU'd map value, from the first pass.
+    pub fn with_clip_scale(scale: f32) -> Self {
+        Self {
+            smooth: Vec::new(),
+            scale,
+        }
+    }
+}
+
+impl Normaliser {
     /// Signed raw map in, map in [0, 1] out (same low resolution).
     pub fn apply(&mut self, norm: Norm, raw: &[f32]) -> Vec<f32> {
         let relu: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
@@ -39,6 +53,10 @@ impl Normaliser {
                 let mut m = relu;
                 crate::cam::minmax_in_place(&mut m);
                 m
+            }
+            Norm::Clip => {
+                let d = self.scale.max(1e-7);
+                relu.iter().map(|v| (v / d).clamp(0.0, 1.0)).collect()
             }
             Norm::Ema(a) => {
                 if self.smooth.len() != relu.len() {
@@ -70,7 +88,8 @@ mod tests {
         assert_eq!(Norm::parse("frame"), Some(Norm::Frame));
         assert_eq!(Norm::parse("ema:0.8"), Some(Norm::Ema(0.8)));
         assert_eq!(Norm::parse("ema:1.5"), None);
-        assert_eq!(Norm::parse("clip"), None);
+        assert_eq!(Norm::parse("clip"), Some(Norm::Clip));
+        assert_eq!(Norm::parse("clips"), None);
     }
 
     #[test]
@@ -83,5 +102,7 @@ mod tests {
         assert!((b[0] - b[1]).abs() < 1e-6 && b[0] > 0.4, "{b:?}");
         let mut f = Normaliser::default();
         assert_eq!(f.apply(Norm::Frame, &[0.0, 1.0])[0], 0.0);
+        let mut c = Normaliser::with_clip_scale(4.0);
+        assert_eq!(c.apply(Norm::Clip, &[-1.0, 1.0, 2.0]), vec![0.0, 0.25, 0.5]);
     }
 }

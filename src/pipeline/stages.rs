@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,12 +23,15 @@ use crate::render::{draw_label, overlay};
 struct Prepared {
     frame: DecodedFrame,
     input: Vec<f32>,
+    /// (H, W) of the model input (the same for every frame of a video).
+    size: [usize; 2],
     placement: Placement,
 }
 
 /// A frame with the map to draw on it.
 struct Explained {
     frame: DecodedFrame,
+    size: [usize; 2],
     placement: Placement,
     /// Low-resolution map in [0, 1], shared by the frames that reuse it (`--every`).
     map: Arc<Vec<f32>>,
@@ -62,11 +65,15 @@ fn guard(stage: Stage, errors: &FirstError, body: impl FnOnce() -> Result<(), Pi
     }
 }
 
+/// With `scan`, runs decode → preprocess → model only and records the largest map value
+/// (the first pass of `--norm clip`); `clip_scale` is that value for the second pass.
 pub(super) fn run(
     job: &VideoJob,
     tmp: &Path,
     container: &str,
     cancel: &AtomicBool,
+    scan: Option<&AtomicU32>,
+    clip_scale: f32,
 ) -> Result<VideoReport, PipelineError> {
     let errors = FirstError::default();
     let busy: [Busy; 5] = Default::default();
@@ -84,32 +91,36 @@ pub(super) fn run(
     std::thread::scope(|s| {
         s.spawn(|| {
             guard(Stage::Decode, &errors, || {
-                decode(job, info_tx, dec_tx, cancel, &busy[0], &corrupt)
+                decode(job, info_tx, dec_tx, cancel, &errors, &busy[0], &corrupt)
             })
         });
         s.spawn(|| {
             guard(Stage::Preprocess, &errors, || {
-                preprocess(job, dec_rx, pre_tx, &busy[1])
+                preprocess(job, dec_rx, pre_tx, &errors, &busy[1])
             })
         });
         s.spawn(|| {
             guard(Stage::Model, &errors, || {
-                model(job, pre_rx, cam_tx, &busy[2], &explained)
+                model(
+                    job, pre_rx, cam_tx, &errors, &busy[2], &explained, scan, clip_scale,
+                )
             })
         });
-        for _ in 0..workers {
+        // A scan stops at the model: nothing is drawn or written.
+        let workers_now = if scan.is_some() { 0 } else { workers };
+        for _ in 0..workers_now {
             let (rx, tx) = (cam_rx.clone(), ren_tx.clone());
             let (errors, busy) = (&errors, &busy[3]);
-            s.spawn(move || guard(Stage::Overlay, errors, || render(job, rx, tx, busy)));
+            s.spawn(move || guard(Stage::Overlay, errors, || render(job, rx, tx, errors, busy)));
         }
         drop(cam_rx);
         drop(ren_tx);
         // The encoder needs the input's size and timing, which only the decoder knows.
-        if let Ok(info) = info_rx.recv() {
+        if let (Ok(info), None) = (info_rx.recv(), scan) {
             let (errors, busy, written) = (&errors, &busy[4], &written);
             s.spawn(move || {
                 guard(Stage::Encode, errors, || {
-                    encode(job, &info, tmp, container, ren_rx, busy, written)
+                    encode(job, &info, tmp, container, ren_rx, errors, busy, written)
                 })
             });
         }
@@ -138,6 +149,7 @@ fn decode(
     info_tx: Sender<VideoInfo>,
     tx: Sender<DecodedFrame>,
     cancel: &AtomicBool,
+    errors: &FirstError,
     busy: &Busy,
     corrupt: &AtomicU64,
 ) -> Result<(), PipelineError> {
@@ -147,7 +159,7 @@ fn decode(
     }
     drop(info_tx);
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.load(Ordering::Relaxed) || errors.failed() {
             break;
         }
         let t = Instant::now();
@@ -168,9 +180,13 @@ fn preprocess(
     job: &VideoJob,
     rx: Receiver<DecodedFrame>,
     tx: Sender<Prepared>,
+    errors: &FirstError,
     busy: &Busy,
 ) -> Result<(), PipelineError> {
     for frame in rx {
+        if errors.failed() {
+            break;
+        }
         let t = Instant::now();
         inject(job, Stage::Preprocess, frame.index)?;
         let p = prepare_image(&frame.rgb, &job.net.input);
@@ -179,6 +195,7 @@ fn preprocess(
             .send(Prepared {
                 frame,
                 input: p.chw,
+                size: p.size,
                 placement: p.placement,
             })
             .is_err()
@@ -204,6 +221,8 @@ struct ModelStage<'a> {
     cam: GradCam<'a>,
     normaliser: Normaliser,
     last: Option<FrameMap>,
+    /// First pass of `--norm clip`: the running maximum (f32 bits), nothing sent on.
+    scan: Option<&'a AtomicU32>,
 }
 
 impl ModelStage<'_> {
@@ -225,7 +244,7 @@ impl ModelStage<'_> {
         let mut maps: Vec<Option<FrameMap>> = vec![None; pending.len()];
         if !chosen.is_empty() {
             let mut shape = vec![chosen.len(), net.input.channels];
-            shape.extend(&net.input.size);
+            shape.extend(pending[chosen[0]].size);
             let mut data = Vec::with_capacity(shape.iter().product());
             for &i in &chosen {
                 inject(self.job, Stage::Model, pending[i].frame.index)?;
@@ -234,6 +253,15 @@ impl ModelStage<'_> {
             let x = Tensor::from_vec(data, shape, &net.device).map_err(crate::Error::from)?;
             let targets = self.job.class.map_or(Targets::TopOne, Targets::All);
             let out = self.cam.run(&x, &targets)?;
+            if let Some(max) = self.scan {
+                let peak = out.raw.iter().cloned().fold(0.0f32, f32::max);
+                // Non-negative floats order like their bit patterns.
+                max.fetch_max(peak.to_bits(), Ordering::Relaxed);
+                count.fetch_add(chosen.len() as u64, Ordering::Relaxed);
+                busy.add(t.elapsed(), pending.len() as u64);
+                pending.clear();
+                return Ok(true);
+            }
             for (k, &i) in chosen.iter().enumerate() {
                 maps[i] = Some(FrameMap {
                     map: Arc::new(self.normaliser.apply(self.job.norm, out.raw_map(k))),
@@ -257,6 +285,7 @@ impl ModelStage<'_> {
             };
             let e = Explained {
                 frame: p.frame,
+                size: p.size,
                 placement: p.placement,
                 map: fm.map,
                 spatial: fm.spatial,
@@ -277,20 +306,27 @@ fn model(
     job: &VideoJob,
     rx: Receiver<Prepared>,
     tx: Sender<Explained>,
+    errors: &FirstError,
     busy: &Busy,
     count: &AtomicU64,
+    scan: Option<&AtomicU32>,
+    clip_scale: f32,
 ) -> Result<(), PipelineError> {
     let mut stage = ModelStage {
         job,
         cam: GradCam::new(job.net, &job.layer)?,
-        normaliser: Normaliser::default(),
+        normaliser: Normaliser::with_clip_scale(clip_scale),
         last: None,
+        scan,
     };
     let every = job.every.max(1) as u64;
     // Frames waiting for the batch that explains them (or holds the map they reuse).
     let mut pending: Vec<Prepared> = Vec::new();
     let mut in_batch = 0usize;
     for p in rx {
+        if errors.failed() {
+            return Ok(());
+        }
         if p.frame.index.is_multiple_of(every) {
             if in_batch == job.batch.max(1) {
                 // The batch is full: explain it before this frame starts the next one.
@@ -311,10 +347,13 @@ fn render(
     job: &VideoJob,
     rx: Receiver<Explained>,
     tx: Sender<Rendered>,
+    errors: &FirstError,
     busy: &Busy,
 ) -> Result<(), PipelineError> {
-    let model = [job.net.input.size[0], job.net.input.size[1]];
     for e in rx {
+        if errors.failed() {
+            break;
+        }
         let t = Instant::now();
         inject(job, Stage::Overlay, e.frame.index)?;
         let mut rgb = e.frame.rgb;
@@ -323,7 +362,7 @@ fn render(
         let mask = upsample_to_source(
             &e.map,
             &e.spatial,
-            model,
+            e.size,
             rect,
             [h, w],
             job.norm == Norm::Frame,
@@ -367,6 +406,7 @@ fn encode(
     tmp: &Path,
     container: &str,
     rx: Receiver<Rendered>,
+    errors: &FirstError,
     busy: &Busy,
     written: &AtomicU64,
 ) -> Result<(), PipelineError> {
@@ -396,6 +436,9 @@ fn encode(
         let mut waiting: BTreeMap<u64, Rendered> = BTreeMap::new();
         let mut next = 0u64;
         for r in rx {
+            if errors.failed() {
+                return Ok(false);
+            }
             waiting.insert(r.index, r);
             while let Some(r) = waiting.remove(&next) {
                 let t = Instant::now();
@@ -413,6 +456,9 @@ fn encode(
                 }
             }
         }
+        if errors.failed() {
+            return Ok(false);
+        }
         let t = Instant::now();
         enc.finish()?;
         busy.add(t.elapsed(), 0);
@@ -425,12 +471,14 @@ fn encode(
             std::fs::rename(tmp_json, dst)
                 .map_err(|e| PipelineError::Io(format!("{}: {e}", dst.display())))?;
         }
-        Ok(())
+        Ok(true)
     })();
-    if result.is_err() {
+    // Another stage failed (Ok(false)) or this one did: nothing of this run is kept; the
+    // error is reported once, by the stage that had it.
+    if !matches!(result, Ok(true)) {
         if let Some(p) = &json_tmp {
             let _ = std::fs::remove_file(p);
         }
     }
-    result
+    result.map(|_| ())
 }

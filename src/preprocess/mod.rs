@@ -22,7 +22,25 @@ pub struct Placement {
 pub struct PreparedImage {
     /// (C, H, W) normalised values, as the model expects.
     pub chw: Vec<f32>,
+    /// (H, W) of this input: the model's size, except with `keep_aspect`.
+    pub size: [usize; 2],
     pub placement: Placement,
+}
+
+/// (H, W) of the model input for a `w` x `h` picture.
+pub fn input_size(w: u32, h: u32, spec: &InputSpec) -> [u32; 2] {
+    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    match spec.resize {
+        Resize::KeepAspect => {
+            let short = th.min(tw) as f64;
+            let s = short / w.min(h) as f64;
+            [
+                ((h as f64 * s).round() as u32).max(1),
+                ((w as f64 * s).round() as u32).max(1),
+            ]
+        }
+        _ => [th, tw],
+    }
 }
 
 pub fn read_image(path: &Path) -> Result<RgbImage> {
@@ -44,9 +62,9 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
 
 /// Where a `w` x `h` picture goes in the model input.
 pub fn placement(w: u32, h: u32, spec: &InputSpec) -> Placement {
-    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    let [th, tw] = input_size(w, h, spec);
     match spec.resize {
-        Resize::Stretch => Placement {
+        Resize::Stretch | Resize::KeepAspect => Placement {
             model: [0, 0, tw, th],
             source: [0, 0, w, h],
         },
@@ -76,7 +94,7 @@ pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
     let p = placement(img.width(), img.height(), spec);
     let [sx, sy, sw, sh] = p.source;
     let [mx, my, mw, mh] = p.model;
-    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    let [th, tw] = input_size(img.width(), img.height(), spec);
     let view = image::imageops::crop_imm(img, sx, sy, sw, sh).to_image();
     // Triangle = bilinear with PIL's antialiasing support when shrinking.
     let small = if (sw, sh) == (mw, mh) {
@@ -103,6 +121,7 @@ pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
     };
     PreparedImage {
         chw: normalise(&small, spec),
+        size: [th as usize, tw as usize],
         placement: p,
     }
 }

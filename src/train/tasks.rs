@@ -81,7 +81,7 @@ impl Task for Shapes {
         vec![64, 64]
     }
     fn input_toml(&self) -> String {
-        "[input]\nkind = \"image\"\nchannels = 3\nsize = [64, 64]\nmean = [0.5]\nstd = [0.25]\nscale = 255.0\nresize = \"letterbox\"\n".into()
+        "[input]\nkind = \"image\"\nchannels = 3\nsize = [64, 64]\nmean = [0.5]\nstd = [0.25]\nscale = 255.0\nresize = \"keep_aspect\"\n".into()
     }
     fn sample(&self, rng: &mut Rng) -> TaskSample {
         let s = shapes::sample(rng);

@@ -1,0 +1,54 @@
+//! The shipped sample models: accuracy and localisation on held-out synthetic samples,
+//! through the inference path (Grad-CAM for the true class, pointing game).
+
+use std::path::Path;
+
+use camstream::eval::evaluate;
+use camstream::model::{ModelRequest, Network};
+use camstream::train::tasks;
+use candle_core::Device;
+
+fn check(task: &str, n: usize, min_pointing: f32) {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("samples/models/{task}.toml"));
+    let net = Network::load(
+        &ModelRequest {
+            model: cfg.to_str().unwrap(),
+            weights: None,
+            target: None,
+            labels_file: None,
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let t = tasks::by_name(task).unwrap();
+    // The held-out seed of `camstream eval`, far from the training stream.
+    let r = evaluate(t.as_ref(), &net, &net.default_layer, n, 1_000_003, 25).unwrap();
+    eprintln!("{r:?}");
+    assert!(r.accuracy >= 0.95, "{task}: accuracy {}", r.accuracy);
+    assert!(
+        r.localised >= n / 3,
+        "{task}: {} localised samples",
+        r.localised
+    );
+    assert!(
+        r.pointing >= min_pointing,
+        "{task}: pointing {}",
+        r.pointing
+    );
+    assert!(
+        r.pointing > 3.0 * r.chance,
+        "{task}: pointing {} vs chance {}",
+        r.pointing,
+        r.chance
+    );
+}
+
+#[test]
+fn shapes_model_points_at_the_shape() {
+    check("shapes", 100, 0.85);
+}
+
+#[test]
+fn ecg_model_points_at_the_ectopic_beat() {
+    check("ecg", 100, 0.85);
+}
