@@ -176,3 +176,34 @@ fn resnet18_matches_pytorch_grad_cam() {
         }
     }
 }
+
+#[test]
+fn configs_folder_describes_the_same_networks() {
+    // configs/shapes_cnn.toml with the fixture weights gives the fixture's results.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let w = fixtures().join("shapes/shapes_cnn.safetensors");
+    let net = load(
+        &root.join("configs/shapes_cnn.toml"),
+        Some(&w),
+        "features.6",
+    );
+    check(
+        &net,
+        &fixtures().join("shapes"),
+        "features.6",
+        "features6",
+        "pred",
+        1,
+        16,
+    );
+    // The ResNet configs describe torchvision's layout: random weights of that layout load.
+    let rw = camstream::model::resnet::random_weights("resnet50", 10, 1, &Device::Cpu).unwrap();
+    let cfg =
+        camstream::model::config::ModelFile::read(&root.join("configs/resnet50.toml")).unwrap();
+    let net = cfg.build(&rw, None, &Device::Cpu).unwrap();
+    assert_eq!(net.num_classes, 10);
+    assert_eq!(net.default_layer, "layer4");
+    let shapes = net.unit_shapes().unwrap();
+    let l4 = net.resolve_layer("layer4").unwrap();
+    assert_eq!(shapes[l4], vec![1, 2048, 7, 7]);
+}

@@ -254,5 +254,9 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             }
         );
     }
+    if report.interrupted {
+        // The file is complete and playable; the exit status still says it was cut short.
+        std::process::exit(130);
+    }
     Ok(())
 }

@@ -99,6 +99,7 @@ pub struct VideoEncoder {
     width: u32,
     height: u32,
     frames: u64,
+    last_pts: i64,
     tb_secs: f64,
 }
 
@@ -217,6 +218,7 @@ impl VideoEncoder {
             width: info.width,
             height: info.height,
             frames: 0,
+            last_pts: 0,
             tb_secs,
         })
     }
@@ -251,6 +253,7 @@ impl VideoEncoder {
             .send_frame(&self.yuv)
             .map_err(|e| self.werr("libx264", e))?;
         self.frames += 1;
+        self.last_pts = pts;
         self.pump_audio(pts as f64 * self.tb_secs)?;
         self.drain()
     }
@@ -290,11 +293,17 @@ impl VideoEncoder {
         self.frames
     }
 
-    /// Flushes the encoder and the audio, and writes the trailer.
-    pub fn finish(mut self) -> Result<(), EncodeError> {
+    /// End time of the last frame written, in seconds.
+    pub fn end_s(&self) -> f64 {
+        (self.last_pts + self.frame_dur) as f64 * self.tb_secs
+    }
+
+    /// Flushes the encoder and the audio, and writes the trailer. `video_end_s` ends the
+    /// audio where the video ends (an interrupted run); `None` keeps all of it.
+    pub fn finish(mut self, video_end_s: Option<f64>) -> Result<(), EncodeError> {
         self.encoder.send_eof().map_err(|e| self.werr("flush", e))?;
         self.drain()?;
-        self.pump_audio(f64::INFINITY)?;
+        self.pump_audio(video_end_s.unwrap_or(f64::INFINITY))?;
         if let Audio::Pcm(p) = &mut self.audio {
             p.flush(&mut self.octx).map_err(|e| EncodeError::Write {
                 path: self.path.clone(),

@@ -14,19 +14,22 @@ pub enum Block {
     Bottleneck,
 }
 
+/// Block type and blocks per stage of a built-in architecture.
+fn layout(arch: &str) -> Result<(Block, &'static [usize])> {
+    match arch {
+        "resnet18" => Ok((Block::Basic, &[2, 2, 2, 2])),
+        "resnet34" => Ok((Block::Basic, &[3, 4, 6, 3])),
+        "resnet50" => Ok((Block::Bottleneck, &[3, 4, 6, 3])),
+        other => Err(Error::Unsupported {
+            what: "architecture",
+            name: other.into(),
+            supported: super::BUILTIN.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
 pub fn build_builtin(arch: &str, w: &Weights, device: &Device) -> Result<Network> {
-    let (block, blocks): (Block, &[usize]) = match arch {
-        "resnet18" => (Block::Basic, &[2, 2, 2, 2]),
-        "resnet34" => (Block::Basic, &[3, 4, 6, 3]),
-        "resnet50" => (Block::Bottleneck, &[3, 4, 6, 3]),
-        other => {
-            return Err(Error::Unsupported {
-                what: "architecture",
-                name: other.into(),
-                supported: super::BUILTIN.iter().map(|s| s.to_string()).collect(),
-            })
-        }
-    };
+    let (block, blocks) = layout(arch)?;
     build(arch, block, blocks, InputSpec::imagenet(), w, device)
 }
 
@@ -213,18 +216,7 @@ pub fn build(
 pub fn random_weights(arch: &str, classes: usize, seed: u64, device: &Device) -> Result<Weights> {
     use rand::Rng as _;
     use rand_distr::{Distribution, Normal};
-    let (block, blocks): (Block, &[usize]) = match arch {
-        "resnet18" => (Block::Basic, &[2, 2, 2, 2]),
-        "resnet34" => (Block::Basic, &[3, 4, 6, 3]),
-        "resnet50" => (Block::Bottleneck, &[3, 4, 6, 3]),
-        other => {
-            return Err(Error::Unsupported {
-                what: "architecture",
-                name: other.into(),
-                supported: super::BUILTIN.iter().map(|s| s.to_string()).collect(),
-            })
-        }
-    };
+    let (block, blocks) = layout(arch)?;
     let mut rng = crate::synth::rng(seed);
     let mut t = std::collections::HashMap::new();
     let conv = |t: &mut std::collections::HashMap<String, candle_core::Tensor>,

@@ -120,7 +120,9 @@ pub(super) fn run(
             let (errors, busy, written) = (&errors, &busy[4], &written);
             s.spawn(move || {
                 guard(Stage::Encode, errors, || {
-                    encode(job, &info, tmp, container, ren_rx, errors, busy, written)
+                    encode(
+                        job, &info, tmp, container, ren_rx, cancel, errors, busy, written,
+                    )
                 })
             });
         }
@@ -144,6 +146,7 @@ pub(super) fn run(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode(
     job: &VideoJob,
     info_tx: Sender<VideoInfo>,
@@ -302,6 +305,7 @@ impl ModelStage<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn model(
     job: &VideoJob,
     rx: Receiver<Prepared>,
@@ -400,12 +404,14 @@ fn render(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn encode(
     job: &VideoJob,
     info: &VideoInfo,
     tmp: &Path,
     container: &str,
     rx: Receiver<Rendered>,
+    cancel: &AtomicBool,
     errors: &FirstError,
     busy: &Busy,
     written: &AtomicU64,
@@ -460,7 +466,9 @@ fn encode(
             return Ok(false);
         }
         let t = Instant::now();
-        enc.finish()?;
+        // Interrupted: the audio ends with the video done so far.
+        let end = cancel.load(Ordering::Relaxed).then(|| enc.end_s());
+        enc.finish(end)?;
         busy.add(t.elapsed(), 0);
         if let (Some(mut j), Some(tmp_json), Some(dst)) =
             (json.take(), json_tmp.as_ref(), job.frames_json.as_ref())

@@ -143,6 +143,6 @@ pub fn write_clip(
             }
         }
     }
-    enc.finish()?;
+    enc.finish(None)?;
     Ok(truth)
 }
