@@ -341,3 +341,58 @@ fn memory_stays_flat_for_a_longer_input() {
     );
     assert!(peaks[1] <= peaks[0] * 1.10, "{peaks:?}");
 }
+
+#[test]
+fn ctrl_c_leaves_a_playable_file_of_the_frames_done() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = clip(tmp.path(), "long.mp4", spec(160, 96, 500, true));
+    let out = tmp.path().join("cut.mp4");
+    let child = Command::new(bin())
+        .args([
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until frames are being written (the temporary file exists), then interrupt.
+    let part = camstream::pipeline::temp_output(&out);
+    let part = part.with_file_name(
+        part.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(&std::process::id().to_string(), &child.id().to_string()),
+    );
+    let start = Instant::now();
+    while !part.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let code = o.status.code();
+    assert!(
+        code == Some(130) || code == Some(0),
+        "{code:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (frames, w, h, _, audio) = probe(&out);
+    assert_eq!((w, h), (160, 96));
+    assert!(!frames.is_empty() && audio);
+    if code == Some(130) {
+        assert!(frames.len() < 500, "interrupted run has every frame");
+    }
+    eprintln!(
+        "interrupted after {} of 500 frames (exit {code:?})",
+        frames.len()
+    );
+    no_leftovers(tmp.path());
+}
