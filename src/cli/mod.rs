@@ -23,9 +23,10 @@ score's gradient (alpha_k), sums them, and keeps the positive part: L = ReLU(sum
 The numbers match pytorch-grad-cam 1.5.7 and Captum 0.9 on the same weights.
 
 Examples:
-  camstream image --model samples/models/shapes.toml samples/images/shapes_0.png --out out/
+  camstream image --model samples/models/shapes.toml samples/images/square.png --out out/
   camstream image --model resnet18 --weights resnet18.safetensors photo.jpg --class 281 --json
-  camstream signal --model samples/models/ecg.toml samples/ecg/ecg.npy --cam-npy --out out/
+  camstream signal --model samples/models/ecg.toml samples/ecg/ecg_windows.npy --cam-npy --out out/
+  camstream video samples/video/shapes.mp4 -o out/shapes_cam.mp4 --model samples/models/shapes.toml
   camstream layers --model samples/models/shapes.toml";
 
 #[derive(Parser)]
