@@ -17,6 +17,9 @@ $cs image --model samples/models/shapes.toml samples/images/*.png --out "$out/im
 echo "== ECG: eight 8 s windows with the ECG model (plots coloured by relevance)"
 $cs signal --model samples/models/ecg.toml samples/ecg/ecg_windows.npy --out "$out/ecg" --cam-npy --json
 
+echo "== audio events: four 3 s clips as log-mel spectrograms with the audio model"
+$cs signal --model samples/models/audio.toml samples/audio/events.npy --out "$out/audio" --cam-npy --json
+
 echo "== video: samples/video/shapes.mp4 -> $out/shapes_cam.mp4"
 $cs video samples/video/shapes.mp4 -o "$out/shapes_cam.mp4" --model samples/models/shapes.toml \
   --frames-json "$out/shapes_cam.frames.jsonl" --report "$out/shapes_cam.report.json"

@@ -52,3 +52,8 @@ fn shapes_model_points_at_the_shape() {
 fn ecg_model_points_at_the_ectopic_beat() {
     check("ecg", 100, 0.85);
 }
+
+#[test]
+fn audio_model_points_at_the_event() {
+    check("audio", 60, 0.85);
+}
