@@ -93,21 +93,12 @@ impl CamBatch {
 pub struct GradCam<'a> {
     net: &'a Network,
     cut: usize,
-    layer: String,
 }
 
 impl<'a> GradCam<'a> {
     pub fn new(net: &'a Network, layer: &str) -> Result<Self> {
         let idx = net.resolve_layer(layer)?;
-        Ok(Self {
-            net,
-            cut: idx + 1,
-            layer: layer.to_string(),
-        })
-    }
-
-    pub fn layer(&self) -> &str {
-        &self.layer
+        Ok(Self { net, cut: idx + 1 })
     }
 
     /// Target-layer activations A, computed without any gradient bookkeeping.

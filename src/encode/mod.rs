@@ -98,7 +98,6 @@ pub struct VideoEncoder {
     audio: Audio,
     width: u32,
     height: u32,
-    frames: u64,
     last_pts: i64,
     tb_secs: f64,
 }
@@ -217,7 +216,6 @@ impl VideoEncoder {
             audio,
             width: info.width,
             height: info.height,
-            frames: 0,
             last_pts: 0,
             tb_secs,
         })
@@ -252,7 +250,6 @@ impl VideoEncoder {
         self.encoder
             .send_frame(&self.yuv)
             .map_err(|e| self.werr("libx264", e))?;
-        self.frames += 1;
         self.last_pts = pts;
         self.pump_audio(pts as f64 * self.tb_secs)?;
         self.drain()
@@ -287,10 +284,6 @@ impl VideoEncoder {
             Audio::Copy(c) => c.pump(until_s, &mut self.octx).map_err(err),
             Audio::Pcm(p) => p.pump(until_s, &mut self.octx).map_err(err),
         }
-    }
-
-    pub fn frames(&self) -> u64 {
-        self.frames
     }
 
     /// End time of the last frame written, in seconds.

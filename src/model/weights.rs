@@ -164,9 +164,4 @@ impl Weights {
         }
         Ok(Some(t.clone()))
     }
-
-    /// A tensor whose shape the file defines (the architecture reads its sizes from it).
-    pub fn get_any(&self, name: &str, rank: usize) -> Result<Tensor> {
-        self.get(name, &vec![None; rank])
-    }
 }
