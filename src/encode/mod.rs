@@ -94,6 +94,7 @@ pub struct VideoEncoder {
     enc_tb: Rational,
     ost_tb: Rational,
     frame_dur: i64,
+    rgb: ffmpeg::util::frame::video::Video,
     yuv: ffmpeg::util::frame::video::Video,
     audio: Audio,
     width: u32,
@@ -212,6 +213,7 @@ impl VideoEncoder {
             enc_tb,
             ost_tb,
             frame_dur,
+            rgb: ffmpeg::util::frame::video::Video::new(Pixel::RGB24, info.width, info.height),
             yuv: ffmpeg::util::frame::video::Video::empty(),
             audio,
             width: info.width,
@@ -236,15 +238,15 @@ impl VideoEncoder {
                 format!("{}x{} differs from the stream's", rgb.width(), rgb.height()),
             ));
         }
-        let mut src = ffmpeg::util::frame::video::Video::new(Pixel::RGB24, self.width, self.height);
-        let stride = src.stride(0);
+        // One RGB frame, reused: its rows are overwritten in full each time.
+        let stride = self.rgb.stride(0);
         let row = self.width as usize * 3;
-        let data = src.data_mut(0);
+        let data = self.rgb.data_mut(0);
         for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
             data[y * stride..y * stride + row].copy_from_slice(line);
         }
         self.scaler
-            .run(&src, &mut self.yuv)
+            .run(&self.rgb, &mut self.yuv)
             .map_err(|e| self.werr("colour conversion", e))?;
         self.yuv.set_pts(Some(pts));
         self.encoder
