@@ -3,21 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-use common::{fixtures, max_abs, npy};
-
-fn camstream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_camstream"))
-        .args(args)
-        .output()
-        .expect("run camstream")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{camstream, fails, fixtures, max_abs, npy, ok, s};
 
 fn shapes_cfg() -> PathBuf {
     fixtures().join("shapes/shapes_cnn.toml")
@@ -25,29 +13,6 @@ fn shapes_cfg() -> PathBuf {
 
 fn ecg_cfg() -> PathBuf {
     fixtures().join("ecg/ecg_cnn.toml")
-}
-
-/// Asserts a clean failure and returns its message.
-fn fails(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected: {err}"
-    );
-    err
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "camstream failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

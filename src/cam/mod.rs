@@ -3,6 +3,7 @@
 
 mod gradcam;
 mod heatmap;
+pub mod relevance;
 mod resize;
 
 pub use gradcam::{argmax, CamBatch, GradCam, Targets};

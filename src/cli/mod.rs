@@ -4,6 +4,7 @@ mod bench;
 mod explain;
 mod layers;
 mod samples;
+mod signal;
 mod train;
 mod video;
 
@@ -40,8 +41,9 @@ struct Cli {
 enum Command {
     /// Explain pictures (PNG/JPEG) or preprocessed (C,H,W)/(N,C,H,W) float32 .npy tensors.
     Image(ExplainArgs),
-    /// Explain 1D signals given as preprocessed (C,L)/(N,C,L) float32 .npy tensors.
-    Signal(ExplainArgs),
+    /// Explain 1D signals (ECG, audio): WAV, CSV, WFDB, .npy, streamed window by window;
+    /// writes per-window classes, the relevance over time (CSV/NPY) and a plot.
+    Signal(Box<signal::SignalArgs>),
     /// Annotate a video with Grad-CAM heatmaps (streamed; any length, constant memory).
     Video(Box<video::VideoArgs>),
     /// List every valid target layer of a model with its output shape.
@@ -118,7 +120,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
-        Command::Signal(a) => explain::run(&a, explain::Kind::Signal),
+        Command::Signal(a) => signal::run(&a),
         Command::Layers(a) => layers::run(&a),
         Command::Video(a) => video::run(&a),
         Command::Samples(a) => samples::run(&a),

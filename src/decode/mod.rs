@@ -2,6 +2,8 @@
 //! frames converted to packed RGB by swscale. The decoder and its scaler are not `Send`:
 //! create a [`VideoDecoder`] inside the thread that reads from it.
 
+pub mod signal;
+
 use std::path::{Path, PathBuf};
 
 use ffmpeg::format::Pixel;

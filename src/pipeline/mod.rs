@@ -5,6 +5,7 @@
 //! error once and drops its channels, which ends every other stage.
 
 mod norm;
+pub mod signal;
 mod stages;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub enum PipelineError {
     Injected { stage: Stage, frame: u64 },
     #[error("stage {0} stopped unexpectedly")]
     Panicked(Stage),
+    #[error("stage {0} stopped unexpectedly")]
+    StagePanicked(&'static str),
+    #[error(transparent)]
+    Signal(#[from] crate::decode::signal::SignalError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,10 +159,13 @@ impl Busy {
         self.frames.fetch_add(frames, Ordering::Relaxed);
     }
     fn stat(&self, stage: Stage, workers: usize) -> StageStat {
+        self.stat_named(stage.name(), workers)
+    }
+    pub(crate) fn stat_named(&self, stage: &'static str, workers: usize) -> StageStat {
         let busy = self.nanos.load(Ordering::Relaxed) as f64 / 1e9 / workers.max(1) as f64;
         let frames = self.frames.load(Ordering::Relaxed);
         StageStat {
-            stage: stage.name(),
+            stage,
             frames,
             busy_s: busy,
             fps: if busy > 0.0 {

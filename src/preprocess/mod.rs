@@ -2,6 +2,8 @@
 //! `[input]`, keeping the picture the model saw (at full resolution) for the overlay.
 
 pub mod melspec;
+pub mod resample;
+pub mod window;
 
 use std::path::Path;
 

@@ -3,6 +3,7 @@
 mod colormap;
 mod overlay;
 mod plot;
+pub mod recording;
 mod text;
 
 pub use colormap::{

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         // A failure only loses the text, never the plot.
         let _ = plotters::style::register_font(
