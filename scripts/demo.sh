@@ -14,14 +14,14 @@ mkdir -p "$out"
 echo "== pictures: samples/images/*.png with the shapes model"
 $cs image --model samples/models/shapes.toml samples/images/*.png --out "$out/images" --json
 
-echo "== ECG: eight 8 s windows with the ECG model (plots coloured by relevance)"
-$cs signal --model samples/models/ecg.toml samples/ecg/ecg_windows.npy --out "$out/ecg" --cam-npy --json
+echo "== ECG: a 60 s recording (CSV, 250 Hz) in 8 s windows with the ECG model"
+$cs signal --model samples/models/ecg.toml samples/ecg/ecg_60s.csv --out "$out/ecg" --cam-npy --json
 
-echo "== audio events: four 3 s clips as log-mel spectrograms with the audio model"
-$cs signal --model samples/models/audio.toml samples/audio/events.npy --out "$out/audio" --cam-npy --json
+echo "== audio events: 3 s WAV clips through the log-mel front end and the audio model"
+$cs signal --model samples/models/audio.toml samples/audio/*.wav --out "$out/audio" --json
 
 echo "== video: samples/video/shapes.mp4 -> $out/shapes_cam.mp4"
 $cs video samples/video/shapes.mp4 -o "$out/shapes_cam.mp4" --model samples/models/shapes.toml \
   --frames-json "$out/shapes_cam.frames.jsonl" --report "$out/shapes_cam.report.json"
 
-echo "done: look at $out/images/*.png, $out/ecg/*.png and $out/shapes_cam.mp4"
+echo "done: look at $out/images/*.png, $out/ecg/ecg_60s.png, $out/audio/*.png and $out/shapes_cam.mp4"

@@ -26,7 +26,9 @@ The numbers match pytorch-grad-cam 1.5.7 and Captum 0.9 on the same weights.
 Examples:
   camstream image --model samples/models/shapes.toml samples/images/square.png --out out/
   camstream image --model resnet18 --weights resnet18.safetensors photo.jpg --class 281 --json
-  camstream signal --model samples/models/ecg.toml samples/ecg/ecg_windows.npy --cam-npy --out out/
+  camstream signal --model samples/models/ecg.toml samples/ecg/ecg_60s.csv --out out/
+  camstream signal --model samples/models/ecg.toml record.hea --hop 2s --from 60 --to 90
+  camstream signal --model samples/models/audio.toml samples/audio/chirp.wav --out out/
   camstream video samples/video/shapes.mp4 -o out/shapes_cam.mp4 --model samples/models/shapes.toml
   camstream layers --model samples/models/shapes.toml";
 
