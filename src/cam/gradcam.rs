@@ -60,6 +60,8 @@ pub struct CamBatch {
     pub raw: Vec<f32>,
     /// (h, w) or (l) of the target layer.
     pub spatial: Vec<usize>,
+    /// Scores are independent sigmoids (multi-label models), not a softmax.
+    pub multi_label: bool,
 }
 
 impl CamBatch {
@@ -80,9 +82,12 @@ impl CamBatch {
         self.logits[i][self.classes[i]]
     }
 
-    /// Softmax probability of the explained class.
+    /// Softmax probability of the explained class (sigmoid score for multi-label models).
     pub fn probability(&self, i: usize) -> f32 {
         let l = &self.logits[i];
+        if self.multi_label {
+            return 1.0 / (1.0 + (-l[self.classes[i]]).exp());
+        }
         let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = l.iter().map(|x| (x - m).exp()).sum();
         (l[self.classes[i]] - m).exp() / sum
@@ -141,6 +146,7 @@ impl<'a> GradCam<'a> {
             classes,
             raw,
             spatial,
+            multi_label: self.net.multi_label,
         })
     }
 }

@@ -13,19 +13,21 @@ pub fn window_relevance(raw: &[f32], len: usize) -> Vec<f32> {
     resize_linear(&r, &[r.len()], &[len])
 }
 
-/// A spectrogram model's map: ReLU(raw (h', w')) bilinearly resized to (mels, frames).
-pub fn window_relevance_tf(raw: &[f32], spatial: &[usize], mels: usize, frames: usize) -> Vec<f32> {
+/// A spectrogram model's map: ReLU(raw (h', w')) bilinearly resized to the model input's
+/// spectrogram dims.
+pub fn window_relevance_tf(raw: &[f32], spatial: &[usize], dims: [usize; 2]) -> Vec<f32> {
     let r: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
-    resize_linear(&r, spatial, &[mels, frames])
+    resize_linear(&r, spatial, &dims)
 }
 
 /// Mean over mel bands of a (mels, frames) map, then linear interpolation from frame
-/// centres (frame t at sample t*hop) to `len` samples.
+/// centres (frame t at sample `centre + t*hop`) to `len` samples.
 pub fn frames_to_samples(
     tf: &[f32],
     mels: usize,
     frames: usize,
     hop: usize,
+    centre: f32,
     len: usize,
 ) -> Vec<f32> {
     let prof: Vec<f32> = (0..frames)
@@ -33,7 +35,7 @@ pub fn frames_to_samples(
         .collect();
     (0..len)
         .map(|i| {
-            let p = i as f32 / hop as f32;
+            let p = ((i as f32 - centre) / hop as f32).max(0.0);
             let k = (p.floor() as usize).min(frames - 1);
             let f = p - k as f32;
             let b = prof[(k + 1).min(frames - 1)];

@@ -102,6 +102,10 @@ pub struct InputSection {
     pub fmax: Option<f32>,
     pub mel_scale: Option<MelScale>,
     pub log_offset: Option<f32>,
+    /// "torch" (default) or "tf" (tf.signal conventions, as YAMNet).
+    pub frontend: Option<crate::preprocess::melspec::MelFlavour>,
+    /// "mel_time" (default: size = [n_mels, frames]) or "time_mel" ([frames, n_mels]).
+    pub layout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -128,7 +132,7 @@ pub struct ModelFile {
     pub path: PathBuf,
 }
 
-pub const ARCHS: &[&str] = &["sequential", "resnet"];
+pub const ARCHS: &[&str] = &["sequential", "resnet", "efficientnet_lite0", "yamnet"];
 
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -249,11 +253,26 @@ impl ModelFile {
                 fmax: inp.fmax.unwrap_or(d.fmax),
                 mel_scale: inp.mel_scale.unwrap_or(d.mel_scale),
                 log_offset: inp.log_offset.unwrap_or(d.log_offset),
+                flavour: inp.frontend.unwrap_or_default(),
+                time_major: match inp.layout.as_deref() {
+                    None | Some("mel_time") => false,
+                    Some("time_mel") => true,
+                    Some(other) => {
+                        return Err(Error::Unsupported {
+                            what: "audio layout",
+                            name: other.into(),
+                            supported: vec!["mel_time".into(), "time_mel".into()],
+                        })
+                    }
+                },
             };
-            if mel.n_mels != inp.size[0] || mel.hop == 0 || mel.n_fft == 0 {
+            let mel_dim = if mel.time_major { 1 } else { 0 };
+            let n_mels = inp.n_mels.unwrap_or(inp.size[mel_dim]);
+            let mel = MelConfig { n_mels, ..mel };
+            if mel.n_mels != inp.size[mel_dim] || mel.hop == 0 || mel.n_fft == 0 {
                 return Err(Error::config(
                     &self.path,
-                    "[input] audio: n_mels must equal size[0], hop and n_fft must be positive",
+                    "[input] audio: n_mels must equal the mel dimension of size, hop and n_fft must be positive",
                 ));
             }
             Some(mel)
@@ -318,6 +337,16 @@ impl ModelFile {
                     )
                 })?;
                 resnet::build(&name, block, &blocks, input, w, device)?
+            }
+            "efficientnet_lite0" | "yamnet" => {
+                let mut n = if self.model.arch == "yamnet" {
+                    super::yamnet::build(w, device)?
+                } else {
+                    super::efficientnet::build(w, device)?
+                };
+                n.input = input;
+                n.name = name;
+                n
             }
             other => {
                 return Err(Error::Unsupported {

@@ -68,6 +68,76 @@ pub struct Conv {
     pub padding: usize,
     pub dilation: usize,
     pub groups: usize,
+    /// TensorFlow "SAME" padding, computed from the input size at each call: out =
+    /// ceil(in/stride), the odd pixel of padding goes after (bottom/right). Replaces
+    /// `padding`.
+    pub tf_same: bool,
+}
+
+/// (before, after) zero padding of TensorFlow "SAME" for one spatial dim.
+pub fn tf_same_pads(input: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let span = (kernel - 1) * dilation + 1;
+    let total = ((out.saturating_sub(1)) * stride + span).saturating_sub(input);
+    (total / 2, total - total / 2)
+}
+
+/// Depthwise 2D convolution (groups == channels, one filter per channel) as a sum of
+/// shifted, strided views times per-channel weights. candle runs a grouped conv as one
+/// small conv per group (1152 calls for an EfficientNet block); this is k*k tensor ops,
+/// and autograd goes through them. `x` is already padded.
+fn depthwise2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dilation: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (kh, kw) = (w.dim(2)?, w.dim(3)?);
+    let (sh, sw) = ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1);
+    if h < sh || wd < sw {
+        candle_core::bail!("depthwise conv: input {h}x{wd} smaller than kernel {sh}x{sw}");
+    }
+    let (ho, wo) = ((h - sh) / stride + 1, (wd - sw) / stride + 1);
+    // Phases: x[:, :, p::s, q::s] for every (p, q), so each tap is a plain narrow.
+    let s = stride;
+    let (hp, wp) = (h.div_ceil(s) * s, wd.div_ceil(s) * s);
+    let xp = if (hp, wp) != (h, wd) {
+        x.pad_with_zeros(2, 0, hp - h)?
+            .pad_with_zeros(3, 0, wp - wd)?
+    } else {
+        x.clone()
+    };
+    let mut phases = Vec::with_capacity(s * s);
+    if s == 1 {
+        phases.push(xp);
+    } else {
+        let r = xp.reshape((n, c, hp / s, s, wp / s, s))?;
+        for p in 0..s {
+            for q in 0..s {
+                phases.push(
+                    r.narrow(3, p, 1)?
+                        .narrow(5, q, 1)?
+                        .reshape((n, c, hp / s, wp / s))?,
+                );
+            }
+        }
+    }
+    let mut acc: Option<Tensor> = None;
+    for i in 0..kh {
+        for j in 0..kw {
+            let (di, dj) = (i * dilation, j * dilation);
+            let ph = &phases[(di % s) * s + dj % s];
+            let tap = ph.narrow(2, di / s, ho)?.narrow(3, dj / s, wo)?;
+            let wij = w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
+            let t = tap.broadcast_mul(&wij)?;
+            acc = Some(match acc {
+                None => t,
+                Some(a) => (a + t)?,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("empty kernel".into()))
 }
 
 impl Conv {
@@ -109,7 +179,15 @@ impl Conv {
             padding: 0,
             dilation: 1,
             groups,
+            tf_same: false,
         })
+    }
+
+    /// TensorFlow "SAME" padding instead of a fixed one.
+    pub fn same(mut self) -> Self {
+        self.tf_same = true;
+        self.padding = 0;
+        self
     }
 
     pub fn with(mut self, stride: usize, padding: usize, dilation: usize) -> Self {
@@ -137,21 +215,51 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match self.dims {
-            Dims::One => x.conv1d(
-                &self.weight,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-            )?,
-            Dims::Two => x.conv2d(
-                &self.weight,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-            )?,
+        let padded;
+        let x = if self.tf_same {
+            let mut t = x.clone();
+            let rank = self.weight.rank();
+            for d in 2..x.rank() {
+                let k = self.weight.dim(rank - x.rank() + d)?;
+                let (a, b) = tf_same_pads(x.dim(d)?, k, self.stride, self.dilation);
+                if a + b > 0 {
+                    t = t.pad_with_zeros(d, a, b)?;
+                }
+            }
+            padded = t;
+            &padded
+        } else {
+            x
+        };
+        let depthwise = self.groups > 1
+            && self.dims == Dims::Two
+            && self.weight.dim(1)? == 1
+            && self.weight.dim(0)? == self.groups;
+        let y = if depthwise {
+            let xp = if self.padding > 0 {
+                x.pad_with_zeros(2, self.padding, self.padding)?
+                    .pad_with_zeros(3, self.padding, self.padding)?
+            } else {
+                x.clone()
+            };
+            depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
+        } else {
+            match self.dims {
+                Dims::One => x.conv1d(
+                    &self.weight,
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,
+                )?,
+                Dims::Two => x.conv2d(
+                    &self.weight,
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,
+                )?,
+            }
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape(channel_shape(y.rank(), b.dims1()?))?),
@@ -291,6 +399,15 @@ pub enum Op {
     Linear(Linear),
     Identity,
     Residual(Box<ResidualBlock>),
+    /// Several ops as one unit (a block whose output is a target), with an optional
+    /// identity shortcut added at the end (MobileNet-style linear bottleneck).
+    Chain(Box<Chain>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Chain {
+    pub ops: Vec<Op>,
+    pub residual: bool,
 }
 
 impl Op {
@@ -317,6 +434,17 @@ impl Op {
             Op::Linear(l) => l.forward(x),
             Op::Identity => Ok(x.clone()),
             Op::Residual(b) => b.forward(x),
+            Op::Chain(c) => {
+                let mut y = x.clone();
+                for op in &c.ops {
+                    y = op.forward(&y)?;
+                }
+                if c.residual {
+                    y + x
+                } else {
+                    Ok(y)
+                }
+            }
         }
     }
 }
@@ -381,6 +509,7 @@ mod tests {
                 padding: 1,
                 dilation: 1,
                 groups: 1,
+                tf_same: false,
             };
             let var = (rand(&[c], 3).abs().unwrap() + 0.5).unwrap();
             let bn = ChannelAffine {
@@ -445,5 +574,56 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(y, vec![3.0, 2.0]);
+    }
+
+    #[test]
+    fn tf_same_pads_match_the_efficientnet_note() {
+        assert_eq!(tf_same_pads(112, 3, 2, 1), (0, 1));
+        assert_eq!(tf_same_pads(56, 5, 2, 1), (1, 2));
+        assert_eq!(tf_same_pads(112, 3, 1, 1), (1, 1));
+        assert_eq!(tf_same_pads(28, 5, 1, 1), (2, 2));
+        assert_eq!(tf_same_pads(7, 1, 1, 1), (0, 0));
+    }
+
+    #[test]
+    fn depthwise_equals_grouped_conv_forward_and_backward() {
+        use candle_core::Var;
+        for (stride, pad, k, h, w) in [(1, 1, 3, 9, 7), (2, 0, 3, 10, 8), (2, 2, 5, 11, 9)] {
+            let c = 6;
+            let conv = Conv {
+                dims: Dims::Two,
+                weight: rand(&[c, 1, k, k], 11),
+                bias: Some(rand(&[c], 12)),
+                stride,
+                padding: pad,
+                dilation: 1,
+                groups: c,
+                tf_same: false,
+            };
+            let x = Var::from_tensor(&rand(&[2, c, h, w], 13)).unwrap();
+            let ours = conv.forward(x.as_tensor()).unwrap();
+            // candle's grouped conv (one conv per group) as the reference.
+            let theirs = x
+                .as_tensor()
+                .conv2d(&conv.weight, pad, stride, 1, c)
+                .unwrap()
+                .broadcast_add(&conv.bias.clone().unwrap().reshape((1, c, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+            let g = rand(ours.dims(), 14);
+            let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = theirs
+                .mul(&g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "stride {stride}");
+        }
     }
 }

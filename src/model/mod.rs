@@ -2,10 +2,12 @@
 //! to the target layer without gradients, then the rest from a leaf variable.
 
 pub mod config;
+pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 pub mod sequential;
 pub mod weights;
+pub mod yamnet;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,13 @@ use layers::Op;
 pub use weights::Weights;
 
 /// Names accepted by `--model` besides a config path.
-pub const BUILTIN: &[&str] = &["resnet18", "resnet34", "resnet50"];
+pub const BUILTIN: &[&str] = &[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet_lite0",
+    "yamnet",
+];
 
 #[derive(Clone, Debug)]
 pub struct Unit {
@@ -37,6 +45,8 @@ pub struct Network {
     pub num_classes: usize,
     pub default_layer: String,
     pub device: Device,
+    /// Independent sigmoid scores per class (AudioSet) rather than one softmax.
+    pub multi_label: bool,
 }
 
 /// How a model is named on the command line.
@@ -60,7 +70,11 @@ impl Network {
                 ));
             };
             let w = Weights::load(wpath, device)?;
-            resnet::build_builtin(req.model, &w, device)?
+            match req.model {
+                "efficientnet_lite0" => efficientnet::build(&w, device)?,
+                "yamnet" => yamnet::build(&w, device)?,
+                _ => resnet::build_builtin(req.model, &w, device)?,
+            }
         } else if req.model.ends_with(".toml") {
             let path = Path::new(req.model);
             let cfg = config::ModelFile::read(path)?;

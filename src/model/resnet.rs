@@ -208,6 +208,7 @@ pub fn build(
         num_classes,
         default_layer: format!("layer{}", blocks.len()),
         device: device.clone(),
+        multi_label: false,
     })
 }
 

@@ -212,6 +212,7 @@ pub fn build(
         num_classes,
         default_layer,
         device: device.clone(),
+        multi_label: false,
     })
 }
 

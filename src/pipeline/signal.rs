@@ -527,7 +527,7 @@ fn model_stage(
                     out.probability(k),
                     out.raw_map(k).to_vec(),
                     out.spatial.clone(),
-                    features.mel().map(|_| input),
+                    features.mel().map(|_| features.mel_major(&input)),
                 ));
             }
         }
@@ -755,13 +755,22 @@ fn writer(
                 }
                 match (&mel, &mut tf_rel, &mut tf_spec, &e.spec) {
                     (Some(m), Some(tr), Some(ts), Some(spec)) => {
-                        let frames = net.input.size[1];
-                        let tf = window_relevance_tf(&e.raw, &e.spatial, m.n_mels, frames);
-                        let r = frames_to_samples(&tf, m.n_mels, frames, m.hop, len);
+                        let frames = features.frames();
+                        let dims = if m.time_major {
+                            [frames, m.n_mels]
+                        } else {
+                            [m.n_mels, frames]
+                        };
+                        let tf = features.mel_major(&window_relevance_tf(&e.raw, &e.spatial, dims));
+                        let lm = features.mel().map_or(0.0, |l| l.frame_centre());
+                        let r = frames_to_samples(&tf, m.n_mels, frames, m.hop, lm, len);
                         sink.rel.add(w.start, &r, w.valid, e.class);
                         // Frame-major rows for the streamed (frames, n_mels) outputs.
                         let f0 = w.start / m.hop as u64;
-                        let valid_frames = 1 + w.valid / m.hop;
+                        let valid_frames = features
+                            .mel()
+                            .map_or(1, |l| l.frames(w.valid))
+                            .clamp(1, frames);
                         let rows = |map: &[f32]| -> Vec<f32> {
                             (0..frames)
                                 .flat_map(|t| (0..m.n_mels).map(move |b| map[b * frames + t]))
@@ -793,7 +802,11 @@ fn writer(
     let input_total = frames_read.load(Ordering::Relaxed);
     sink.flush(total_model, Some(input_total))?;
     if let (Some(m), Some(tr), Some(ts)) = (&mel, &mut tf_rel, &mut tf_spec) {
-        let total_frames = 1 + total_model / m.hop as u64;
+        let _ = m;
+        let total_frames = features
+            .mel()
+            .map_or(0, |l| l.frames(total_model as usize))
+            .max(1) as u64;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         tr.drain_to(total_frames, &mut a);
         ts.drain_to(total_frames, &mut b);

@@ -1,6 +1,11 @@
-//! The log-mel front end for audio models: framed STFT (realfft), power spectrum, a
-//! triangular mel filterbank (HTK or Slaney), natural log with an offset. Frames are
-//! centred (zero padding of n_fft/2 at both ends), so frame i is centred on sample i*hop.
+//! The log-mel front end for audio models: framed STFT (realfft), a triangular mel
+//! filterbank, natural log with an offset. Two conventions:
+//! - `torch` (torchaudio/librosa style): frames centred (zero padding of n_fft/2 at both
+//!   ends, frame i centred on sample i*hop), Hann window centred in the FFT frame, power
+//!   spectrum, triangles in Hz (HTK or Slaney scale, Slaney area-normalised).
+//! - `tf` (`tf.signal`, as YAMNet): frames not padded (frame i covers samples
+//!   [i*hop, i*hop+win)), window at the start of the FFT frame, magnitude spectrum,
+//!   triangles computed in the mel domain on HTK mels, the DC bin weighted 0.
 
 use std::sync::Arc;
 
@@ -12,6 +17,14 @@ use serde::Deserialize;
 pub enum MelScale {
     Htk,
     Slaney,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MelFlavour {
+    #[default]
+    Torch,
+    Tf,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -26,6 +39,11 @@ pub struct MelConfig {
     pub fmax: f32,
     pub mel_scale: MelScale,
     pub log_offset: f32,
+    #[serde(default)]
+    pub flavour: MelFlavour,
+    /// The model takes (frames, n_mels) rather than (n_mels, frames).
+    #[serde(default)]
+    pub time_major: bool,
 }
 
 impl Default for MelConfig {
@@ -40,6 +58,8 @@ impl Default for MelConfig {
             fmax: 8000.0,
             mel_scale: MelScale::Htk,
             log_offset: 1e-6,
+            flavour: MelFlavour::Torch,
+            time_major: false,
         }
     }
 }
@@ -89,7 +109,10 @@ impl LogMel {
         let n_bins = cfg.n_fft / 2 + 1;
         // Periodic Hann (torch.hann_window default), centred in the n_fft frame.
         let wl = cfg.win_length.min(cfg.n_fft);
-        let off = (cfg.n_fft - wl) / 2;
+        let off = match cfg.flavour {
+            MelFlavour::Torch => (cfg.n_fft - wl) / 2,
+            MelFlavour::Tf => 0,
+        };
         let mut window = vec![0f32; cfg.n_fft];
         for i in 0..wl {
             window[off + i] = 0.5 - 0.5 * (std::f32::consts::TAU * i as f32 / wl as f32).cos();
@@ -107,7 +130,25 @@ impl LogMel {
             })
             .collect();
         let mut filters = vec![0f32; cfg.n_mels * n_bins];
-        for m in 0..cfg.n_mels {
+        if cfg.flavour == MelFlavour::Tf {
+            // tf.signal.linear_to_mel_weight_matrix: edges equally spaced in HTK mel,
+            // each bin's weight from its own mel value; bin 0 (DC) contributes nothing.
+            let mel = |f: f64| 1127.0 * (1.0 + f / 700.0).ln();
+            let (lo, hi) = (mel(cfg.fmin as f64), mel(cfg.fmax as f64));
+            let edges: Vec<f64> = (0..cfg.n_mels + 2)
+                .map(|i| lo + (hi - lo) * i as f64 / (cfg.n_mels + 1) as f64)
+                .collect();
+            let nyquist = cfg.sample_rate as f64 / 2.0;
+            for b in 1..n_bins {
+                let m = mel(nyquist * b as f64 / (n_bins - 1) as f64);
+                for j in 0..cfg.n_mels {
+                    let (l, c, u) = (edges[j], edges[j + 1], edges[j + 2]);
+                    let w = ((m - l) / (c - l)).min((u - m) / (u - c)).max(0.0);
+                    filters[j * n_bins + b] = w as f32;
+                }
+            }
+        }
+        for m in 0..cfg.n_mels * usize::from(cfg.flavour == MelFlavour::Torch) {
             let (lo, c, hi) = (pts[m], pts[m + 1], pts[m + 2]);
             // Slaney normalisation keeps each band's area equal.
             let norm = match cfg.mel_scale {
@@ -135,7 +176,34 @@ impl LogMel {
 
     /// Frames a signal of `len` samples yields.
     pub fn frames(&self, len: usize) -> usize {
-        1 + len / self.cfg.hop
+        match self.cfg.flavour {
+            MelFlavour::Torch => 1 + len / self.cfg.hop,
+            MelFlavour::Tf => {
+                let wl = self.cfg.win_length.min(self.cfg.n_fft);
+                if len < wl {
+                    0
+                } else {
+                    1 + (len - wl) / self.cfg.hop
+                }
+            }
+        }
+    }
+
+    /// Samples that make `frames` frames.
+    pub fn samples_for(&self, frames: usize) -> usize {
+        let f = frames.saturating_sub(1) * self.cfg.hop;
+        match self.cfg.flavour {
+            MelFlavour::Torch => f,
+            MelFlavour::Tf => f + self.cfg.win_length.min(self.cfg.n_fft),
+        }
+    }
+
+    /// The sample at the centre of frame 0 (frame t is centred `t*hop` later).
+    pub fn frame_centre(&self) -> f32 {
+        match self.cfg.flavour {
+            MelFlavour::Torch => 0.0,
+            MelFlavour::Tf => self.cfg.win_length.min(self.cfg.n_fft) as f32 / 2.0,
+        }
     }
 
     /// (n_mels, frames) row-major log-mel spectrogram.
@@ -143,7 +211,10 @@ impl LogMel {
         let c = &self.cfg;
         let n_bins = c.n_fft / 2 + 1;
         let frames = self.frames(x.len());
-        let pad = c.n_fft / 2;
+        let pad = match c.flavour {
+            MelFlavour::Torch => c.n_fft / 2,
+            MelFlavour::Tf => 0,
+        };
         let mut out = vec![0f32; c.n_mels * frames];
         let mut buf = self.fft.make_input_vec();
         let mut spec = self.fft.make_output_vec();
@@ -164,7 +235,10 @@ impl LogMel {
                 continue;
             }
             for (p, s) in power.iter_mut().zip(&spec) {
-                *p = s.norm_sqr();
+                *p = match c.flavour {
+                    MelFlavour::Torch => s.norm_sqr(),
+                    MelFlavour::Tf => s.norm(),
+                };
             }
             for m in 0..c.n_mels {
                 let f = &self.filters[m * n_bins..(m + 1) * n_bins];

@@ -160,8 +160,30 @@ impl Features {
     /// frames make the model's frame count.
     pub fn window_len(&self) -> usize {
         match &self.mel {
-            Some(m) => (self.spec.size[1].saturating_sub(1)) * m.config().hop,
+            Some(m) => m.samples_for(self.frames()),
             None => self.spec.size[0],
+        }
+    }
+
+    /// Spectrogram frames per window (audio models).
+    pub fn frames(&self) -> usize {
+        match &self.mel {
+            Some(m) if m.config().time_major => self.spec.size[0],
+            Some(_) => self.spec.size[1],
+            None => 0,
+        }
+    }
+
+    /// (n_mels, frames) from a model input or map laid out as the model takes it.
+    pub fn mel_major(&self, x: &[f32]) -> Vec<f32> {
+        match &self.mel {
+            Some(m) if m.config().time_major => {
+                let (t, b) = (self.frames(), m.config().n_mels);
+                (0..b)
+                    .flat_map(|j| (0..t).map(move |i| x[i * b + j]))
+                    .collect()
+            }
+            _ => x.to_vec(),
         }
     }
 
@@ -185,10 +207,19 @@ impl Features {
             Some(mel) => {
                 let m = at(&s.mean, 0).unwrap_or(0.0);
                 let d = at(&s.std, 0).unwrap_or(1.0);
-                mel.compute(&w.samples)
+                let spec: Vec<f32> = mel
+                    .compute(&w.samples)
                     .into_iter()
                     .map(|v| (v / s.scale - m) / d)
-                    .collect()
+                    .collect();
+                if mel.config().time_major {
+                    let (t, b) = (self.frames(), mel.config().n_mels);
+                    (0..t)
+                        .flat_map(|i| spec.iter().skip(i).step_by(t).take(b).copied())
+                        .collect()
+                } else {
+                    spec
+                }
             }
             None => {
                 let len = self.window_len();
