@@ -122,6 +122,26 @@ fn efficientnet_lite0_names_the_obvious_class_of_real_photos() {
     assert!(lines[0]["label"].as_str().unwrap().contains("cat"));
     assert_eq!(lines[1]["class"], 967, "coffee: {}", lines[1]);
     assert_eq!(lines[1]["label"], "espresso");
+    // --top-k: one map per class, ranked by logit.
+    let top = ok(&camstream(&[
+        "image",
+        "-m",
+        s(&efficientnet()),
+        s(&photos.join("chelsea.png")),
+        "--top-k",
+        "3",
+        "-o",
+        s(tmp.path()),
+        "--json",
+    ]));
+    let top: Vec<serde_json::Value> = top
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let classes: Vec<u64> = top.iter().map(|l| l["class"].as_u64().unwrap()).collect();
+    assert_eq!(classes, [282, 285, 281]);
+    assert_eq!(top[2]["rank"], 3);
+    assert!(tmp.path().join("chelsea.top3.png").is_file());
     let img = image::open(tmp.path().join("chelsea.png")).unwrap();
     // The overlay covers the centre crop the model saw: 224 of 256 of the 300 px side.
     assert_eq!((img.width(), img.height()), (263, 263));

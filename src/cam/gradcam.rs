@@ -98,27 +98,50 @@ impl CamBatch {
 pub struct GradCam<'a> {
     net: &'a Network,
     cut: usize,
+    /// ONNX graphs: the target tensor's name.
+    tensor: Option<String>,
 }
 
 impl<'a> GradCam<'a> {
     pub fn new(net: &'a Network, layer: &str) -> Result<Self> {
         let idx = net.resolve_layer(layer)?;
-        Ok(Self { net, cut: idx + 1 })
+        Ok(Self {
+            net,
+            cut: idx + 1,
+            tensor: net.graph.as_ref().map(|_| layer.to_string()),
+        })
     }
 
     /// Target-layer activations A, computed without any gradient bookkeeping.
     pub fn activations(&self, x: &Tensor) -> Result<Tensor> {
-        self.net.forward_range(x, 0, self.cut)
+        match (&self.net.graph, &self.tensor) {
+            (Some(g), Some(t)) => Ok(g.forward_to(x, t)?.0),
+            _ => self.net.forward_range(x, 0, self.cut),
+        }
     }
 
     /// Forward to the cut, then back-propagate only from the logits to the activations:
     /// A becomes a fresh leaf, so the backward pass never enters the layers before it.
     pub fn run(&self, x: &Tensor, targets: &Targets) -> Result<CamBatch> {
-        let a = self.activations(x)?.detach();
-        let leaf = Var::from_tensor(&a)?;
-        let logits = self
-            .net
-            .forward_range(leaf.as_tensor(), self.cut, self.net.units.len())?;
+        let (a, leaf, logits) = match (&self.net.graph, &self.tensor) {
+            // A graph is evaluated once; then only the nodes downstream of the target
+            // run again, from the leaf.
+            (Some(g), Some(t)) => {
+                let (a, values) = g.forward_to(x, t)?;
+                let a = a.detach();
+                let leaf = Var::from_tensor(&a)?;
+                let logits = g.forward_from(t, leaf.as_tensor(), values)?;
+                (a, leaf, logits)
+            }
+            _ => {
+                let a = self.activations(x)?.detach();
+                let leaf = Var::from_tensor(&a)?;
+                let logits =
+                    self.net
+                        .forward_range(leaf.as_tensor(), self.cut, self.net.units.len())?;
+                (a, leaf, logits)
+            }
+        };
         let host_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let classes = targets.resolve(&host_logits, self.net.num_classes)?;
 

@@ -38,6 +38,8 @@ struct InputFile {
 
 /// One sample's explanation.
 struct Explained {
+    /// Classes by descending logit (for `--top-k`).
+    ranked: Vec<usize>,
     class: usize,
     logit: f32,
     probability: f32,
@@ -209,12 +211,40 @@ pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
         &device,
         &files,
     )?;
+    let k = (args.top_k as usize).clamp(1, net.num_classes);
+    let mut ranks = vec![explained];
+    for r in 1..k {
+        let t: Vec<Option<usize>> = ranks[0].iter().map(|e| Some(e.ranked[r])).collect();
+        ranks.push(explain_all(
+            &cam,
+            &samples,
+            &t,
+            args.batch as usize,
+            &device,
+            &files,
+        )?);
+    }
 
-    let mut start = 0;
-    for file in &files {
-        let idx: Vec<usize> = (start..start + file.count).collect();
-        start += file.count;
-        write_outputs(args, kind, &net, &layer, file, &idx, &samples, &explained)?;
+    for (r, explained) in ranks.iter().enumerate() {
+        let mut start = 0;
+        for file in &files {
+            let idx: Vec<usize> = (start..start + file.count).collect();
+            start += file.count;
+            // With --top-k, each rank's outputs get their own name: <stem>.top2.png ...
+            let named = InputFile {
+                path: file.path.clone(),
+                stem: if k > 1 {
+                    format!("{}.top{}", file.stem, r + 1)
+                } else {
+                    file.stem.clone()
+                },
+                count: file.count,
+            };
+            let rank = (k > 1).then_some(r + 1);
+            write_outputs(
+                args, kind, &net, &layer, &named, &idx, &samples, explained, rank,
+            )?;
+        }
     }
     Ok(())
 }
@@ -255,7 +285,11 @@ fn explain_all(
             other => other.into(),
         })?;
         for k in 0..b.len() {
+            let l = &b.logits[k];
+            let mut ranked: Vec<usize> = (0..l.len()).collect();
+            ranked.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
             out.push(Explained {
+                ranked,
                 class: b.classes[k],
                 logit: b.logit(k),
                 probability: b.probability(k),
@@ -278,6 +312,7 @@ fn write_outputs(
     idx: &[usize],
     samples: &[Sample],
     explained: &[Explained],
+    rank: Option<usize>,
 ) -> Result<()> {
     let out = &args.out;
     let many = idx.len() > 1;
@@ -326,7 +361,7 @@ fn write_outputs(
             )?;
         }
         if args.json {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "input": file.path.display().to_string(),
                 "index": k,
                 "class": e.class,
@@ -335,6 +370,9 @@ fn write_outputs(
                 "probability": e.probability,
                 "layer": layer,
             });
+            if let Some(r) = rank {
+                line["rank"] = r.into();
+            }
             // A closed pipe (`| head`) is an error to report, not a panic.
             writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")?;
         }

@@ -15,14 +15,11 @@ pub fn run(args: &ModelArgs) -> Result<()> {
         },
         &Device::Cpu,
     )?;
-    let shapes = net.unit_shapes()?;
     println!(
         "{}: {} classes, input {:?} x {:?}; default layer {}",
         net.name, net.num_classes, net.input.channels, net.input.size, net.default_layer
     );
-    for name in net.target_names() {
-        let idx = net.resolve_layer(&name)?;
-        let shape = &shapes[idx][1..];
+    for (name, shape) in net.layer_shapes()? {
         let mark = if name == net.default_layer {
             "  (default)"
         } else {

@@ -95,6 +95,11 @@ pub struct ExplainArgs {
     #[arg(long, short = 'c')]
     pub class: Option<String>,
 
+    /// Explain the K best classes of each sample, one map each (<stem>.top1.png,
+    /// <stem>.top2.png, ...; JSON lines carry the rank)
+    #[arg(long, default_value_t = 1, conflicts_with = "class", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+
     /// Samples per forward/backward pass
     #[arg(long, short = 'b', default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,

@@ -203,6 +203,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
                 cam_npy: a.cam_npy,
                 json: a.json,
                 alpha: 0.5,
+                top_k: 1,
             },
             explain::Kind::Signal,
         )?;

@@ -154,5 +154,6 @@ pub fn build(w: &Weights, device: &Device) -> Result<Network> {
         default_layer: "head".into(),
         device: device.clone(),
         multi_label: false,
+        graph: None,
     })
 }

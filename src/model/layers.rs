@@ -214,6 +214,57 @@ impl Conv {
         Ok(())
     }
 
+    /// A regular (non-depthwise) convolution, shaped so that candle 0.11's backward is
+    /// right: its conv1d input gradient is wrong for every batch item after the first
+    /// when padding is 0 (the col2im transposed conv), and its conv2d backward takes the
+    /// output padding of the height for the width too. So 1D convs run as 1-high 2D
+    /// convs, and when the two dims would need different output paddings the input is
+    /// padded explicitly and its unused trailing rows/columns cut off.
+    fn dense(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (s, d, p) = (self.stride, self.dilation, self.padding);
+        let span = |k: usize| (k - 1) * d + 1;
+        let (x, w) = match self.dims {
+            Dims::One => (x.unsqueeze(2)?, self.weight.unsqueeze(2)?),
+            Dims::Two => (x.clone(), self.weight.clone()),
+        };
+        let rem = |dim: usize| -> candle_core::Result<usize> {
+            let len = x.dim(dim)?
+                + if dim == 2 && self.dims == Dims::One {
+                    0
+                } else {
+                    2 * p
+                };
+            Ok(len.saturating_sub(span(w.dim(dim)?)) % s)
+        };
+        let y = if self.dims == Dims::Two && rem(2)? == rem(3)? {
+            x.conv2d(&w, p, s, d, self.groups)?
+        } else {
+            let mut xp = x;
+            for dim in 2..4 {
+                let pad = if dim == 2 && self.dims == Dims::One {
+                    0
+                } else {
+                    p
+                };
+                if pad > 0 {
+                    xp = xp.pad_with_zeros(dim, pad, pad)?;
+                }
+                let (len, sp) = (xp.dim(dim)?, span(w.dim(dim)?));
+                if len >= sp {
+                    let keep = (len - sp) / s * s + sp;
+                    if keep < len {
+                        xp = xp.narrow(dim, 0, keep)?;
+                    }
+                }
+            }
+            xp.conv2d(&w, 0, s, d, self.groups)?
+        };
+        match self.dims {
+            Dims::One => y.squeeze(2),
+            Dims::Two => Ok(y),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let padded;
         let x = if self.tf_same {
@@ -244,22 +295,7 @@ impl Conv {
             };
             depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
         } else {
-            match self.dims {
-                Dims::One => x.conv1d(
-                    &self.weight,
-                    self.padding,
-                    self.stride,
-                    self.dilation,
-                    self.groups,
-                )?,
-                Dims::Two => x.conv2d(
-                    &self.weight,
-                    self.padding,
-                    self.stride,
-                    self.dilation,
-                    self.groups,
-                )?,
-            }
+            self.dense(x)?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape(channel_shape(y.rank(), b.dims1()?))?),
@@ -624,6 +660,65 @@ mod tests {
             let (a, b) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "stride {stride}");
+        }
+    }
+
+    /// Input gradients of 1D and 2D convs against central differences, every batch item.
+    #[test]
+    fn conv_input_gradients_match_finite_differences() {
+        use candle_core::Var;
+        for (dims, xs, ws, pad, stride) in [
+            (Dims::One, vec![3, 4, 24], vec![5, 4, 5], 0, 1),
+            (Dims::One, vec![3, 4, 24], vec![5, 4, 3], 0, 2),
+            (Dims::One, vec![3, 4, 20], vec![5, 4, 5], 2, 1),
+            (Dims::Two, vec![3, 2, 9, 8], vec![4, 2, 3, 3], 0, 1),
+            (Dims::Two, vec![2, 2, 9, 8], vec![4, 2, 3, 3], 1, 2),
+        ] {
+            let conv = Conv {
+                dims,
+                weight: rand(&ws, 21),
+                bias: None,
+                stride,
+                padding: pad,
+                dilation: 1,
+                groups: 1,
+                tf_same: false,
+            };
+            let x = Var::from_tensor(&rand(&xs, 22)).unwrap();
+            let y = conv.forward(x.as_tensor()).unwrap();
+            let g = rand(y.dims(), 23);
+            let grads = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let an: Vec<f32> = grads
+                .get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let n: usize = xs.iter().product();
+            let f = |t: &Tensor| {
+                conv.forward(t)
+                    .unwrap()
+                    .mul(&g)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            };
+            for idx in [1, n / 2 + 3, n - 2] {
+                let e = 1e-2f32;
+                let mut d = vec![0f32; n];
+                d[idx] = e;
+                let dx = Tensor::from_vec(d, xs.as_slice(), &Device::Cpu).unwrap();
+                let num = (f(&(x.as_tensor() + &dx).unwrap()) - f(&(x.as_tensor() - &dx).unwrap()))
+                    / (2.0 * e as f64);
+                assert!(
+                    (num - an[idx] as f64).abs() < 2e-3 * (1.0 + num.abs()),
+                    "{dims:?} pad {pad} stride {stride} at {idx}: numeric {num}, analytic {}",
+                    an[idx]
+                );
+            }
         }
     }
 }

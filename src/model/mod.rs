@@ -4,6 +4,7 @@
 pub mod config;
 pub mod efficientnet;
 pub mod layers;
+pub mod onnx;
 pub mod resnet;
 pub mod sequential;
 pub mod weights;
@@ -47,6 +48,8 @@ pub struct Network {
     pub device: Device,
     /// Independent sigmoid scores per class (AudioSet) rather than one softmax.
     pub multi_label: bool,
+    /// An ONNX graph instead of `units`: targets are tensor names.
+    pub graph: Option<std::sync::Arc<onnx::OnnxGraph>>,
 }
 
 /// How a model is named on the command line.
@@ -62,7 +65,7 @@ pub struct ModelRequest<'a> {
 
 impl Network {
     pub fn load(req: &ModelRequest, device: &Device) -> Result<Self> {
-        let mut net = if BUILTIN.contains(&req.model) {
+        let net = if BUILTIN.contains(&req.model) {
             let Some(wpath) = req.weights else {
                 return Err(Error::input(
                     req.model,
@@ -75,9 +78,31 @@ impl Network {
                 "yamnet" => yamnet::build(&w, device)?,
                 _ => resnet::build_builtin(req.model, &w, device)?,
             }
+        } else if req.model.ends_with(".onnx") {
+            from_onnx(Path::new(req.model), None, device)?
         } else if req.model.ends_with(".toml") {
             let path = Path::new(req.model);
             let cfg = config::ModelFile::read(path)?;
+            if cfg.model.arch == "onnx" {
+                let file = match (req.weights, &cfg.model.weights) {
+                    (Some(p), _) => p.to_path_buf(),
+                    (None, Some(p)) => cfg.resolve(p),
+                    (None, None) => {
+                        return Err(Error::config(
+                            path,
+                            "arch = \"onnx\" needs `weights = \"model.onnx\"`",
+                        ))
+                    }
+                };
+                let input = cfg.input_spec()?;
+                let mut net = from_onnx(&file, Some(input), device)?;
+                if let Some(t) = &cfg.model.target_layer {
+                    net.resolve_layer(t)?;
+                    net.default_layer = t.clone();
+                }
+                net.labels = cfg.labels()?;
+                return finish_load(net, req);
+            }
             let wpath: PathBuf =
                 match (req.weights, &cfg.model.weights) {
                     (Some(p), _) => p.to_path_buf(),
@@ -98,26 +123,90 @@ impl Network {
                 supported,
             });
         };
-        if let Some(lf) = req.labels_file {
-            net.labels = Some(config::read_labels(lf)?);
-        }
-        if let Some(l) = &net.labels {
-            if l.len() != net.num_classes {
+        finish_load(net, req)
+    }
+}
+
+/// An ONNX model; without a config the input is taken from the graph (pictures scaled
+/// to 0..1, signals as they are).
+fn from_onnx(path: &Path, input: Option<InputSpec>, device: &Device) -> Result<Network> {
+    let size = input.as_ref().map(|i| i.size.clone());
+    let g = onnx::OnnxGraph::load(path, size.as_deref(), device)?;
+    let dims = g.sample_dims(size.as_deref())?;
+    let input = match input {
+        Some(i) => {
+            if i.channels != dims[0] || (i.kind != InputKind::Audio && i.size != dims[1..]) {
                 return Err(Error::input(
-                    req.labels_file
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| req.model.into()),
+                    path,
                     format!(
-                        "{} labels for a model with {} classes",
-                        l.len(),
-                        net.num_classes
+                        "the graph takes {:?} per sample, the config says {} x {:?}",
+                        dims, i.channels, i.size
                     ),
                 ));
             }
+            i
         }
-        Ok(net)
-    }
+        None if dims.len() == 3 => InputSpec {
+            kind: InputKind::Image,
+            channels: dims[0],
+            size: dims[1..].to_vec(),
+            mean: vec![0.0; dims[0]],
+            std: vec![1.0; dims[0]],
+            scale: 255.0,
+            resize: Resize::Stretch,
+            sample_rate: None,
+            frontend: None,
+        },
+        None => InputSpec {
+            kind: InputKind::Signal,
+            channels: dims[0],
+            size: dims[1..].to_vec(),
+            mean: vec![0.0; dims[0]],
+            std: vec![1.0; dims[0]],
+            scale: 1.0,
+            resize: Resize::Stretch,
+            sample_rate: None,
+            frontend: None,
+        },
+    };
+    Ok(Network {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "onnx".into()),
+        units: Vec::new(),
+        input,
+        labels: None,
+        num_classes: g.num_classes(),
+        default_layer: g.default_target.clone(),
+        device: device.clone(),
+        multi_label: false,
+        graph: Some(std::sync::Arc::new(g)),
+    })
+}
 
+fn finish_load(mut net: Network, req: &ModelRequest) -> Result<Network> {
+    if let Some(lf) = req.labels_file {
+        net.labels = Some(config::read_labels(lf)?);
+    }
+    if let Some(l) = &net.labels {
+        if l.len() != net.num_classes {
+            return Err(Error::input(
+                req.labels_file
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| req.model.into()),
+                format!(
+                    "{} labels for a model with {} classes",
+                    l.len(),
+                    net.num_classes
+                ),
+            ));
+        }
+    }
+    Ok(net)
+}
+
+impl Network {
     /// Index of the first unit that no longer has spatial dims (pooling or flatten).
     fn spatial_end(&self) -> usize {
         self.units
@@ -128,6 +217,9 @@ impl Network {
 
     /// Every name `--layer` accepts, in network order.
     pub fn target_names(&self) -> Vec<String> {
+        if let Some(g) = &self.graph {
+            return g.targets().iter().map(|t| t.0.clone()).collect();
+        }
         let end = self.spatial_end();
         let mut names: Vec<String> = Vec::new();
         for (i, u) in self.units[..end].iter().enumerate() {
@@ -150,6 +242,10 @@ impl Network {
 
     /// The unit whose output a layer name means.
     pub fn resolve_layer(&self, name: &str) -> Result<usize> {
+        if let Some(g) = &self.graph {
+            g.check_target(name)?;
+            return Ok(0);
+        }
         let end = self.spatial_end();
         let found = self.units.iter().position(|u| u.name == name).or_else(|| {
             let prefix = format!("{name}.");
@@ -187,7 +283,29 @@ impl Network {
 
     /// Logits (N, classes).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(g) = &self.graph {
+            return g.forward(x);
+        }
         self.forward_range(x, 0, self.units.len())
+    }
+
+    /// Every target layer with its per-sample output shape.
+    pub fn layer_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        if let Some(g) = &self.graph {
+            return Ok(g
+                .targets()
+                .iter()
+                .map(|(n, s)| (n.clone(), s[1..].to_vec()))
+                .collect());
+        }
+        let shapes = self.unit_shapes()?;
+        self.target_names()
+            .into_iter()
+            .map(|n| {
+                let i = self.resolve_layer(&n)?;
+                Ok((n, shapes[i][1..].to_vec()))
+            })
+            .collect()
     }
 
     pub fn label(&self, class: usize) -> String {

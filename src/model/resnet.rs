@@ -209,6 +209,7 @@ pub fn build(
         default_layer: format!("layer{}", blocks.len()),
         device: device.clone(),
         multi_label: false,
+        graph: None,
     })
 }
 

@@ -213,6 +213,7 @@ pub fn build(
         default_layer,
         device: device.clone(),
         multi_label: false,
+        graph: None,
     })
 }
 

@@ -107,5 +107,6 @@ pub fn build(w: &Weights, device: &Device) -> Result<Network> {
         default_layer: "layer13".into(),
         device: device.clone(),
         multi_label: true,
+        graph: None,
     })
 }
