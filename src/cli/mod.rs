@@ -30,7 +30,9 @@ Examples:
   camstream signal --model samples/models/ecg.toml record.hea --hop 2s --from 60 --to 90
   camstream signal --model samples/models/audio.toml samples/audio/chirp.wav --out out/
   camstream video samples/video/shapes.mp4 -o out/shapes_cam.mp4 --model samples/models/shapes.toml
-  camstream layers --model samples/models/shapes.toml";
+  camstream image --model samples/models/efficientnet_lite0.toml samples/photos/coffee.png --top-k 3
+  camstream signal --model yamnet --weights yamnet.safetensors --labels yamnet_classes.txt speech.wav --hop 7680
+  camstream layers --model model.onnx";
 
 #[derive(Parser)]
 #[command(name = "camstream", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -62,7 +64,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A built-in architecture (resnet18, resnet34, resnet50) or a model config (.toml)
+    /// A built-in architecture (resnet18, resnet34, resnet50, efficientnet_lite0, yamnet;
+    /// these need --weights), an ONNX file (.onnx), or a model config (.toml)
     #[arg(long, short = 'm')]
     pub model: String,
 
