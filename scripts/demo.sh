@@ -20,8 +20,14 @@ $cs signal --model samples/models/ecg.toml samples/ecg/ecg_60s.csv --out "$out/e
 echo "== audio events: 3 s WAV clips through the log-mel front end and the audio model"
 $cs signal --model samples/models/audio.toml samples/audio/*.wav --out "$out/audio" --json
 
+echo "== real photos with the real EfficientNet-Lite0 (ImageNet), top-3 classes each"
+$cs image --model samples/models/efficientnet_lite0.toml samples/photos/* --top-k 3 --out "$out/photos" --json
+
+echo "== real video: Big Buck Bunny (CC-BY-3.0, Blender Foundation) with EfficientNet-Lite0"
+$cs video samples/video/bigbuckbunny.mp4 -o "$out/bunny_cam.mp4" --model samples/models/efficientnet_lite0.toml
+
 echo "== video: samples/video/shapes.mp4 -> $out/shapes_cam.mp4"
 $cs video samples/video/shapes.mp4 -o "$out/shapes_cam.mp4" --model samples/models/shapes.toml \
   --frames-json "$out/shapes_cam.frames.jsonl" --report "$out/shapes_cam.report.json"
 
-echo "done: look at $out/images/*.png, $out/ecg/ecg_60s.png, $out/audio/*.png and $out/shapes_cam.mp4"
+echo "done: look at $out/images/*.png, $out/photos/*.png, $out/ecg/ecg_60s.png, $out/audio/*.png, $out/bunny_cam.mp4 and $out/shapes_cam.mp4"
