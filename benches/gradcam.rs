@@ -1,7 +1,9 @@
-//! Criterion benchmarks: forward vs Grad-CAM (same batch), the CAM maths, and the 720p
-//! overlay. Compare ratios within one run; absolute times depend on the machine's load.
+//! Criterion benchmarks: convolution layers by shape, ResNet-18/50 forward vs Grad-CAM
+//! (same batch) at batch 1 and 8, the CAM maths, and the 720p overlay. Compare ratios
+//! within one run; absolute times depend on the machine's load.
 
 use camstream::cam::{heatmap, upsample_to_source, GradCam, Targets};
+use camstream::model::layers::{Conv, Dims};
 use camstream::model::{resnet, Network};
 use camstream::render::{overlay, JET};
 use candle_core::{Device, Tensor};
@@ -35,6 +37,37 @@ fn model(c: &mut Criterion) {
     g.finish();
 }
 
+/// ResNet-18's conv shapes at batch 8: (in, out, kernel, stride, input side).
+fn convs(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv");
+    g.sample_size(10);
+    for (cin, cout, k, s, side) in [
+        (3, 64, 7, 2, 224),
+        (64, 64, 3, 1, 56),
+        (128, 128, 3, 1, 28),
+        (256, 256, 3, 1, 14),
+        (512, 512, 3, 1, 7),
+        (256, 512, 1, 2, 14),
+    ] {
+        let conv = Conv {
+            dims: Dims::Two,
+            weight: Tensor::randn(0f32, 0.05, (cout, cin, k, k), &Device::Cpu).expect("w"),
+            bias: Some(Tensor::zeros(cout, candle_core::DType::F32, &Device::Cpu).expect("b")),
+            stride: s,
+            padding: k / 2,
+            dilation: 1,
+            groups: 1,
+            tf_same: false,
+            packed: Default::default(),
+        };
+        let x = Tensor::randn(0f32, 1.0, (8, cin, side, side), &Device::Cpu).expect("x");
+        g.bench_function(format!("{cin}->{cout} {k}x{k}/{s} at {side}x{side}"), |b| {
+            b.iter(|| conv.forward(&x).expect("conv"))
+        });
+    }
+    g.finish();
+}
+
 fn maths(c: &mut Criterion) {
     let raw: Vec<f32> = (0..49).map(|i| ((i * 37) % 11) as f32 - 3.0).collect();
     c.bench_function("cam/heatmap 7x7->224x224", |b| {
@@ -57,5 +90,5 @@ fn maths(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, model, maths);
+criterion_group!(benches, convs, model, maths);
 criterion_main!(benches);

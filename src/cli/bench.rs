@@ -1,5 +1,7 @@
 //! `camstream bench`: forward-only vs Grad-CAM on the same batch, warm-up then timed
-//! iterations, reported as medians, spread and their ratio.
+//! iterations, reported as medians, spread and their ratio; the host stages
+//! (preprocess, overlay at 720p) alone; and with `--video`, the whole pipeline on a
+//! clip with every stage's own rate.
 
 use std::time::Instant;
 
@@ -7,8 +9,10 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
-use camstream::cam::{GradCam, Targets};
+use camstream::cam::{upsample_to_source, GradCam, Targets};
 use camstream::model::{resnet, ModelRequest, Network, BUILTIN};
+use camstream::preprocess::prepare_image;
+use camstream::render::{overlay, JET};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -29,6 +33,10 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// Also run the video pipeline on this clip (output discarded) and report each
+    /// stage's frames/s and the end-to-end rate
+    #[arg(long)]
+    pub video: Option<std::path::PathBuf>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -101,6 +109,35 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     })?;
     let ratio = gc.median_ms / fwd.median_ms;
     let threads = candle_core::utils::get_num_threads();
+
+    // Host stages on a synthetic 720p frame, one frame per iteration.
+    let frame = image::RgbImage::from_fn(1280, 720, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let pre = time(a.iters, a.warmup, 1, || {
+        std::hint::black_box(prepare_image(&frame, &net.input));
+        Ok(())
+    })?;
+    let out = cam.run(&x, &Targets::TopOne)?;
+    let p = prepare_image(&frame, &net.input);
+    let model = [p.size[0], p.size[1]];
+    let mut px = frame.clone().into_raw();
+    let ovl = time(a.iters, a.warmup, 1, || {
+        let mask = upsample_to_source(
+            out.raw_map(0),
+            &out.spatial,
+            model,
+            p.placement.model.map(|v| v as usize),
+            [720, 1280],
+            true,
+        );
+        overlay(&mut px, &mask, &JET, 0.5);
+        Ok(())
+    })?;
+    let video = match &a.video {
+        Some(v) => Some(super::video::bench(&net, &layer, v, a.batch)?),
+        None => None,
+    };
     if a.json {
         println!(
             "{}",
@@ -108,6 +145,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "model": a.model, "layer": layer, "batch": a.batch, "input": &shape[1..],
                 "device": "cpu", "threads": threads,
                 "forward": fwd, "gradcam": gc, "gradcam_over_forward": ratio,
+                "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
             })
         );
     } else {
@@ -116,6 +154,25 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             a.model, a.batch, &shape[1..], fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
             gc.median_ms, gc.min_ms, gc.max_ms, gc.frames_per_s
         );
+        println!(
+            "  preprocess 720p: median {:.2} ms = {:.0} frames/s (one thread)\n  overlay 720p   : median {:.2} ms = {:.0} frames/s (one worker)",
+            pre.median_ms, pre.frames_per_s, ovl.median_ms, ovl.frames_per_s
+        );
+        if let Some(v) = &video {
+            let stages: Vec<String> = v
+                .stages
+                .iter()
+                .map(|s| format!("{} {:.1}", s.stage, s.fps))
+                .collect();
+            let slowest = v.stages.iter().map(|s| s.fps).fold(f64::INFINITY, f64::min);
+            println!(
+                "  video: {} frames, {:.1} frames/s end to end ({:.2} x the slowest stage); stage frames/s: {}",
+                v.frames,
+                v.fps,
+                v.fps / slowest,
+                stages.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -37,8 +37,27 @@ Examples:
 #[derive(Parser)]
 #[command(name = "camstream", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
+    /// CPU threads for the network's maths (default: the physical cores). Threads wait
+    /// by sleeping, not spinning, so a shared machine is not slowed down by idle ones
+    /// (CANDLE_BARRIER_POOL_SPIN_LIMIT overrides).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Thread settings must be in place before candle starts its pools.
+fn configure_threads(threads: Option<u64>) {
+    // candle's element-wise pool spins 25 000 times before parking; on a shared
+    // 2-core machine that spinning steals the core the other thread needs.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1");
+    }
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
 }
 
 #[derive(Subcommand)]
@@ -128,6 +147,7 @@ pub struct ExplainArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    configure_threads(cli.threads);
     match cli.command {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
         Command::Signal(a) => signal::run(&a),

@@ -260,3 +260,43 @@ pub fn run(a: &VideoArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The pipeline on `input` with defaults (batch as given, one overlay worker per core),
+/// writing to a temporary file that is removed: for `camstream bench --video`.
+pub fn bench(
+    net: &Network,
+    layer: &str,
+    input: &std::path::Path,
+    batch: usize,
+) -> Result<camstream::pipeline::VideoReport> {
+    let dir = tempfile_dir()?;
+    let output = dir.join("bench.mp4");
+    let job = VideoJob {
+        input: input.to_path_buf(),
+        output: output.clone(),
+        net,
+        layer: layer.to_string(),
+        class: None,
+        batch,
+        every: 1,
+        norm: Norm::Frame,
+        colormap: &camstream::render::JET,
+        alpha: 0.5,
+        label: true,
+        encode: EncodeOptions::default(),
+        section: Section::default(),
+        frames_json: None,
+        overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        progress: None,
+        fail_at: None,
+    };
+    let r = run_video(&job, &AtomicBool::new(false));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(r?)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("camstream-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(d)
+}

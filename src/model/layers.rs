@@ -72,6 +72,8 @@ pub struct Conv {
     /// ceil(in/stride), the odd pixel of padding goes after (bottom/right). Replaces
     /// `padding`.
     pub tf_same: bool,
+    /// The weights packed for the CPU convolution, made at first use.
+    pub packed: std::sync::OnceLock<std::sync::Arc<super::fastconv::Packed>>,
 }
 
 /// (before, after) zero padding of TensorFlow "SAME" for one spatial dim.
@@ -180,6 +182,7 @@ impl Conv {
             dilation: 1,
             groups,
             tf_same: false,
+            packed: Default::default(),
         })
     }
 
@@ -211,6 +214,7 @@ impl Conv {
             Some(b) => (b.mul(&bn.scale)? + &bn.shift)?,
             None => bn.shift.clone(),
         });
+        self.packed = Default::default();
         Ok(())
     }
 
@@ -265,6 +269,53 @@ impl Conv {
         }
     }
 
+    /// The CPU path: packed weights, bias inside the op (see `fastconv`).
+    fn fast(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use super::fastconv::{ConvOp, Geometry, Packed};
+        let packed = match self.packed.get() {
+            Some(p) => p.clone(),
+            None => {
+                let w = &self.weight;
+                let geo = match self.dims {
+                    Dims::One => Geometry {
+                        c_in: w.dim(1)?,
+                        c_out: w.dim(0)?,
+                        kh: 1,
+                        kw: w.dim(2)?,
+                        sh: 1,
+                        sw: self.stride,
+                        ph: 0,
+                        pw: self.padding,
+                        dh: 1,
+                        dw: self.dilation,
+                    },
+                    Dims::Two => Geometry {
+                        c_in: w.dim(1)?,
+                        c_out: w.dim(0)?,
+                        kh: w.dim(2)?,
+                        kw: w.dim(3)?,
+                        sh: self.stride,
+                        sw: self.stride,
+                        ph: self.padding,
+                        pw: self.padding,
+                        dh: self.dilation,
+                        dw: self.dilation,
+                    },
+                };
+                let p = std::sync::Arc::new(Packed::new(geo, w, self.bias.as_ref())?);
+                self.packed.get_or_init(|| p).clone()
+            }
+        };
+        match self.dims {
+            Dims::One => x
+                .unsqueeze(2)?
+                .contiguous()?
+                .apply_op1(ConvOp(packed))?
+                .squeeze(2),
+            Dims::Two => x.contiguous()?.apply_op1(ConvOp(packed)),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let padded;
         let x = if self.tf_same {
@@ -286,6 +337,13 @@ impl Conv {
             && self.dims == Dims::Two
             && self.weight.dim(1)? == 1
             && self.weight.dim(0)? == self.groups;
+        if self.groups == 1
+            && x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && self.weight.dtype() == candle_core::DType::F32
+        {
+            return self.fast(x);
+        }
         let y = if depthwise {
             let xp = if self.padding > 0 {
                 x.pad_with_zeros(2, self.padding, self.padding)?
@@ -546,6 +604,7 @@ mod tests {
                 dilation: 1,
                 groups: 1,
                 tf_same: false,
+                packed: Default::default(),
             };
             let var = (rand(&[c], 3).abs().unwrap() + 0.5).unwrap();
             let bn = ChannelAffine {
@@ -635,6 +694,7 @@ mod tests {
                 dilation: 1,
                 groups: c,
                 tf_same: false,
+                packed: Default::default(),
             };
             let x = Var::from_tensor(&rand(&[2, c, h, w], 13)).unwrap();
             let ours = conv.forward(x.as_tensor()).unwrap();
@@ -683,6 +743,7 @@ mod tests {
                 dilation: 1,
                 groups: 1,
                 tf_same: false,
+                packed: Default::default(),
             };
             let x = Var::from_tensor(&rand(&xs, 22)).unwrap();
             let y = conv.forward(x.as_tensor()).unwrap();
@@ -719,6 +780,45 @@ mod tests {
                     an[idx]
                 );
             }
+        }
+    }
+
+    /// The packed CPU conv against candle's own conv2d (forward), over the shapes
+    /// networks use: pointwise, strided pointwise, 3x3 and 7x7 with padding, odd sizes.
+    #[test]
+    fn packed_conv_equals_candles_conv2d() {
+        for (cin, cout, k, s, p, h, w) in [
+            (8, 12, 1, 1, 0, 9, 7),
+            (8, 12, 1, 2, 0, 9, 7),
+            (5, 6, 3, 1, 1, 11, 13),
+            (5, 6, 3, 2, 1, 11, 13),
+            (3, 4, 7, 2, 3, 20, 17),
+            (4, 4, 3, 1, 0, 40, 3),
+        ] {
+            let conv = Conv {
+                dims: Dims::Two,
+                weight: rand(&[cout, cin, k, k], 31),
+                bias: Some(rand(&[cout], 32)),
+                stride: s,
+                padding: p,
+                dilation: 1,
+                groups: 1,
+                tf_same: false,
+                packed: Default::default(),
+            };
+            let x = rand(&[3, cin, h, w], 33);
+            let ours = conv.forward(&x).unwrap();
+            let theirs = x
+                .conv2d(&conv.weight, p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.clone().unwrap().reshape((1, cout, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-5,
+                "{cin}->{cout} k{k} s{s} p{p}"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod efficientnet;
+pub mod fastconv;
 pub mod layers;
 pub mod onnx;
 pub mod resnet;

@@ -598,6 +598,7 @@ impl OnnxGraph {
                     dilation,
                     groups: group,
                     tf_same,
+                    packed: Default::default(),
                 };
                 conv.forward(&xp).map_err(node_err)?
             }
