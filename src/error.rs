@@ -63,6 +63,9 @@ pub enum Error {
     #[error("{classes} target classes given for a batch of {batch} samples: give one class for all, or exactly one per sample")]
     ClassCount { classes: usize, batch: usize },
 
+    #[error("{0}")]
+    Device(String),
+
     #[error("tensor maths: {0}")]
     Candle(#[from] candle_core::Error),
 }

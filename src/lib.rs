@@ -5,6 +5,7 @@
 
 pub mod cam;
 pub mod decode;
+pub mod device;
 pub mod encode;
 pub mod error;
 pub mod eval;

@@ -337,3 +337,42 @@ fn mismatched_weights_and_configs_name_the_problem() {
     ]));
     assert!(e.contains(".npy"), "{e}");
 }
+
+/// `--device cuda` on a build without CUDA is one clear line; `auto` and `cpu` run on the
+/// CPU; `--threads` is accepted by every command.
+#[test]
+fn device_and_threads_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixtures().join("shapes/input.npy");
+    let cfg = fixtures().join("shapes/shapes_cnn.toml");
+    if !camstream::device::cuda_built() {
+        let e = fails(&camstream(&[
+            "--device",
+            "cuda",
+            "image",
+            "-m",
+            s(&cfg),
+            s(&input),
+            "-o",
+            s(tmp.path()),
+        ]));
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+    let e = fails(&camstream(&["--device", "tpu", "layers", "-m", s(&cfg)]));
+    assert!(e.contains("auto, cpu, cuda"), "{e}");
+    for dev in ["auto", "cpu"] {
+        ok(&camstream(&[
+            "image",
+            "-m",
+            s(&cfg),
+            s(&input),
+            "-o",
+            s(tmp.path()),
+            "--device",
+            dev,
+            "--threads",
+            "1",
+        ]));
+    }
+    assert!(tmp.path().join("input.0.png").is_file());
+}

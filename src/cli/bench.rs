@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::Args;
 
 use camstream::cam::{upsample_to_source, GradCam, Targets};
@@ -76,7 +76,7 @@ fn time(
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = super::device();
     let mut net = if BUILTIN.contains(&a.model.as_str()) && a.weights.is_none() {
         let w = resnet::random_weights(&a.model, 1000, 0, &device)?;
         resnet::build_builtin(&a.model, &w, &device)?
@@ -143,15 +143,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": a.model, "layer": layer, "batch": a.batch, "input": &shape[1..],
-                "device": "cpu", "threads": threads,
+                "device": format!("{:?}", device.location()), "threads": threads,
                 "forward": fwd, "gradcam": gc, "gradcam_over_forward": ratio,
                 "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
             })
         );
     } else {
         println!(
-            "{} layer {layer}, batch {} x {:?}, cpu, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
-            a.model, a.batch, &shape[1..], fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
+            "{} layer {layer}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
+            a.model, a.batch, &shape[1..], device.location(), fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
             gc.median_ms, gc.min_ms, gc.max_ms, gc.frames_per_s
         );
         println!(

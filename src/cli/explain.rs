@@ -168,7 +168,7 @@ fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Vec<Optio
 }
 
 pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
-    let device = Device::Cpu;
+    let device = super::device();
     let net = Network::load(
         &ModelRequest {
             model: &args.model.model,

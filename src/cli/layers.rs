@@ -1,5 +1,4 @@
 use anyhow::Result;
-use candle_core::Device;
 
 use camstream::model::{ModelRequest, Network};
 
@@ -13,7 +12,7 @@ pub fn run(args: &ModelArgs) -> Result<()> {
             target: None,
             labels_file: args.labels.as_deref(),
         },
-        &Device::Cpu,
+        &super::device(),
     )?;
     println!(
         "{}: {} classes, input {:?} x {:?}; default layer {}",

@@ -43,6 +43,11 @@ struct Cli {
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: Option<u64>,
 
+    /// Where the network runs: auto (CUDA when built with it and a GPU is present, else
+    /// the CPU), cpu, cuda or cuda:N
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -145,9 +150,25 @@ pub struct ExplainArgs {
     pub alpha: f32,
 }
 
+static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+
+/// The device `--device` chose (the CPU until `run` has chosen).
+pub fn device() -> candle_core::Device {
+    DEVICE.get().cloned().unwrap_or(candle_core::Device::Cpu)
+}
+
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     configure_threads(cli.threads);
+    let choice = camstream::device::DeviceChoice::parse(&cli.device).ok_or_else(|| {
+        anyhow::anyhow!("--device `{}`: use auto, cpu, cuda or cuda:N", cli.device)
+    })?;
+    let (dev, said) = camstream::device::select(choice)?;
+    // Only a CUDA build has a choice worth reporting.
+    if camstream::device::cuda_built() {
+        eprintln!("{said}");
+    }
+    let _ = DEVICE.set(dev);
     match cli.command {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
         Command::Signal(a) => signal::run(&a),

@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -149,7 +148,7 @@ fn parse_hop(s: &str, rate: f64) -> Result<usize> {
 }
 
 pub fn run(a: &SignalArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = super::device();
     let net = Network::load(
         &ModelRequest {
             model: &a.model.model,

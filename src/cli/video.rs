@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -116,7 +115,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             target: a.layer.as_deref(),
             labels_file: a.model.labels.as_deref(),
         },
-        &Device::Cpu,
+        &super::device(),
     )?;
     if net.input.kind != InputKind::Image {
         bail!(
