@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::error::Result;
 use crate::model::config::{InputKind, InputSpec, Resize};
-use crate::model::layers::{Chain, ChannelAffine, Conv, Dims, Linear, Op};
+use crate::model::layers::{Chain, Conv, Linear, Op};
 use crate::model::{Network, Unit, Weights};
 
 const EPS: f64 = 1e-3;
@@ -52,16 +52,12 @@ fn conv_bn(
     w: &Weights,
     conv: &str,
     bn: &str,
-    in_ch: usize,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    g: usize,
 ) -> Result<Conv> {
-    let mut c = Conv::load(w, conv, Dims::Two, in_ch, None, Some(kernel), groups, false)?
-        .with(stride, 0, 1)
-        .same();
-    c.fold(&ChannelAffine::load_bn(w, bn, c.out_channels(), EPS)?)?;
-    Ok(c)
+    Conv::tf_bn(w, conv, bn, c, k, s, g, EPS)
 }
 
 pub fn build(w: &Weights, device: &Device) -> Result<Network> {

@@ -186,6 +186,26 @@ impl Conv {
         })
     }
 
+    /// A TF-style 2D conv (no bias, "SAME" padding) with its BatchNorm folded in, as
+    /// EfficientNet and YAMNet are built.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tf_bn(
+        w: &Weights,
+        conv: &str,
+        bn: &str,
+        in_ch: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let mut c = Conv::load(w, conv, Dims::Two, in_ch, None, Some(kernel), groups, false)?
+            .with(stride, 0, 1)
+            .same();
+        c.fold(&ChannelAffine::load_bn(w, bn, c.out_channels(), eps)?)?;
+        Ok(c)
+    }
+
     /// TensorFlow "SAME" padding instead of a fixed one.
     pub fn same(mut self) -> Self {
         self.tf_same = true;

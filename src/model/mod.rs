@@ -147,28 +147,24 @@ fn from_onnx(path: &Path, input: Option<InputSpec>, device: &Device) -> Result<N
             }
             i
         }
-        None if dims.len() == 3 => InputSpec {
-            kind: InputKind::Image,
-            channels: dims[0],
-            size: dims[1..].to_vec(),
-            mean: vec![0.0; dims[0]],
-            std: vec![1.0; dims[0]],
-            scale: 255.0,
-            resize: Resize::Stretch,
-            sample_rate: None,
-            frontend: None,
-        },
-        None => InputSpec {
-            kind: InputKind::Signal,
-            channels: dims[0],
-            size: dims[1..].to_vec(),
-            mean: vec![0.0; dims[0]],
-            std: vec![1.0; dims[0]],
-            scale: 1.0,
-            resize: Resize::Stretch,
-            sample_rate: None,
-            frontend: None,
-        },
+        None => {
+            let image = dims.len() == 3;
+            InputSpec {
+                kind: if image {
+                    InputKind::Image
+                } else {
+                    InputKind::Signal
+                },
+                channels: dims[0],
+                size: dims[1..].to_vec(),
+                mean: vec![0.0; dims[0]],
+                std: vec![1.0; dims[0]],
+                scale: if image { 255.0 } else { 1.0 },
+                resize: Resize::Stretch,
+                sample_rate: None,
+                frontend: None,
+            }
+        }
     };
     Ok(Network {
         name: path
