@@ -34,8 +34,12 @@ if [ ! -x "$cuda/bin/nvcc" ]; then
   chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
   # The layout nvcc and the build scripts expect of a toolkit.
   [ -e "$cuda/lib64" ] || ln -s lib "$cuda/lib64"
-  [ -e "$cuda/lib/libcudart.so" ] || ln -s libcudart.so.13 "$cuda/lib/libcudart.so"
 fi
+# candle-kernels asks for `-lcudart`. With only `libcudart.a` (the static runtime) to
+# find, the binary carries the runtime and needs no CUDA library just to start; the
+# driver and cuBLAS/cuRAND/NVRTC are loaded at run time.
+rm -f "$cuda/lib/libcudart.so"
+[ -e "$cuda/lib/libcudart.a" ] || ln -s libcudart_static.a "$cuda/lib/libcudart.a"
 
 export CUDA_ROOT=$cuda CUDA_PATH=$cuda CUDA_HOME=$cuda
 export PATH=$cuda/bin:$PATH

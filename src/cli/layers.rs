@@ -1,3 +1,5 @@
+use std::io::Write;
+
 use anyhow::Result;
 
 use camstream::model::{ModelRequest, Network};
@@ -14,17 +16,26 @@ pub fn run(args: &ModelArgs) -> Result<()> {
         },
         &super::device(),
     )?;
-    println!(
+    // A closed pipe (`| head`) ends the listing quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
+    if writeln!(
+        out,
         "{}: {} classes, input {:?} x {:?}; default layer {}",
         net.name, net.num_classes, net.input.channels, net.input.size, net.default_layer
-    );
+    )
+    .is_err()
+    {
+        return Ok(());
+    }
     for (name, shape) in net.layer_shapes()? {
         let mark = if name == net.default_layer {
             "  (default)"
         } else {
             ""
         };
-        println!("{name:<24} {shape:?}{mark}");
+        if writeln!(out, "{name:<24} {shape:?}{mark}").is_err() {
+            return Ok(());
+        }
     }
     Ok(())
 }
