@@ -396,3 +396,128 @@ impl CustomOp1 for ConvInputGrad {
         Ok((CpuStorage::F32(gx), Shape::from((n, g.c_in, h, w))))
     }
 }
+
+/// Depthwise 2D convolution (one k x k filter per channel) on an already padded input,
+/// planes in parallel. Its input gradient scatters each output gradient back over the
+/// taps that read it.
+pub struct DepthwiseOp {
+    /// (C, kh*kw) filters.
+    pub weight: Arc<Vec<f32>>,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+impl DepthwiseOp {
+    fn out(&self, h: usize, w: usize) -> (usize, usize) {
+        let sh = (self.kh - 1) * self.dilation + 1;
+        let sw = (self.kw - 1) * self.dilation + 1;
+        ((h - sh) / self.stride + 1, (w - sw) / self.stride + 1)
+    }
+}
+
+impl CustomOp1 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "camstream-depthwise"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let x = contiguous_f32(s, l)?;
+        let (kh, kw) = (self.kh, self.kw);
+        if self.weight.len() != c * kh * kw
+            || h < (kh - 1) * self.dilation + 1
+            || w < (kw - 1) * self.dilation + 1
+        {
+            candle_core::bail!("depthwise conv: input {n}x{c}x{h}x{w} does not fit the filters");
+        }
+        let (oh, ow) = self.out(h, w);
+        let (s_, d) = (self.stride, self.dilation);
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let xp = &x[p * h * w..(p + 1) * h * w];
+            let f = &self.weight[ch * kh * kw..(ch + 1) * kh * kw];
+            for i in 0..kh {
+                for j in 0..kw {
+                    let wv = f[i * kw + j];
+                    for oy in 0..oh {
+                        let row = &xp[(oy * s_ + i * d) * w..];
+                        let dst = &mut o[oy * ow..(oy + 1) * ow];
+                        if s_ == 1 {
+                            let src = &row[j * d..j * d + ow];
+                            for (a, b) in dst.iter_mut().zip(src) {
+                                *a += wv * b;
+                            }
+                        } else {
+                            for (ox, a) in dst.iter_mut().enumerate() {
+                                *a += wv * row[ox * s_ + j * d];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        let g = grad.contiguous()?;
+        Ok(Some(g.apply_op1_no_bwd(&DepthwiseInputGrad {
+            op: DepthwiseOp {
+                weight: self.weight.clone(),
+                kh: self.kh,
+                kw: self.kw,
+                stride: self.stride,
+                dilation: self.dilation,
+            },
+            h,
+            w,
+        })?))
+    }
+}
+
+struct DepthwiseInputGrad {
+    op: DepthwiseOp,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for DepthwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "camstream-depthwise-input-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = l.shape().dims4()?;
+        let gy = contiguous_f32(s, l)?;
+        let (h, w) = (self.h, self.w);
+        let o = &self.op;
+        let (kh, kw, s_, d) = (o.kh, o.kw, o.stride, o.dilation);
+        let mut gx = vec![0f32; n * c * h * w];
+        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, g)| {
+            let ch = p % c;
+            let gyp = &gy[p * oh * ow..(p + 1) * oh * ow];
+            let f = &o.weight[ch * kh * kw..(ch + 1) * kh * kw];
+            for i in 0..kh {
+                for j in 0..kw {
+                    let wv = f[i * kw + j];
+                    for oy in 0..oh {
+                        let base = (oy * s_ + i * d) * w + j * d;
+                        for (ox, v) in gyp[oy * ow..(oy + 1) * ow].iter().enumerate() {
+                            g[base + ox * s_] += wv * v;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}

@@ -371,7 +371,24 @@ impl Conv {
             } else {
                 x.clone()
             };
-            depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
+            if xp.device().is_cpu() && xp.dtype() == candle_core::DType::F32 {
+                let (c, kh, kw) = (
+                    self.weight.dim(0)?,
+                    self.weight.dim(2)?,
+                    self.weight.dim(3)?,
+                );
+                let wv: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+                debug_assert_eq!(wv.len(), c * kh * kw);
+                xp.contiguous()?.apply_op1(super::fastconv::DepthwiseOp {
+                    weight: std::sync::Arc::new(wv),
+                    kh,
+                    kw,
+                    stride: self.stride,
+                    dilation: self.dilation,
+                })?
+            } else {
+                depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
+            }
         } else {
             self.dense(x)?
         };
@@ -727,6 +744,19 @@ mod tests {
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+            // The tensor-op formulation (used off the CPU) agrees too.
+            let xp = x
+                .as_tensor()
+                .pad_with_zeros(2, pad, pad)
+                .unwrap()
+                .pad_with_zeros(3, pad, pad)
+                .unwrap();
+            let taps = depthwise2d(&xp, &conv.weight, stride, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.clone().unwrap().reshape((1, c, 1, 1)).unwrap())
+                .unwrap();
+            let d = (&taps - &theirs).unwrap().abs().unwrap().max_all().unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
             let g = rand(ours.dims(), 14);
             let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();

@@ -318,9 +318,10 @@ pub fn run_signal(
         let png = out("png");
         let labels: Vec<String> = (0..net.num_classes).map(|c| net.label(c)).collect();
         let title = format!(
-            "{} — {} windows of {:.2} s, layer {}, {}",
+            "{} — {} window{} of {:.2} s, layer {}, {}",
             job.stem,
             bands.len(),
+            if bands.len() == 1 { "" } else { "s" },
             len as f64 / model_rate,
             job.layer,
             match job.class {
