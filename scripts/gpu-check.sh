@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 8, for a machine with an NVIDIA GPU (driver >= 580) and
-# PyTorch's CUDA 13 libraries, but no Rust: build here with scripts/build-cuda.sh and
-# carry target/cuda/release/camstream along with samples/ and tests/fixtures/.
+# PyTorch's CUDA 13 libraries, but no Rust: build here with scripts/build-cuda.sh, then
+# shrink the binary for the trip (62 MB stripped, 8 MB with xz: it is mostly kernels)
+#   strip -o camstream.cuda target/cuda/release/camstream && xz -f camstream.cuda
+# and carry camstream.cuda.xz with the working tree (samples/, tests/fixtures/).
 #
-#   bash scripts/gpu-check.sh [path/to/camstream] > gpu-results.txt
+#   bash scripts/gpu-check.sh [camstream binary or .xz] > gpu-results.txt
 #
 # 1. correctness: Grad-CAM raw maps on CUDA vs CPU (<= 1e-3 relative) for the shapes,
 #    ECG and tiny-ResNet references and EfficientNet-Lite0 on the real photos;
@@ -13,6 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cs=${1:-target/cuda/release/camstream}
 py=${PYTHON:-python3}
+if [[ "$cs" == *.xz ]]; then
+  xz -dc "$cs" > /tmp/camstream.cuda && chmod +x /tmp/camstream.cuda
+  cs=/tmp/camstream.cuda
+fi
 if [ -z "${LD_LIBRARY_PATH:-}" ]; then
   LD_LIBRARY_PATH=$("$py" -c 'import nvidia, os; print(":".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null || true)
   export LD_LIBRARY_PATH
