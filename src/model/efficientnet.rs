@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::error::Result;
 use crate::model::config::{InputKind, InputSpec, Resize};
-use crate::model::layers::{Chain, Conv, Linear, Op};
+use crate::model::layers::{Conv, Linear, Op};
 use crate::model::{Network, Unit, Weights};
 
 const EPS: f64 = 1e-3;
@@ -63,14 +63,7 @@ fn conv_bn(
 pub fn build(w: &Weights, device: &Device) -> Result<Network> {
     let stem = conv_bn(w, "_conv_stem", "_bn0", 3, 3, 2, 1)?;
     let mut ch = stem.out_channels();
-    let mut units = vec![Unit {
-        name: "stem".into(),
-        op: Op::Chain(Box::new(Chain {
-            ops: vec![Op::Conv(stem), Op::Relu6],
-            residual: false,
-        })),
-        fused_into: None,
-    }];
+    let mut units = vec![Unit::chain("stem", vec![Op::Conv(stem), Op::Relu6], false)];
     for (i, &(e, k, s)) in BLOCKS.iter().enumerate() {
         let p = format!("_blocks.{i}");
         let mut ops = Vec::new();
@@ -109,38 +102,16 @@ pub fn build(w: &Weights, device: &Device) -> Result<Network> {
         )?;
         let out = proj.out_channels();
         ops.push(Op::Conv(proj));
-        units.push(Unit {
-            name: p,
-            op: Op::Chain(Box::new(Chain {
-                ops,
-                residual: s == 1 && out == ch,
-            })),
-            fused_into: None,
-        });
+        units.push(Unit::chain(p, ops, s == 1 && out == ch));
         ch = out;
     }
     let head = conv_bn(w, "_conv_head", "_bn1", ch, 1, 1, 1)?;
     ch = head.out_channels();
-    units.push(Unit {
-        name: "head".into(),
-        op: Op::Chain(Box::new(Chain {
-            ops: vec![Op::Conv(head), Op::Relu6],
-            residual: false,
-        })),
-        fused_into: None,
-    });
-    units.push(Unit {
-        name: "avgpool".into(),
-        op: Op::GlobalAvgPool,
-        fused_into: None,
-    });
+    units.push(Unit::chain("head", vec![Op::Conv(head), Op::Relu6], false));
+    units.push(Unit::new("avgpool", Op::GlobalAvgPool));
     let fc = Linear::load(w, "_fc", ch, true)?;
     let num_classes = fc.out_features();
-    units.push(Unit {
-        name: "_fc".into(),
-        op: Op::Linear(fc),
-        fused_into: None,
-    });
+    units.push(Unit::new("_fc", Op::Linear(fc)));
     Ok(Network {
         name: "efficientnet_lite0".into(),
         units,

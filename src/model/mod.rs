@@ -38,6 +38,21 @@ pub struct Unit {
     pub fused_into: Option<String>,
 }
 
+impl Unit {
+    pub fn new(name: impl Into<String>, op: Op) -> Self {
+        Self {
+            name: name.into(),
+            op,
+            fused_into: None,
+        }
+    }
+
+    /// Several ops as one target-able unit, optionally with an identity shortcut.
+    pub fn chain(name: impl Into<String>, ops: Vec<Op>, residual: bool) -> Self {
+        Self::new(name, Op::Chain(Box::new(layers::Chain { ops, residual })))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Network {
     pub name: String,

@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::error::Result;
 use crate::model::config::{InputKind, InputSpec, Resize};
-use crate::model::layers::{Chain, Conv, Linear, Op};
+use crate::model::layers::{Conv, Linear, Op};
 use crate::model::{Network, Unit, Weights};
 use crate::preprocess::melspec::{MelConfig, MelFlavour, MelScale};
 
@@ -60,40 +60,19 @@ fn conv_bn(
 pub fn build(w: &Weights, device: &Device) -> Result<Network> {
     let c0 = conv_bn(w, "layer0.conv", "layer0.bn", 1, 3, 2, 1)?;
     let mut ch = c0.out_channels();
-    let mut units = vec![Unit {
-        name: "layer0".into(),
-        op: Op::Chain(Box::new(Chain {
-            ops: vec![Op::Conv(c0), Op::Relu],
-            residual: false,
-        })),
-        fused_into: None,
-    }];
+    let mut units = vec![Unit::chain("layer0", vec![Op::Conv(c0), Op::Relu], false)];
     for (i, &s) in STRIDES.iter().enumerate() {
         let p = format!("layer{}", i + 1);
         let dw = conv_bn(w, &format!("{p}.dw"), &format!("{p}.dw_bn"), ch, 3, s, ch)?;
         let pw = conv_bn(w, &format!("{p}.pw"), &format!("{p}.pw_bn"), ch, 1, 1, 1)?;
         ch = pw.out_channels();
-        units.push(Unit {
-            name: p,
-            op: Op::Chain(Box::new(Chain {
-                ops: vec![Op::Conv(dw), Op::Relu, Op::Conv(pw), Op::Relu],
-                residual: false,
-            })),
-            fused_into: None,
-        });
+        let ops = vec![Op::Conv(dw), Op::Relu, Op::Conv(pw), Op::Relu];
+        units.push(Unit::chain(p, ops, false));
     }
-    units.push(Unit {
-        name: "avgpool".into(),
-        op: Op::GlobalAvgPool,
-        fused_into: None,
-    });
+    units.push(Unit::new("avgpool", Op::GlobalAvgPool));
     let fc = Linear::load(w, "logits", ch, true)?;
     let num_classes = fc.out_features();
-    units.push(Unit {
-        name: "logits".into(),
-        op: Op::Linear(fc),
-        fused_into: None,
-    });
+    units.push(Unit::new("logits", Op::Linear(fc)));
     Ok(Network {
         name: "yamnet".into(),
         units,
