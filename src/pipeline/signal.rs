@@ -88,6 +88,13 @@ struct Explained {
     spec: Option<Vec<f32>>,
 }
 
+/// The window stage's output: trace samples, or a window with its model input (the
+/// front end runs here, not in the model stage, so the STFT overlaps the network).
+enum Prepared {
+    Trace { start: u64, samples: Vec<f32> },
+    Window(Window, Vec<f32>),
+}
+
 enum Piece {
     Trace { start: u64, samples: Vec<f32> },
     Window(Box<Explained>),
@@ -240,7 +247,7 @@ pub fn run_signal(
     let windows_done = AtomicU64::new(0);
     let cap = job.batch.max(1) * 2 + 2;
     let (raw_tx, raw_rx) = bounded::<Vec<Vec<f32>>>(4);
-    let (cut_tx, cut_rx) = bounded::<Cut>(cap * 4);
+    let (cut_tx, cut_rx) = bounded::<Prepared>(cap * 4);
     let (cam_tx, cam_rx) = bounded::<Piece>(cap * 4);
     let reader = &mut reader;
     let mut plot_state = None;
@@ -268,7 +275,7 @@ pub fn run_signal(
         let features = &features;
         s.spawn(move || {
             guard("window", errors, || {
-                window_stage(len, hop, plan.len(), raw_rx, cut_tx, errors, &busy[1])
+                window_stage(features, hop, plan.len(), raw_rx, cut_tx, errors, &busy[1])
             })
         });
         let (job_ref, layer) = (job, &job.layer);
@@ -459,17 +466,31 @@ fn read_stage(
 }
 
 fn window_stage(
-    len: usize,
+    features: &Features,
     hop: usize,
     channels: usize,
     rx: Receiver<Vec<Vec<f32>>>,
-    tx: Sender<Cut>,
+    tx: Sender<Prepared>,
     errors: &FirstError,
     busy: &Busy,
 ) -> Result<(), PipelineError> {
-    let mut w = Windower::new(len, hop, channels);
+    let mut w = Windower::new(features.window_len(), hop, channels);
     let mut cuts = Vec::new();
-    let send = |cuts: &mut Vec<Cut>| cuts.drain(..).all(|c| tx.send(c).is_ok());
+    // Windows get their model input here; returns false when downstream has stopped.
+    let send = |cuts: &mut Vec<Cut>| {
+        cuts.drain(..).all(|c| {
+            let t = Instant::now();
+            let p = match c {
+                Cut::Trace { start, samples } => Prepared::Trace { start, samples },
+                Cut::Window(w) => {
+                    let input = features.compute(&w);
+                    Prepared::Window(w, input)
+                }
+            };
+            busy.add(t.elapsed(), 0);
+            tx.send(p).is_ok()
+        })
+    };
     for chunk in rx {
         if errors.failed() {
             return Ok(());
@@ -493,7 +514,7 @@ fn model_stage(
     job: &SignalJob,
     layer: &str,
     features: &Features,
-    rx: Receiver<Cut>,
+    rx: Receiver<Prepared>,
     tx: Sender<Piece>,
     errors: &FirstError,
     busy: &Busy,
@@ -502,56 +523,45 @@ fn model_stage(
     let cam = GradCam::new(net, layer)?;
     let batch = job.batch.max(1);
     let targets = job.class.map_or(Targets::TopOne, Targets::All);
-    let mut pending: Vec<Cut> = Vec::new();
+    let mut pending: Vec<Prepared> = Vec::new();
     let mut windows = 0;
-    let flush = |pending: &mut Vec<Cut>| -> Result<bool, PipelineError> {
+    let flush = |pending: &mut Vec<Prepared>| -> Result<bool, PipelineError> {
         let t = Instant::now();
-        let wins: Vec<&Window> = pending
+        let inputs: Vec<&[f32]> = pending
             .iter()
-            .filter_map(|c| match c {
-                Cut::Window(w) => Some(w),
-                Cut::Trace { .. } => None,
+            .filter_map(|p| match p {
+                Prepared::Window(_, input) => Some(input.as_slice()),
+                Prepared::Trace { .. } => None,
             })
             .collect();
-        let mut results = Vec::new();
-        if !wins.is_empty() {
-            let inputs: Vec<Vec<f32>> = wins.iter().map(|w| features.compute(w)).collect();
-            let mut shape = vec![wins.len(), net.input.channels];
+        let out = if inputs.is_empty() {
+            None
+        } else {
+            let mut shape = vec![inputs.len(), net.input.channels];
             shape.extend(&net.input.size);
-            let data: Vec<f32> = inputs.iter().flatten().copied().collect();
+            let data: Vec<f32> = inputs.concat();
             let x = Tensor::from_vec(data, shape, &net.device).map_err(crate::Error::from)?;
-            let out = cam.run(&x, &targets)?;
-            for (k, input) in inputs.into_iter().enumerate() {
-                results.push((
-                    out.classes[k],
-                    out.logit(k),
-                    out.probability(k),
-                    out.raw_map(k).to_vec(),
-                    out.spatial.clone(),
-                    features.mel().map(|_| features.mel_major(&input)),
-                ));
-            }
-        }
-        busy.add(t.elapsed(), wins.len() as u64);
-        let mut results = results.into_iter();
-        for c in pending.drain(..) {
-            let piece = match c {
-                Cut::Trace { start, samples } => Piece::Trace { start, samples },
-                Cut::Window(win) => {
-                    let Some((class, logit, probability, raw, spatial, spec)) = results.next()
-                    else {
-                        continue;
-                    };
-                    Piece::Window(Box::new(Explained {
+            Some(cam.run(&x, &targets)?)
+        };
+        busy.add(t.elapsed(), inputs.len() as u64);
+        let mut k = 0;
+        for p in pending.drain(..) {
+            let piece = match (p, &out) {
+                (Prepared::Trace { start, samples }, _) => Piece::Trace { start, samples },
+                (Prepared::Window(win, input), Some(out)) => {
+                    let e = Explained {
                         win,
-                        class,
-                        logit,
-                        probability,
-                        raw,
-                        spatial,
-                        spec,
-                    }))
+                        class: out.classes[k],
+                        logit: out.logit(k),
+                        probability: out.probability(k),
+                        raw: out.raw_map(k).to_vec(),
+                        spatial: out.spatial.clone(),
+                        spec: features.mel().map(|_| features.mel_major(&input)),
+                    };
+                    k += 1;
+                    Piece::Window(Box::new(e))
                 }
+                (Prepared::Window(..), None) => continue,
             };
             if tx.send(piece).is_err() {
                 return Ok(false);
@@ -559,14 +569,14 @@ fn model_stage(
         }
         Ok(true)
     };
-    for c in rx {
+    for p in rx {
         if errors.failed() {
             return Ok(());
         }
-        if matches!(c, Cut::Window(_)) {
+        if matches!(p, Prepared::Window(..)) {
             windows += 1;
         }
-        pending.push(c);
+        pending.push(p);
         if windows == batch {
             windows = 0;
             if !flush(&mut pending)? {
@@ -815,11 +825,8 @@ fn writer(
     }
     let out_frames = sink.out_frames;
     let state = (sink.samples_env, sink.frames_env, bands);
-    files_cam(job, cam_rows, &mut *sink.files);
+    sink.files.cam = cam_rows;
     busy.add(t.elapsed(), 0);
     Ok((state, out_frames))
 }
 
-fn files_cam(_job: &SignalJob, cam: Option<NpyStream>, files: &mut Outputs) {
-    files.cam = cam;
-}
