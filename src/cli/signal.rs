@@ -103,18 +103,16 @@ pub struct SignalArgs {
 }
 
 /// True for `.npy` files holding preprocessed model inputs rather than a recording.
-fn is_preprocessed(path: &std::path::Path, net: &Network) -> bool {
+fn is_preprocessed(path: &std::path::Path) -> bool {
     let npy = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     if !npy {
         return false;
     }
-    let rank = npy_rank(path).unwrap_or(0);
-    match net.input.kind {
-        InputKind::Signal => rank >= 3,
-        _ => rank >= 3,
-    }
+    // Windows (N,C,L) for signal models, spectrograms (C,M,T)/(N,C,M,T) for audio ones;
+    // (L,) and (C,L) are recordings.
+    npy_rank(path).unwrap_or(0) >= 3
 }
 
 /// The number of dimensions in a `.npy` header (None if it cannot be read).
@@ -185,11 +183,8 @@ pub fn run(a: &SignalArgs) -> Result<()> {
         .map(|h| parse_hop(h, model_rate))
         .transpose()?;
 
-    let (pre, rec): (Vec<PathBuf>, Vec<PathBuf>) = a
-        .inputs
-        .iter()
-        .cloned()
-        .partition(|p| is_preprocessed(p, &net));
+    let (pre, rec): (Vec<PathBuf>, Vec<PathBuf>) =
+        a.inputs.iter().cloned().partition(|p| is_preprocessed(p));
     if !pre.is_empty() {
         explain::run(
             &ExplainArgs {

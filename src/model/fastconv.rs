@@ -397,23 +397,17 @@ impl CustomOp1 for ConvInputGrad {
     }
 }
 
-/// Depthwise 2D convolution (one k x k filter per channel) on an already padded input,
-/// planes in parallel. Its input gradient scatters each output gradient back over the
-/// taps that read it.
-pub struct DepthwiseOp {
-    /// (C, kh*kw) filters.
-    pub weight: Arc<Vec<f32>>,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub dilation: usize,
-}
+/// Depthwise 2D convolution (one k x k filter per channel: packed with c_in = 1) on an
+/// already padded input, planes in parallel; the bias is left to the caller. Its input
+/// gradient scatters each output gradient back over the taps that read it.
+pub struct DepthwiseOp(pub Arc<Packed>);
 
 impl DepthwiseOp {
     fn out(&self, h: usize, w: usize) -> (usize, usize) {
-        let sh = (self.kh - 1) * self.dilation + 1;
-        let sw = (self.kw - 1) * self.dilation + 1;
-        ((h - sh) / self.stride + 1, (w - sw) / self.stride + 1)
+        let g = &self.0.geo;
+        let sh = (g.kh - 1) * g.dh + 1;
+        let sw = (g.kw - 1) * g.dw + 1;
+        ((h - sh) / g.sh + 1, (w - sw) / g.sw + 1)
     }
 }
 
@@ -425,34 +419,31 @@ impl CustomOp1 for DepthwiseOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
         let x = contiguous_f32(s, l)?;
-        let (kh, kw) = (self.kh, self.kw);
-        if self.weight.len() != c * kh * kw
-            || h < (kh - 1) * self.dilation + 1
-            || w < (kw - 1) * self.dilation + 1
-        {
+        let g = &self.0.geo;
+        let (kh, kw, st, d) = (g.kh, g.kw, g.sh, g.dh);
+        if g.c_in != 1 || g.c_out != c || h < (kh - 1) * d + 1 || w < (kw - 1) * d + 1 {
             candle_core::bail!("depthwise conv: input {n}x{c}x{h}x{w} does not fit the filters");
         }
         let (oh, ow) = self.out(h, w);
-        let (s_, d) = (self.stride, self.dilation);
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
             let ch = p % c;
             let xp = &x[p * h * w..(p + 1) * h * w];
-            let f = &self.weight[ch * kh * kw..(ch + 1) * kh * kw];
+            let f = &self.0.weight[ch * kh * kw..(ch + 1) * kh * kw];
             for i in 0..kh {
                 for j in 0..kw {
                     let wv = f[i * kw + j];
                     for oy in 0..oh {
-                        let row = &xp[(oy * s_ + i * d) * w..];
+                        let row = &xp[(oy * st + i * d) * w..];
                         let dst = &mut o[oy * ow..(oy + 1) * ow];
-                        if s_ == 1 {
+                        if st == 1 {
                             let src = &row[j * d..j * d + ow];
                             for (a, b) in dst.iter_mut().zip(src) {
                                 *a += wv * b;
                             }
                         } else {
                             for (ox, a) in dst.iter_mut().enumerate() {
-                                *a += wv * row[ox * s_ + j * d];
+                                *a += wv * row[ox * st + j * d];
                             }
                         }
                     }
@@ -471,13 +462,7 @@ impl CustomOp1 for DepthwiseOp {
         let (_, _, h, w) = arg.dims4()?;
         let g = grad.contiguous()?;
         Ok(Some(g.apply_op1_no_bwd(&DepthwiseInputGrad {
-            op: DepthwiseOp {
-                weight: self.weight.clone(),
-                kh: self.kh,
-                kw: self.kw,
-                stride: self.stride,
-                dilation: self.dilation,
-            },
+            packed: self.0.clone(),
             h,
             w,
         })?))
@@ -485,7 +470,7 @@ impl CustomOp1 for DepthwiseOp {
 }
 
 struct DepthwiseInputGrad {
-    op: DepthwiseOp,
+    packed: Arc<Packed>,
     h: usize,
     w: usize,
 }
@@ -499,20 +484,20 @@ impl CustomOp1 for DepthwiseInputGrad {
         let (n, c, oh, ow) = l.shape().dims4()?;
         let gy = contiguous_f32(s, l)?;
         let (h, w) = (self.h, self.w);
-        let o = &self.op;
-        let (kh, kw, s_, d) = (o.kh, o.kw, o.stride, o.dilation);
+        let geo = &self.packed.geo;
+        let (kh, kw, st, d) = (geo.kh, geo.kw, geo.sh, geo.dh);
         let mut gx = vec![0f32; n * c * h * w];
         gx.par_chunks_mut(h * w).enumerate().for_each(|(p, g)| {
             let ch = p % c;
             let gyp = &gy[p * oh * ow..(p + 1) * oh * ow];
-            let f = &o.weight[ch * kh * kw..(ch + 1) * kh * kw];
+            let f = &self.packed.weight[ch * kh * kw..(ch + 1) * kh * kw];
             for i in 0..kh {
                 for j in 0..kw {
                     let wv = f[i * kw + j];
                     for oy in 0..oh {
-                        let base = (oy * s_ + i * d) * w + j * d;
+                        let base = (oy * st + i * d) * w + j * d;
                         for (ox, v) in gyp[oy * ow..(oy + 1) * ow].iter().enumerate() {
-                            g[base + ox * s_] += wv * v;
+                            g[base + ox * st] += wv * v;
                         }
                     }
                 }

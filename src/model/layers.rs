@@ -290,9 +290,10 @@ impl Conv {
     }
 
     /// The CPU path: packed weights, bias inside the op (see `fastconv`).
-    fn fast(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        use super::fastconv::{ConvOp, Geometry, Packed};
-        let packed = match self.packed.get() {
+    /// The weights packed for the CPU ops, once (depthwise filters too: c_in = 1).
+    fn packed(&self) -> candle_core::Result<std::sync::Arc<super::fastconv::Packed>> {
+        use super::fastconv::{Geometry, Packed};
+        Ok(match self.packed.get() {
             Some(p) => p.clone(),
             None => {
                 let w = &self.weight;
@@ -325,7 +326,12 @@ impl Conv {
                 let p = std::sync::Arc::new(Packed::new(geo, w, self.bias.as_ref())?);
                 self.packed.get_or_init(|| p).clone()
             }
-        };
+        })
+    }
+
+    fn fast(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use super::fastconv::ConvOp;
+        let packed = self.packed()?;
         match self.dims {
             Dims::One => x
                 .unsqueeze(2)?
@@ -372,20 +378,8 @@ impl Conv {
                 x.clone()
             };
             if xp.device().is_cpu() && xp.dtype() == candle_core::DType::F32 {
-                let (c, kh, kw) = (
-                    self.weight.dim(0)?,
-                    self.weight.dim(2)?,
-                    self.weight.dim(3)?,
-                );
-                let wv: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                debug_assert_eq!(wv.len(), c * kh * kw);
-                xp.contiguous()?.apply_op1(super::fastconv::DepthwiseOp {
-                    weight: std::sync::Arc::new(wv),
-                    kh,
-                    kw,
-                    stride: self.stride,
-                    dilation: self.dilation,
-                })?
+                xp.contiguous()?
+                    .apply_op1(super::fastconv::DepthwiseOp(self.packed()?))?
             } else {
                 depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
             }

@@ -829,4 +829,3 @@ fn writer(
     busy.add(t.elapsed(), 0);
     Ok((state, out_frames))
 }
-

@@ -2,7 +2,7 @@
 //! resampler's start-up delay is trimmed and the tail flushed, so output frame k lies at
 //! time k / rate_out and a recording of n frames yields round(n * out / in) frames.
 
-use rubato::audioadapter_buffers::direct::{InterleavedSlice, InterleavedSlice as Out};
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler as _};
 
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ impl Resampler {
         self.scratch.resize(produced * c, 0.0);
         let input = InterleavedSlice::new(&self.pending[..need * c], c, need)
             .map_err(|e| Error::input("resampler", e.to_string()))?;
-        let mut output = Out::new_mut(&mut self.scratch[..], c, produced)
+        let mut output = InterleavedSlice::new_mut(&mut self.scratch[..], c, produced)
             .map_err(|e| Error::input("resampler", e.to_string()))?;
         let idx = partial.map(|p| Indexing::new().partial_len(p));
         let (_, written) = self

@@ -118,7 +118,7 @@ impl CsvReader {
             line: 1,
         };
         if !header {
-            let row = reader.row(&first, time_col)?;
+            let row = reader.row(&first)?;
             reader.pending.push_back(row);
         }
         if let Some(tc) = time_col {
@@ -135,7 +135,7 @@ impl CsvReader {
                     )
                 })?;
                 times.push(t);
-                let row = reader.row(&rec, Some(tc))?;
+                let row = reader.row(&rec)?;
                 reader.pending.push_back(row);
             }
             if times.len() < 2 || times[times.len() - 1] <= times[0] {
@@ -168,7 +168,7 @@ impl CsvReader {
         }
         if reader.pending.is_empty() {
             if let Some(rec) = reader.next_record()? {
-                let row = reader.row(&rec, time_col)?;
+                let row = reader.row(&rec)?;
                 reader.pending.push_back(row);
             } else {
                 return Err(SignalError::Empty {
@@ -193,7 +193,7 @@ impl CsvReader {
         }
     }
 
-    fn row(&self, rec: &csv::StringRecord, _time: Option<usize>) -> Result<Vec<f32>, SignalError> {
+    fn row(&self, rec: &csv::StringRecord) -> Result<Vec<f32>, SignalError> {
         let line = self.line;
         if rec.len() != self.width {
             return Err(SignalError::format(
@@ -239,7 +239,7 @@ impl SignalReader for CsvReader {
             let Some(rec) = self.next_record()? else {
                 break;
             };
-            let row = self.row(&rec, None)?;
+            let row = self.row(&rec)?;
             out.extend(row);
             n += 1;
         }
