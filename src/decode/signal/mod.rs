@@ -11,7 +11,7 @@ pub mod wfdb;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::CsvReader;
-pub use self::npy::{NpyReader, RawF32Reader};
+pub use self::npy::NpyReader;
 pub use self::wav::WavReader;
 pub use self::wfdb::WfdbReader;
 
@@ -108,7 +108,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn SignalReader>, Si
         "csv" | "tsv" | "txt" => Box::new(CsvReader::open(path, opts)?),
         "hea" | "dat" | "" => Box::new(WfdbReader::open(&path.with_extension(""))?),
         "npy" => Box::new(NpyReader::open(path, opts.rate)?),
-        "f32" | "raw" => Box::new(RawF32Reader::open(path, opts.rate, opts.raw_channels)?),
+        "f32" | "raw" => Box::new(NpyReader::open_raw(path, opts.rate, opts.raw_channels)?),
         _ => {
             return Err(SignalError::Unsupported {
                 path: path.to_path_buf(),

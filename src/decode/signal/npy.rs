@@ -238,15 +238,9 @@ impl SignalReader for NpyReader {
     }
 }
 
-pub struct RawF32Reader {
-    info: SignalInfo,
-    file: BufReader<File>,
-    left: u64,
-    buf: Vec<u8>,
-}
-
-impl RawF32Reader {
-    pub fn open(path: &Path, rate: Option<f64>, channels: usize) -> Result<Self, SignalError> {
+impl NpyReader {
+    /// A raw little-endian float32 file of interleaved frames: an array without a header.
+    pub fn open_raw(path: &Path, rate: Option<f64>, channels: usize) -> Result<Self, SignalError> {
         let channels = channels.max(1);
         let f = File::open(path).map_err(|e| SignalError::io(path, e))?;
         let len = f.metadata().map_err(|e| SignalError::io(path, e))?.len();
@@ -270,34 +264,12 @@ impl RawF32Reader {
                 frames: Some(len / frame),
                 format: "raw float32".into(),
             },
-            file: BufReader::new(f),
+            dtype: Dtype::F32,
+            files: vec![BufReader::new(f)],
+            interleaved: true,
             left: len / frame,
             buf: Vec::new(),
         })
-    }
-}
-
-impl SignalReader for RawF32Reader {
-    fn info(&self) -> &SignalInfo {
-        &self.info
-    }
-
-    fn read(&mut self, max_frames: usize, out: &mut Vec<f32>) -> Result<usize, SignalError> {
-        let n = (max_frames as u64).min(self.left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let c = self.info.channels.len();
-        read_values(
-            &self.info.path,
-            &mut self.file,
-            Dtype::F32,
-            n * c,
-            &mut self.buf,
-        )?;
-        out.extend(self.buf.chunks_exact(4).map(|b| Dtype::F32.decode(b)));
-        self.left -= n as u64;
-        Ok(n)
     }
 }
 
@@ -328,5 +300,18 @@ mod tests {
         }
         let mut r = NpyReader::open(&dir.path().join("cl.npy"), None).unwrap();
         assert_eq!(read_all(&mut r).unwrap()[1], b);
+    }
+
+    #[test]
+    fn raw_float32_frames_read_as_interleaved_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.f32");
+        let v: Vec<f32> = vec![1.0, -1.0, 2.0, -2.0, 3.0, -3.0];
+        std::fs::write(&p, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let mut r = NpyReader::open_raw(&p, Some(250.0), 2).unwrap();
+        assert_eq!(r.info().frames, Some(3));
+        assert_eq!(read_all(&mut r).unwrap(), vec![vec![1.0, 2.0, 3.0], vec![-1.0, -2.0, -3.0]]);
+        std::fs::write(&p, [0u8; 6]).unwrap();
+        assert!(NpyReader::open_raw(&p, None, 1).is_err());
     }
 }
