@@ -57,6 +57,8 @@ struct Node {
     inputs: Vec<String>,
     outputs: Vec<String>,
     attrs: HashMap<String, onnx::AttributeProto>,
+    /// A Conv whose weights are initialisers, built (and its weights packed) once.
+    conv: std::sync::OnceLock<Conv>,
 }
 
 /// A loaded ONNX graph.
@@ -155,6 +157,7 @@ impl OnnxGraph {
                     .iter()
                     .map(|a| (a.name.clone(), a.clone()))
                     .collect(),
+                conv: Default::default(),
             })
             .collect();
         if let Some(n) = nodes
@@ -589,9 +592,9 @@ impl OnnxGraph {
                     "VALID" => {}
                     other => return Err(unsupported(format!("auto_pad {other}"))),
                 }
-                let conv = Conv {
+                let build = || Conv {
                     dims,
-                    weight: w,
+                    weight: w.clone(),
                     bias: opt(2),
                     stride,
                     padding: 0,
@@ -599,6 +602,16 @@ impl OnnxGraph {
                     groups: group,
                     tf_same,
                     packed: Default::default(),
+                };
+                let constant = n.inputs[1..]
+                    .iter()
+                    .all(|i| i.is_empty() || self.consts.contains_key(i));
+                let fresh;
+                let conv = if constant {
+                    n.conv.get_or_init(build)
+                } else {
+                    fresh = build();
+                    &fresh
                 };
                 conv.forward(&xp).map_err(node_err)?
             }

@@ -307,10 +307,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.f32");
         let v: Vec<f32> = vec![1.0, -1.0, 2.0, -2.0, 3.0, -3.0];
-        std::fs::write(&p, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        std::fs::write(
+            &p,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
         let mut r = NpyReader::open_raw(&p, Some(250.0), 2).unwrap();
         assert_eq!(r.info().frames, Some(3));
-        assert_eq!(read_all(&mut r).unwrap(), vec![vec![1.0, 2.0, 3.0], vec![-1.0, -2.0, -3.0]]);
+        assert_eq!(
+            read_all(&mut r).unwrap(),
+            vec![vec![1.0, 2.0, 3.0], vec![-1.0, -2.0, -3.0]]
+        );
         std::fs::write(&p, [0u8; 6]).unwrap();
         assert!(NpyReader::open_raw(&p, None, 1).is_err());
     }
