@@ -2,10 +2,10 @@
 //! (same batch) at batch 1 and 8, the CAM maths, and the 720p overlay. Compare ratios
 //! within one run; absolute times depend on the machine's load.
 
-use camstream::cam::{heatmap, upsample_to_source, GradCam, Targets};
-use camstream::model::layers::{Conv, Dims};
-use camstream::model::{resnet, Network};
-use camstream::render::{overlay, JET};
+use camstream_core::cam::{heatmap, upsample_to_source, GradCam, Targets};
+use camstream_core::model::layers::{Conv, Dims};
+use camstream_core::model::{resnet, Network};
+use camstream_media::render::{overlay, JET};
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

@@ -51,7 +51,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cuda}
 nvcc --version | tail -1
 
 case "$mode" in
-  check) cargo check --locked --features cuda --bins --lib ;;
+  check) cargo check --locked --features cuda --bins ;;
   build) cargo build --locked --release --features cuda
          echo "built $CARGO_TARGET_DIR/release/camstream" ;;
   *) echo "usage: $0 [build|check]" >&2; exit 2 ;;

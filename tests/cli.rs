@@ -345,7 +345,7 @@ fn device_and_threads_options() {
     let tmp = tempfile::tempdir().unwrap();
     let input = fixtures().join("shapes/input.npy");
     let cfg = fixtures().join("shapes/shapes_cnn.toml");
-    if !camstream::device::cuda_built() {
+    if !camstream_core::device::cuda_built() {
         let e = fails(&camstream(&[
             "--device",
             "cuda",

@@ -7,22 +7,13 @@ mod common;
 
 use std::path::Path;
 
-use camstream::cam::{GradCam, Targets};
-use camstream::model::{ModelRequest, Network};
+use camstream_core::cam::{GradCam, Targets};
+use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{camstream, fails, fixtures, max_abs, npy, npy_usize, ok, s};
 
 fn load(model: &Path) -> Network {
-    Network::load(
-        &ModelRequest {
-            model: s(model),
-            weights: None,
-            target: None,
-            labels_file: None,
-        },
-        &Device::Cpu,
-    )
-    .unwrap()
+    Network::load(&ModelRequest::new(common::source(model)), &Device::Cpu).unwrap()
 }
 
 /// (reference layer name, ONNX tensor name)

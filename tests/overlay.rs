@@ -7,7 +7,7 @@
 
 mod common;
 
-use camstream::render::{overlay_like_show_cam_on_image, JET};
+use camstream_media::render::{overlay_like_show_cam_on_image, JET};
 use candle_core::Tensor;
 use common::{fixtures, npy};
 

@@ -5,8 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use camstream::cam::{GradCam, Targets};
-use camstream::model::{ModelRequest, Network};
+use camstream_core::cam::{GradCam, Targets};
+use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{assets_dir, camstream, fixtures, npy, ok, s};
 
@@ -32,12 +32,7 @@ fn softmax(l: &[f32]) -> Vec<f32> {
 #[test]
 fn efficientnet_lite0_matches_the_reference_top3() {
     let net = Network::load(
-        &ModelRequest {
-            model: s(&efficientnet()),
-            weights: None,
-            target: None,
-            labels_file: None,
-        },
+        &ModelRequest::new(common::source(&efficientnet())),
         &Device::Cpu,
     )
     .unwrap();
@@ -172,7 +167,7 @@ fn efficientnet_lite0_annotates_a_real_video() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 25);
-    let info = camstream::decode::VideoDecoder::open(&outv, Default::default())
+    let info = camstream_media::decode::VideoDecoder::open(&outv, Default::default())
         .unwrap()
         .info()
         .clone();

@@ -13,8 +13,8 @@ mod common;
 
 use std::path::Path;
 
-use camstream::cam::{heatmap, resize_linear, GradCam, Targets};
-use camstream::model::{ModelRequest, Network};
+use camstream_core::cam::{heatmap, resize_linear, GradCam, Targets};
+use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{fixtures, max_abs, npy, npy_usize};
 
@@ -23,10 +23,10 @@ const TOL: f32 = 1e-4;
 fn load(model: &Path, weights: Option<&Path>, layer: &str) -> Network {
     Network::load(
         &ModelRequest {
-            model: model.to_str().unwrap(),
-            weights,
-            target: Some(layer),
-            labels_file: None,
+            source: common::source(model),
+            weights: weights.map(Path::to_path_buf),
+            target: Some(layer.to_string()),
+            labels: None,
         },
         &Device::Cpu,
     )
@@ -197,13 +197,14 @@ fn configs_folder_describes_the_same_networks() {
         16,
     );
     // The ResNet configs describe torchvision's layout: random weights of that layout load.
-    let rw = camstream::model::resnet::random_weights("resnet50", 10, 1, &Device::Cpu).unwrap();
-    let cfg =
-        camstream::model::config::ModelFile::read(&root.join("configs/resnet50.toml")).unwrap();
+    let rw =
+        camstream_core::model::resnet::random_weights("resnet50", 10, 1, &Device::Cpu).unwrap();
+    let cfg = camstream_core::model::config::ModelFile::read(&root.join("configs/resnet50.toml"))
+        .unwrap();
     let net = cfg.build(&rw, None, &Device::Cpu).unwrap();
     assert_eq!(net.num_classes, 10);
     assert_eq!(net.default_layer, "layer4");
-    let shapes = net.unit_shapes().unwrap();
-    let l4 = net.resolve_layer("layer4").unwrap();
-    assert_eq!(shapes[l4], vec![1, 2048, 7, 7]);
+    let shapes = net.layer_shapes().unwrap();
+    let l4 = shapes.iter().find(|(n, _)| n == "layer4").unwrap();
+    assert_eq!(l4.1, vec![2048, 7, 7]);
 }

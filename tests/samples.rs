@@ -3,23 +3,14 @@
 
 use std::path::Path;
 
-use camstream::eval::evaluate;
-use camstream::model::{ModelRequest, Network};
-use camstream::train::tasks;
+use camstream_core::model::{ModelRequest, ModelSource, Network};
+use camstream_train::eval::evaluate;
+use camstream_train::tasks;
 use candle_core::Device;
 
 fn check(task: &str, n: usize, min_pointing: f32) {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("samples/models/{task}.toml"));
-    let net = Network::load(
-        &ModelRequest {
-            model: cfg.to_str().unwrap(),
-            weights: None,
-            target: None,
-            labels_file: None,
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
+    let net = Network::load(&ModelRequest::new(ModelSource::Config(cfg)), &Device::Cpu).unwrap();
     let t = tasks::by_name(task).unwrap();
     // The held-out seed of `camstream eval`, far from the training stream.
     let r = evaluate(t.as_ref(), &net, &net.default_layer, n, 1_000_003, 25).unwrap();

@@ -6,8 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use camstream::decode::signal::wfdb::{write_record, Format, SignalSpec};
-use camstream::synth::{audio, ecg, rng};
+use camstream_media::decode::signal::wfdb::{write_record, Format, SignalSpec};
+use camstream_train::synth::{audio, ecg, rng};
 use common::{camstream, fails, fixtures, max_abs, npy, npy_usize, ok, s};
 
 fn ecg_cfg() -> PathBuf {
@@ -83,7 +83,7 @@ fn captum_references_from_csv_wav_and_npy() {
     let wav = tmp.path().join("ref_wav.wav");
     write_wav(&wav, 250, &x, 32);
     let flat = tmp.path().join("ref_npy.npy");
-    camstream::io::write_npy(&flat, &x, &[x.len()]).unwrap();
+    camstream_media::npy::write_npy(&flat, &x, &[x.len()]).unwrap();
     let pred = npy_usize(fixtures().join("ecg/pred.npy"));
     let cfg = ecg_cfg();
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use camstream::decode::{Section, VideoDecoder};
-use camstream::synth::video::{write_clip, ClipSpec, FrameTruth};
+use camstream_media::decode::{Section, VideoDecoder};
+use camstream_train::synth::video::{write_clip, ClipSpec, FrameTruth};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_camstream")
@@ -39,9 +39,15 @@ fn spec(w: u32, h: u32, frames: u32, audio: bool) -> ClipSpec {
 
 /// Runs camstream, killing it if it does not finish in time (a hang fails the test).
 fn run(args: &[&str], limit: Duration) -> (Output, Duration) {
+    run_env(args, &[], limit)
+}
+
+/// `run` with environment variables set (test builds read CAMSTREAM_FAIL_AT).
+fn run_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
     let start = Instant::now();
     let mut child = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -76,7 +82,7 @@ fn probe(p: &Path) -> (Vec<i64>, u32, u32, (i32, i32), bool) {
 }
 
 fn audio_packets(p: &Path) -> usize {
-    camstream::decode::init();
+    camstream_media::decode::init();
     let mut ictx = ffmpeg_next::format::input(p).unwrap();
     let idx = ictx
         .streams()
@@ -91,7 +97,7 @@ fn no_leftovers(dir: &Path) {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".part"))
+        .filter(|n| n.contains(".part") || n.contains(".tmp"))
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
@@ -281,7 +287,7 @@ fn a_failing_stage_stops_everything_and_leaves_no_file() {
     for stage in ["decode", "preprocess", "model", "overlay", "encode"] {
         let out = tmp.path().join(format!("{stage}.mp4"));
         let at = format!("{stage}:12");
-        let (o, took) = run(
+        let (o, took) = run_env(
             &[
                 "video",
                 s(&input),
@@ -290,9 +296,8 @@ fn a_failing_stage_stops_everything_and_leaves_no_file() {
                 "-m",
                 s(&shapes_model()),
                 "-q",
-                "--fail-at",
-                &at,
             ],
+            &[("CAMSTREAM_FAIL_AT", &at)],
             Duration::from_secs(60),
         );
         let err = String::from_utf8_lossy(&o.stderr);
@@ -361,15 +366,21 @@ fn ctrl_c_leaves_a_playable_file_of_the_frames_done() {
         .spawn()
         .unwrap();
     // Wait until frames are being written (the temporary file exists), then interrupt.
-    let part = camstream::pipeline::temp_output(&out);
-    let part = part.with_file_name(
-        part.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace(&std::process::id().to_string(), &child.id().to_string()),
+    // The child's temporary names start with `.<name>.<pid>-`.
+    let prefix = format!(
+        ".{}.{}-",
+        out.file_name().unwrap().to_string_lossy(),
+        child.id()
     );
+    let dir = out.parent().unwrap().to_path_buf();
+    let part_exists = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    };
     let start = Instant::now();
-    while !part.exists() && start.elapsed() < Duration::from_secs(60) {
+    while !part_exists() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));

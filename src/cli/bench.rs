@@ -9,14 +9,16 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use clap::Args;
 
-use camstream::cam::{upsample_to_source, GradCam, Targets};
-use camstream::model::{resnet, ModelRequest, Network, BUILTIN};
-use camstream::preprocess::prepare_image;
-use camstream::render::{overlay, JET};
+use camstream_core::cam::{upsample_to_source, Targets};
+use camstream_core::model::{resnet, ModelRequest, ModelSource, Network};
+use camstream_core::preprocess::prepare_image;
+use camstream_core::Explainer;
+use camstream_media::render::{overlay, JET};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// A built-in architecture (random weights unless --weights) or a model config
+    /// A built-in architecture (random weights unless --weights), an ONNX file or a
+    /// model config
     #[arg(long, short = 'm', default_value = "resnet18")]
     pub model: String,
     #[arg(long, short = 'w')]
@@ -77,25 +79,24 @@ fn time(
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let device = super::device();
-    let mut net = if BUILTIN.contains(&a.model.as_str()) && a.weights.is_none() {
-        let w = resnet::random_weights(&a.model, 1000, 0, &device)?;
-        resnet::build_builtin(&a.model, &w, &device)?
-    } else {
-        Network::load(
-            &ModelRequest {
-                model: &a.model,
-                weights: a.weights.as_deref(),
-                target: a.layer.as_deref(),
-                labels_file: None,
-            },
-            &device,
-        )?
+    let source = super::parse_model(&a.model)?;
+    let mut net = match (&source, &a.weights) {
+        (ModelSource::Builtin(arch), None) => {
+            let w = resnet::random_weights(arch.name(), 1000, 0, &device)?;
+            resnet::build_builtin(arch.name(), &w, &device)?
+        }
+        _ => {
+            let mut req = ModelRequest::new(source.clone());
+            req.weights = a.weights.clone();
+            req.target = a.layer.clone();
+            Network::load(&req, &device)?
+        }
     };
-    if BUILTIN.contains(&a.model.as_str()) {
+    if matches!(source, ModelSource::Builtin(_)) {
         net.input.size = vec![a.size, a.size];
     }
-    let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
-    let cam = GradCam::new(&net, &layer)?;
+    let cam = Explainer::from_network(net.clone(), a.layer.as_deref())?;
+    let layer = cam.layer().to_string();
     let mut shape = vec![a.batch, net.input.channels];
     shape.extend(&net.input.size);
     let x = Tensor::randn(0f32, 1.0, shape.clone(), &device)?.to_dtype(DType::F32)?;

@@ -4,14 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-use camstream::cam::{heatmap, heatmap_on_source, CamBatch, GradCam, Targets};
-use camstream::model::{InputKind, ModelRequest, Network};
-use camstream::preprocess::{denormalise, prepare_image, read_image};
-use camstream::render::{overlay_like_show_cam_on_image, plot_signal, JET};
-use camstream::{io, Error};
+use camstream_core::cam::{heatmap_on_source, Targets};
+use camstream_core::model::Network;
+use camstream_core::preprocess::{denormalise, prepare_image, InputKind};
+use camstream_core::record::{self, SampleRecord};
+use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input};
+use camstream_media::npy::{read_npy, write_npy};
+use camstream_media::picture::read_image;
+use camstream_media::render::{overlay_like_show_cam_on_image, plot_signal, JET};
 
 use super::ExplainArgs;
 
@@ -36,17 +38,6 @@ struct InputFile {
     count: usize,
 }
 
-/// One sample's explanation.
-struct Explained {
-    /// Classes by descending logit (for `--top-k`).
-    ranked: Vec<usize>,
-    class: usize,
-    logit: f32,
-    probability: f32,
-    raw: Vec<f32>,
-    spatial: Vec<usize>,
-}
-
 fn load_inputs(
     paths: &[PathBuf],
     net: &Network,
@@ -66,7 +57,7 @@ fn load_inputs(
             .to_ascii_lowercase();
         let before = samples.len();
         if ext == "npy" {
-            let (data, shape) = io::read_npy(path)?;
+            let (data, shape) = read_npy(path)?;
             let (n, per) = if shape.len() == spatial_rank + 1 {
                 (1, shape.clone())
             } else if shape.len() == spatial_rank + 2 {
@@ -147,18 +138,17 @@ fn load_inputs(
 }
 
 /// `--class`: one value for all samples, or exactly one per sample.
-fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Vec<Option<usize>>> {
+fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Targets> {
     let Some(arg) = arg else {
-        return Ok(vec![None; n]);
+        return Ok(Targets::TopOne);
     };
-    let parts: Vec<&str> = arg.split(',').map(str::trim).collect();
-    let classes = parts
-        .iter()
-        .map(|p| net.parse_class(p))
+    let classes = arg
+        .split(',')
+        .map(|p| net.parse_class(p.trim()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     match classes.len() {
-        1 => Ok(vec![Some(classes[0]); n]),
-        k if k == n => Ok(classes.into_iter().map(Some).collect()),
+        1 => Ok(Targets::All(classes[0])),
+        k if k == n => Ok(Targets::PerSample(classes)),
         k => Err(Error::ClassCount {
             classes: k,
             batch: n,
@@ -168,16 +158,7 @@ fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Vec<Optio
 }
 
 pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
-    let device = super::device();
-    let net = Network::load(
-        &ModelRequest {
-            model: &args.model.model,
-            weights: args.model.weights.as_deref(),
-            target: args.layer.as_deref(),
-            labels_file: args.model.labels.as_deref(),
-        },
-        &device,
-    )?;
+    let net = args.model.load(args.layer.as_deref())?;
     match (kind, net.input.kind) {
         (Kind::Image, InputKind::Signal) => bail!(
             "model {} takes 1D signals: use `camstream signal`",
@@ -189,43 +170,39 @@ pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
         ),
         _ => {}
     }
-    let layer = args
-        .layer
-        .clone()
-        .unwrap_or_else(|| net.default_layer.clone());
-    let cam = GradCam::new(&net, &layer)?;
+    let explainer = Explainer::from_network(net, args.layer.as_deref())?;
     if !(0.0..=1.0).contains(&args.alpha) {
         bail!("--alpha must be within 0..1, got {}", args.alpha);
     }
-
-    let (files, samples) = load_inputs(&args.inputs, &net, kind)?;
-    let targets = parse_targets(args.class.as_deref(), &net, samples.len())?;
+    let net = explainer.network();
+    let (files, samples) = load_inputs(&args.inputs, net, kind)?;
+    let targets = parse_targets(args.class.as_deref(), net, samples.len())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
 
-    let explained = explain_all(
-        &cam,
-        &samples,
-        &targets,
-        args.batch as usize,
-        &device,
-        &files,
-    )?;
+    let inputs: Vec<Input> = samples
+        .iter()
+        .map(|s| Input::new(&s.data, &s.shape))
+        .collect();
     let k = (args.top_k as usize).clamp(1, net.num_classes);
-    let mut ranks = vec![explained];
-    for r in 1..k {
-        let t: Vec<Option<usize>> = ranks[0].iter().map(|e| Some(e.ranked[r])).collect();
-        ranks.push(explain_all(
-            &cam,
-            &samples,
-            &t,
-            args.batch as usize,
-            &device,
-            &files,
-        )?);
-    }
+    let options = ExplainOptions {
+        batch: args.batch as usize,
+        top_k: k,
+        final_map: true,
+    };
+    let explained = explainer
+        .explain(&inputs, &targets, &options)
+        .map_err(|e| match e {
+            Error::InputShape { sample, shape, msg } => anyhow::anyhow!(
+                "{}: input of shape {shape:?} does not fit the model: {msg}",
+                files[samples[sample].file].path.display(),
+            ),
+            other => other.into(),
+        })?;
 
-    for (r, explained) in ranks.iter().enumerate() {
+    for r in 0..k {
+        // Explanations come sample by sample, each sample's ranks in order.
+        let ranked: Vec<&Explanation> = explained.iter().skip(r).step_by(k).collect();
         let mut start = 0;
         for file in &files {
             let idx: Vec<usize> = (start..start + file.count).collect();
@@ -241,65 +218,10 @@ pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
                 count: file.count,
             };
             let rank = (k > 1).then_some(r + 1);
-            write_outputs(
-                args, kind, &net, &layer, &named, &idx, &samples, explained, rank,
-            )?;
+            write_outputs(args, kind, net, &named, &idx, &samples, &ranked, rank)?;
         }
     }
     Ok(())
-}
-
-/// Runs Grad-CAM over consecutive samples of equal shape, `batch` at a time.
-fn explain_all(
-    cam: &GradCam,
-    samples: &[Sample],
-    targets: &[Option<usize>],
-    batch: usize,
-    device: &Device,
-    files: &[InputFile],
-) -> Result<Vec<Explained>> {
-    let mut out = Vec::with_capacity(samples.len());
-    let mut i = 0;
-    while i < samples.len() {
-        let mut j = i + 1;
-        while j < samples.len() && j - i < batch && samples[j].shape == samples[i].shape {
-            j += 1;
-        }
-        let chunk = &samples[i..j];
-        let mut shape = vec![chunk.len()];
-        shape.extend(&chunk[0].shape);
-        let data: Vec<f32> = chunk.iter().flat_map(|s| s.data.iter().copied()).collect();
-        let x = Tensor::from_vec(data, shape.clone(), device)?;
-        let t = &targets[i..j];
-        let tg = if t.iter().all(Option::is_none) {
-            Targets::TopOne
-        } else {
-            Targets::PerSample(t.iter().map(|c| c.unwrap_or(0)).collect())
-        };
-        let b: CamBatch = cam.run(&x, &tg).map_err(|e| match e {
-            Error::Candle(c) => anyhow::anyhow!(
-                "{}: input of shape {:?} does not fit the model: {c}",
-                files[chunk[0].file].path.display(),
-                &shape[1..]
-            ),
-            other => other.into(),
-        })?;
-        for k in 0..b.len() {
-            let l = &b.logits[k];
-            let mut ranked: Vec<usize> = (0..l.len()).collect();
-            ranked.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
-            out.push(Explained {
-                ranked,
-                class: b.classes[k],
-                logit: b.logit(k),
-                probability: b.probability(k),
-                raw: b.raw_map(k).to_vec(),
-                spatial: b.spatial.clone(),
-            });
-        }
-        i = j;
-    }
-    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,21 +229,20 @@ fn write_outputs(
     args: &ExplainArgs,
     kind: Kind,
     net: &Network,
-    layer: &str,
     file: &InputFile,
     idx: &[usize],
     samples: &[Sample],
-    explained: &[Explained],
+    explained: &[&Explanation],
     rank: Option<usize>,
 ) -> Result<()> {
     let out = &args.out;
     let many = idx.len() > 1;
     let mut heatmaps = Vec::new();
     for (k, &s) in idx.iter().enumerate() {
-        let e = &explained[s];
+        let e = explained[s];
         let input_size = &samples[s].shape[1..];
         if args.cam_npy {
-            heatmaps.extend(heatmap(&e.raw, &e.spatial, input_size));
+            heatmaps.extend(&e.map);
         }
         if let (Kind::Image, Some((view, rect))) = (kind, &samples[s].view) {
             let (w, h) = (view.width() as usize, view.height() as usize);
@@ -334,45 +255,32 @@ fn write_outputs(
             } else {
                 format!("{}.png", file.stem)
             };
-            io::write_png(&out.join(name), &img)?;
+            camstream_media::io::write_png(&out.join(name), &img)?;
         }
         if kind == Kind::Signal && net.input.kind == InputKind::Signal && samples[s].shape[0] >= 1 {
             // The first channel, coloured by the final map.
             let len = input_size[0];
-            let fin = heatmap(&e.raw, &e.spatial, input_size);
             let name = if many {
                 format!("{}.{k}.png", file.stem)
             } else {
                 format!("{}.png", file.stem)
             };
             let title = format!(
-                "{} — {} ({:.2}), layer {layer}",
-                file.stem,
-                net.label(e.class),
-                e.probability
+                "{} — {} ({:.2}), layer {}",
+                file.stem, e.label, e.probability, e.layer
             );
             plot_signal(
                 &out.join(name),
                 &samples[s].data[..len],
-                &fin,
+                &e.map,
                 net.input.sample_rate,
                 &title,
                 &JET,
             )?;
         }
         if args.json {
-            let mut line = serde_json::json!({
-                "input": file.path.display().to_string(),
-                "index": k,
-                "class": e.class,
-                "label": net.label(e.class),
-                "logit": e.logit,
-                "probability": e.probability,
-                "layer": layer,
-            });
-            if let Some(r) = rank {
-                line["rank"] = r.into();
-            }
+            let record = SampleRecord::new(e, file.path.display().to_string(), k, rank);
+            let line = record::to_line(&record);
             // A closed pipe (`| head`) is an error to report, not a panic.
             writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")?;
         }
@@ -385,10 +293,10 @@ fn write_outputs(
             .iter()
             .flat_map(|&s| explained[s].raw.iter().copied())
             .collect();
-        io::write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
+        write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
         let mut hm_shape = vec![idx.len()];
         hm_shape.extend(&samples[idx[0]].shape[1..]);
-        io::write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
+        write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
     }
     Ok(())
 }

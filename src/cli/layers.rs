@@ -2,20 +2,10 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use camstream::model::{ModelRequest, Network};
-
 use super::ModelArgs;
 
 pub fn run(args: &ModelArgs) -> Result<()> {
-    let net = Network::load(
-        &ModelRequest {
-            model: &args.model,
-            weights: args.weights.as_deref(),
-            target: None,
-            labels_file: args.labels.as_deref(),
-        },
-        &super::device(),
-    )?;
+    let net = args.load(None)?;
     // A closed pipe (`| head`) ends the listing quietly instead of panicking.
     let mut out = std::io::stdout().lock();
     if writeln!(

@@ -11,6 +11,7 @@ mod video;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use camstream_core::{Arch, ModelRequest, ModelSource, Network};
 use clap::{Args, Parser, Subcommand};
 
 const ABOUT: &str = "Explain what a convolutional network looks at (Grad-CAM), on pictures, \
@@ -103,6 +104,39 @@ pub struct ModelArgs {
     pub labels: Option<PathBuf>,
 }
 
+/// `--model`: a built-in name, or a file whose extension says what it is. Parsed when the
+/// command runs (not by clap), so a bad name is a one-line error like any other.
+pub(crate) fn parse_model(s: &str) -> Result<ModelSource> {
+    if let Some(arch) = Arch::from_name(s) {
+        return Ok(ModelSource::Builtin(arch));
+    }
+    let path = PathBuf::from(s);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => Ok(ModelSource::Onnx(path)),
+        Some("toml") => Ok(ModelSource::Config(path)),
+        _ => anyhow::bail!(
+            "unknown model `{s}`; supported: {}, <model>.onnx, <config>.toml",
+            Arch::names().join(", ")
+        ),
+    }
+}
+
+impl ModelArgs {
+    /// The library's request for this model, keeping `layer` intact when BN is folded.
+    pub fn request(&self, layer: Option<&str>) -> Result<ModelRequest> {
+        Ok(ModelRequest {
+            source: parse_model(&self.model)?,
+            weights: self.weights.clone(),
+            target: layer.map(str::to_string),
+            labels: self.labels.clone(),
+        })
+    }
+
+    pub fn load(&self, layer: Option<&str>) -> Result<Network> {
+        Ok(Network::load(&self.request(layer)?, &device())?)
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct ExplainArgs {
     /// Input files
@@ -160,12 +194,12 @@ pub fn device() -> candle_core::Device {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     configure_threads(cli.threads);
-    let choice = camstream::device::DeviceChoice::parse(&cli.device).ok_or_else(|| {
+    let choice = camstream_core::device::DeviceChoice::parse(&cli.device).ok_or_else(|| {
         anyhow::anyhow!("--device `{}`: use auto, cpu, cuda or cuda:N", cli.device)
     })?;
-    let (dev, said) = camstream::device::select(choice)?;
+    let (dev, said) = camstream_core::device::select(choice)?;
     // Only a CUDA build has a choice worth reporting.
-    if camstream::device::cuda_built() {
+    if camstream_core::device::cuda_built() {
         eprintln!("{said}");
     }
     let _ = DEVICE.set(dev);

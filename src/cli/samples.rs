@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use camstream::synth::{self, audio, ecg, shapes, video};
-use camstream::train::tasks::{AudioEvents, Task};
+use camstream_train::synth::{self, audio, ecg, shapes, video};
+use camstream_train::tasks::{AudioEvents, Task};
 
 #[derive(Args)]
 pub struct SamplesArgs {
@@ -34,14 +34,14 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
         let mut canvas = shapes::Canvas::textured(&mut rng, 256, 256);
         let s = shapes::random_shape(&mut rng, class, 256, 256, 70.0, 110.0, canvas.mean());
         canvas.draw(&s);
-        camstream::io::write_png(&dir.join(format!("{name}.png")), &canvas.to_image())?;
+        camstream_media::io::write_png(&dir.join(format!("{name}.png")), &canvas.to_image())?;
     }
 
     // Video: 10 s, 640x360, 25 fps, two moving shapes, AAC audio.
     let dir = out.join("video");
     mkdir(&dir)?;
     let path = dir.join("shapes.mp4");
-    camstream::io::write_atomic(&path, |tmp| {
+    camstream_media::io::write_atomic(&path, |tmp| {
         video::write_clip(
             tmp,
             "mp4",
@@ -57,7 +57,7 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
             },
         )
         .map(|_| ())
-        .map_err(|e| camstream::Error::input(tmp, e.to_string()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))
     })?;
 
     // ECG: 60 s at 250 Hz with some ectopic beats, as CSV (with header) and .npy (1, L),
@@ -66,9 +66,9 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
     mkdir(&dir)?;
     let (sig, windows) = ecg::record(&mut rng, 60 * ecg::RATE as usize, ecg::RATE, 0.08, false);
     let csv = dir.join("ecg_60s.csv");
-    camstream::io::write_atomic(&csv, |tmp| {
+    camstream_media::io::write_atomic(&csv, |tmp| {
         let mut f = std::io::BufWriter::new(
-            std::fs::File::create(tmp).map_err(|e| camstream::Error::io(tmp, e))?,
+            std::fs::File::create(tmp).map_err(|e| camstream_media::Error::io(tmp, e))?,
         );
         let mut w = || -> std::io::Result<()> {
             writeln!(f, "time_s,mV")?;
@@ -77,9 +77,9 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
             }
             f.flush()
         };
-        w().map_err(|e| camstream::Error::io(tmp, e))
+        w().map_err(|e| camstream_media::Error::io(tmp, e))
     })?;
-    camstream::io::write_npy(&dir.join("ecg_60s.npy"), &sig, &[1, sig.len()])?;
+    camstream_media::npy::write_npy(&dir.join("ecg_60s.npy"), &sig, &[1, sig.len()])?;
     let mut win = Vec::new();
     let mut truth = Vec::new();
     for i in 0..8 {
@@ -94,7 +94,7 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
             serde_json::json!({"index": i, "label": ecg::LABELS[s.class], "window": s.window}),
         );
     }
-    camstream::io::write_npy(&dir.join("ecg_windows.npy"), &win, &[8, 1, ecg::LEN])?;
+    camstream_media::npy::write_npy(&dir.join("ecg_windows.npy"), &win, &[8, 1, ecg::LEN])?;
     std::fs::write(
         dir.join("ecg_windows.truth.json"),
         serde_json::to_string_pretty(&serde_json::json!({
@@ -118,22 +118,7 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
             }
         };
         let wav = dir.join(format!("{}.wav", audio::LABELS[class]));
-        camstream::io::write_atomic(&wav, |tmp| {
-            let spec = hound::WavSpec {
-                channels: 1,
-                sample_rate: audio::RATE,
-                bits_per_sample: 16,
-                sample_format: hound::SampleFormat::Int,
-            };
-            let mut w = hound::WavWriter::create(tmp, spec)
-                .map_err(|e| camstream::Error::input(tmp, e.to_string()))?;
-            for v in &s.wave {
-                w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-                    .map_err(|e| camstream::Error::input(tmp, e.to_string()))?;
-            }
-            w.finalize()
-                .map_err(|e| camstream::Error::input(tmp, e.to_string()))
-        })?;
+        camstream_media::io::write_wav(&wav, audio::RATE, &s.wave)?;
         specs.extend(task.features(&s.wave));
         truth.push(serde_json::json!({
             "file": format!("{}.wav", audio::LABELS[class]),
@@ -142,7 +127,7 @@ pub fn run(a: &SamplesArgs) -> Result<()> {
         }));
     }
     let size = task.input_size();
-    camstream::io::write_npy(
+    camstream_media::npy::write_npy(
         &dir.join("events.npy"),
         &specs,
         &[audio::LABELS.len(), 1, size[0], size[1]],

@@ -8,10 +8,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use camstream::decode::signal::{self, OpenOptions};
-use camstream::model::{InputKind, ModelRequest, Network};
-use camstream::pipeline::signal::{run_signal, ChannelChoice, SignalJob};
-use camstream::render::{colormap_by_name, COLORMAPS};
+use camstream_core::preprocess::InputKind;
+use camstream_media::decode::signal::{self, OpenOptions};
+use camstream_media::render::{colormap_by_name, COLORMAPS};
+use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob};
 
 use super::{explain, ExplainArgs, ModelArgs};
 
@@ -146,16 +146,7 @@ fn parse_hop(s: &str, rate: f64) -> Result<usize> {
 }
 
 pub fn run(a: &SignalArgs) -> Result<()> {
-    let device = super::device();
-    let net = Network::load(
-        &ModelRequest {
-            model: &a.model.model,
-            weights: a.model.weights.as_deref(),
-            target: a.layer.as_deref(),
-            labels_file: a.model.labels.as_deref(),
-        },
-        &device,
-    )?;
+    let net = a.model.load(a.layer.as_deref())?;
     if net.input.kind == InputKind::Image {
         bail!(
             "model {} takes pictures: use `camstream image`",

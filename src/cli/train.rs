@@ -9,9 +9,10 @@ use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use camstream::eval::{evaluate, Report};
-use camstream::model::{ModelRequest, Network};
-use camstream::train::{self, tasks, Task, TrainOptions};
+use camstream_core::model::{ModelRequest, ModelSource, Network};
+use camstream_train::eval::{evaluate, Report};
+use camstream_train::tasks::{self, Task};
+use camstream_train::train::{self, TrainOptions};
 
 /// Held-out samples come from a seed far from any training seed.
 const HELDOUT_SEED: u64 = 1_000_003;
@@ -61,7 +62,7 @@ fn task(name: &str) -> Result<Box<dyn Task>> {
     tasks::by_name(name).ok_or_else(|| {
         anyhow!(
             "unknown task `{name}`; tasks: {}",
-            camstream::synth::TASKS.join(", ")
+            camstream_train::synth::TASKS.join(", ")
         )
     })
 }
@@ -135,16 +136,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| Path::new("samples/models").join(format!("{}.toml", t.name())));
-    let cfg_str = cfg.to_string_lossy();
-    let net = Network::load(
-        &ModelRequest {
-            model: &cfg_str,
-            weights: None,
-            target: a.layer.as_deref(),
-            labels_file: None,
-        },
-        &Device::Cpu,
-    )?;
+    let mut req = ModelRequest::new(ModelSource::Config(cfg.clone()));
+    req.target = a.layer.clone();
+    let net = Network::load(&req, &Device::Cpu)?;
     let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
     let r: Report = evaluate(t.as_ref(), &net, &layer, a.n, a.seed, 32)?;
     if a.json {

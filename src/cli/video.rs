@@ -9,11 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use camstream::decode::Section;
-use camstream::encode::EncodeOptions;
-use camstream::model::{InputKind, ModelRequest, Network, Resize};
-use camstream::pipeline::{run_video, Norm, Stage, VideoJob};
-use camstream::render::{colormap_by_name, COLORMAPS};
+use camstream_core::model::Network;
+use camstream_core::preprocess::{InputKind, Resize};
+use camstream_media::decode::Section;
+use camstream_media::encode::EncodeOptions;
+use camstream_media::render::{colormap_by_name, COLORMAPS};
+use camstream_pipeline::{run_video, Norm, VideoJob};
 
 use super::ModelArgs;
 
@@ -101,22 +102,10 @@ pub struct VideoArgs {
     /// No progress bar or summary
     #[arg(long, short = 'q')]
     pub quiet: bool,
-
-    /// Testing: make STAGE fail at frame N (STAGE:N)
-    #[arg(long, hide = true)]
-    pub fail_at: Option<String>,
 }
 
 pub fn run(a: &VideoArgs) -> Result<()> {
-    let mut net = Network::load(
-        &ModelRequest {
-            model: &a.model.model,
-            weights: a.model.weights.as_deref(),
-            target: a.layer.as_deref(),
-            labels_file: a.model.labels.as_deref(),
-        },
-        &super::device(),
-    )?;
+    let mut net = a.model.load(a.layer.as_deref())?;
     if net.input.kind != InputKind::Image {
         bail!(
             "model {} does not take pictures: video needs an image model",
@@ -150,18 +139,6 @@ pub fn run(a: &VideoArgs) -> Result<()> {
     if a.start.is_some_and(|s| s < 0.0) || a.duration.is_some_and(|d| d <= 0.0) {
         bail!("--start must be >= 0 and --duration > 0");
     }
-    let fail_at = match &a.fail_at {
-        Some(s) => {
-            let (st, n) = s
-                .split_once(':')
-                .ok_or_else(|| anyhow!("--fail-at STAGE:N"))?;
-            Some((
-                Stage::parse(st).ok_or_else(|| anyhow!("unknown stage {st}"))?,
-                n.parse()?,
-            ))
-        }
-        None => None,
-    };
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -218,17 +195,16 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         frames_json: a.frames_json.clone(),
         overlay_workers: a.workers.max(1),
         progress: Some(&progress),
-        fail_at,
     };
     let report = run_video(&job, &cancel)?;
     bar.finish_and_clear();
     if let Some(p) = &a.report {
-        camstream::io::write_atomic(p, |tmp| {
+        camstream_media::io::write_atomic(p, |tmp| {
             std::fs::write(
                 tmp,
                 serde_json::to_string_pretty(&report).unwrap_or_default(),
             )
-            .map_err(|e| camstream::Error::io(tmp, e))
+            .map_err(|e| camstream_media::Error::io(tmp, e))
         })?;
     }
     if !a.quiet {
@@ -267,7 +243,7 @@ pub fn bench(
     layer: &str,
     input: &std::path::Path,
     batch: usize,
-) -> Result<camstream::pipeline::VideoReport> {
+) -> Result<camstream_pipeline::VideoReport> {
     let dir = tempfile_dir()?;
     let output = dir.join("bench.mp4");
     let job = VideoJob {
@@ -279,7 +255,7 @@ pub fn bench(
         batch,
         every: 1,
         norm: Norm::Frame,
-        colormap: &camstream::render::JET,
+        colormap: &camstream_media::render::JET,
         alpha: 0.5,
         label: true,
         encode: EncodeOptions::default(),
@@ -287,7 +263,6 @@ pub fn bench(
         frames_json: None,
         overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         progress: None,
-        fail_at: None,
     };
     let r = run_video(&job, &AtomicBool::new(false));
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@ pub fn fixtures() -> PathBuf {
 
 pub fn npy(path: impl AsRef<Path>) -> (Vec<f32>, Vec<usize>) {
     let path = path.as_ref();
-    camstream::io::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    camstream_media::npy::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Integer arrays (pred.npy, labels.npy) as usize.
@@ -97,4 +97,15 @@ pub fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The model source a path names: a built-in's name, an `.onnx` file, else a config.
+pub fn source(model: &Path) -> camstream_core::ModelSource {
+    if let Some(arch) = model.to_str().and_then(camstream_core::Arch::from_name) {
+        return camstream_core::ModelSource::Builtin(arch);
+    }
+    match model.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => camstream_core::ModelSource::Onnx(model.to_path_buf()),
+        _ => camstream_core::ModelSource::Config(model.to_path_buf()),
+    }
 }

@@ -1,0 +1,201 @@
+//! From decoded inputs to model tensors: resize, crop and normalise per the model's
+//! `[input]`, keeping the picture the model saw (at full resolution) for the overlay.
+
+pub mod melspec;
+mod spec;
+pub mod window;
+
+use image::{imageops::FilterType, RgbImage};
+
+pub use spec::{InputKind, InputSpec, Resize};
+
+/// How the model's input relates to the source picture: `model` (x, y, w, h in model
+/// pixels) shows `source` (x, y, w, h in source pixels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub model: [u32; 4],
+    pub source: [u32; 4],
+}
+
+/// One decoded picture ready for the network.
+pub struct PreparedImage {
+    /// (C, H, W) normalised values, as the model expects.
+    pub chw: Vec<f32>,
+    /// (H, W) of this input: the model's size, except with `keep_aspect`.
+    pub size: [usize; 2],
+    pub placement: Placement,
+}
+
+/// (H, W) of the model input for a `w` x `h` picture.
+pub fn input_size(w: u32, h: u32, spec: &InputSpec) -> [u32; 2] {
+    let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
+    match spec.resize {
+        Resize::KeepAspect => {
+            let short = th.min(tw) as f64;
+            let s = short / w.min(h) as f64;
+            [
+                ((h as f64 * s).round() as u32).max(1),
+                ((w as f64 * s).round() as u32).max(1),
+            ]
+        }
+        _ => [th, tw],
+    }
+}
+
+/// Where a `w` x `h` picture goes in the model input.
+pub fn placement(w: u32, h: u32, spec: &InputSpec) -> Placement {
+    let [th, tw] = input_size(w, h, spec);
+    match spec.resize {
+        Resize::Stretch | Resize::KeepAspect => Placement {
+            model: [0, 0, tw, th],
+            source: [0, 0, w, h],
+        },
+        Resize::Letterbox => {
+            let s = (tw as f64 / w as f64).min(th as f64 / h as f64);
+            let nw = ((w as f64 * s).round() as u32).clamp(1, tw);
+            let nh = ((h as f64 * s).round() as u32).clamp(1, th);
+            Placement {
+                model: [(tw - nw) / 2, (th - nh) / 2, nw, nh],
+                source: [0, 0, w, h],
+            }
+        }
+        Resize::ShorterSideCrop(s) => {
+            // torchvision: Resize(s) then CenterCrop(th, tw), mapped back to source pixels.
+            let scale = s as f64 / w.min(h) as f64;
+            let cw = ((tw as f64 / scale).round() as u32).clamp(1, w);
+            let ch = ((th as f64 / scale).round() as u32).clamp(1, h);
+            Placement {
+                model: [0, 0, tw, th],
+                source: [(w - cw) / 2, (h - ch) / 2, cw, ch],
+            }
+        }
+    }
+}
+
+pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
+    let p = placement(img.width(), img.height(), spec);
+    let [sx, sy, sw, sh] = p.source;
+    let [mx, my, mw, mh] = p.model;
+    let [th, tw] = input_size(img.width(), img.height(), spec);
+    let view = image::imageops::crop_imm(img, sx, sy, sw, sh).to_image();
+    // Triangle = bilinear with PIL's antialiasing support when shrinking.
+    let small = if (sw, sh) == (mw, mh) {
+        view
+    } else {
+        image::imageops::resize(&view, mw, mh, FilterType::Triangle)
+    };
+    let small = if (mw, mh) == (tw, th) {
+        small
+    } else {
+        // The border takes the normalisation mean, i.e. 0 once normalised.
+        let fill = image::Rgb(std::array::from_fn(|c| {
+            let m = spec
+                .mean
+                .get(c)
+                .or(spec.mean.first())
+                .copied()
+                .unwrap_or(0.0);
+            (m * spec.scale).round().clamp(0.0, 255.0) as u8
+        }));
+        let mut canvas = RgbImage::from_pixel(tw, th, fill);
+        image::imageops::replace(&mut canvas, &small, mx as i64, my as i64);
+        canvas
+    };
+    PreparedImage {
+        chw: normalise(&small, spec),
+        size: [th as usize, tw as usize],
+        placement: p,
+    }
+}
+
+/// `x = (p / scale - mean) / std`, channels first; 1-channel models get luma.
+pub fn normalise(img: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let c = spec.channels;
+    let mut out = vec![0f32; c * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for ch in 0..c {
+            let v = if c == 1 {
+                0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32
+            } else {
+                px[ch.min(2)] as f32
+            };
+            out[ch * h * w + i] = (v / spec.scale - spec.mean[ch]) / spec.std[ch];
+        }
+    }
+    out
+}
+
+/// Undo the normalisation of a (C, H, W) tensor to show it, for `.npy` inputs.
+pub fn denormalise(chw: &[f32], h: usize, w: usize, spec: &InputSpec) -> RgbImage {
+    let c = chw.len() / (h * w);
+    let mut img = RgbImage::new(w as u32, h as u32);
+    for (i, px) in img.pixels_mut().enumerate() {
+        for k in 0..3 {
+            let ch = if c >= 3 { k } else { 0 };
+            let m = spec.mean.get(ch).copied().unwrap_or(0.0);
+            let s = spec.std.get(ch).copied().unwrap_or(1.0);
+            let v = (chw[ch * h * w + i] * s + m) * spec.scale;
+            // A model fed raw [0, 1] values (scale 1) is shown as 8-bit.
+            let v = if spec.scale <= 1.0 { v * 255.0 } else { v };
+            px[k] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InputKind;
+
+    fn spec() -> InputSpec {
+        InputSpec {
+            kind: InputKind::Image,
+            channels: 3,
+            size: vec![4, 6],
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            scale: 255.0,
+            resize: Resize::Stretch,
+            sample_rate: None,
+            frontend: None,
+        }
+    }
+
+    #[test]
+    fn normalise_then_denormalise_round_trips() {
+        let mut img = RgbImage::new(6, 4);
+        for (i, p) in img.pixels_mut().enumerate() {
+            *p = image::Rgb([(i * 10) as u8, 255 - (i * 7) as u8, 128]);
+        }
+        let s = spec();
+        let chw = normalise(&img, &s);
+        assert_eq!(chw.len(), 3 * 4 * 6);
+        assert!((chw[0] - (0.0 / 255.0 - 0.5) / 0.25).abs() < 1e-6);
+        assert_eq!(denormalise(&chw, 4, 6, &s), img);
+    }
+
+    #[test]
+    fn shorter_side_crop_box_is_centred() {
+        let mut s = spec();
+        s.size = vec![224, 224];
+        s.resize = Resize::ShorterSideCrop(256);
+        // 512x1024 (w x h): scale 0.5, crop 448x448 centred.
+        assert_eq!(placement(512, 1024, &s).source, [32, 288, 448, 448]);
+    }
+
+    #[test]
+    fn letterbox_keeps_aspect_and_pads_with_the_mean() {
+        let mut s = spec();
+        s.size = vec![64, 64];
+        s.resize = Resize::Letterbox;
+        let p = placement(640, 360, &s);
+        assert_eq!(p.model, [0, 14, 64, 36]);
+        let img = RgbImage::from_pixel(640, 360, image::Rgb([255, 0, 0]));
+        let prep = prepare_image(&img, &s);
+        // Border rows normalise to 0, content to (1 - 0.5) / 0.25 = 2 in red.
+        assert!(prep.chw[0].abs() < 0.02);
+        assert!((prep.chw[32 * 64 + 5] - 2.0).abs() < 1e-5);
+    }
+}
