@@ -147,7 +147,7 @@ pub fn denormalise(chw: &[f32], h: usize, w: usize, spec: &InputSpec) -> RgbImag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::InputKind;
+    use crate::preprocess::InputKind;
 
     fn spec() -> InputSpec {
         InputSpec {
