@@ -1,5 +1,6 @@
 //! The JSON records camstream writes, one line per explained item. Their schema is
-//! documented here once; keys are written in alphabetical order.
+//! documented here once; keys are written in alphabetical order, and 32-bit scores as
+//! the 64-bit numbers they widen to (`0.9746862649917603`), as they always were.
 //!
 //! | record | written by | keys |
 //! |---|---|---|
@@ -21,7 +22,9 @@ pub struct SampleRecord {
     pub input: String,
     pub label: String,
     pub layer: String,
+    #[serde(serialize_with = "widened")]
     pub logit: f32,
+    #[serde(serialize_with = "widened")]
     pub probability: f32,
     /// 1-based rank of `class` among the sample's logits, with top-k only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,10 +54,12 @@ pub struct FrameRecord {
     pub explained: bool,
     pub index: u64,
     pub label: String,
+    #[serde(serialize_with = "widened")]
     pub logit: f32,
     /// The heatmap's peak, in source pixels.
     pub peak_x: usize,
     pub peak_y: usize,
+    #[serde(serialize_with = "widened")]
     pub probability: f32,
     /// Presentation time in the stream's time base, and in seconds.
     pub pts: i64,
@@ -67,15 +72,59 @@ pub struct WindowRecord {
     pub class: usize,
     pub end_s: f64,
     pub label: String,
+    #[serde(serialize_with = "widened")]
     pub logit: f32,
     /// The window runs past the recording's end and was padded with zeros.
     pub padded: bool,
+    #[serde(serialize_with = "widened")]
     pub probability: f32,
     pub start_s: f64,
     pub window: u64,
 }
 
+/// An f32 written as the f64 it widens to, so records keep the digits they always had.
+fn widened<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(f64::from(*v))
+}
+
 /// A record as one JSON line (no newline).
 pub fn to_line<T: Serialize>(record: &T) -> String {
     serde_json::to_string(record).expect("records hold only numbers, strings and booleans")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_keep_the_json_the_tool_always_wrote() {
+        let w = WindowRecord {
+            class: 0,
+            end_s: 8.0,
+            label: "normal".into(),
+            logit: 1.969_151_6,
+            padded: false,
+            probability: 0.974_686_26,
+            start_s: 0.0,
+            window: 0,
+        };
+        // The line serde_json::json! wrote before these records existed (ecg_60s demo).
+        assert_eq!(
+            to_line(&w),
+            r#"{"class":0,"end_s":8.0,"label":"normal","logit":1.9691516160964966,"padded":false,"probability":0.9746862649917603,"start_s":0.0,"window":0}"#
+        );
+        let s = SampleRecord {
+            class: 1,
+            index: 0,
+            input: "a.png".into(),
+            label: "square".into(),
+            layer: "features.6".into(),
+            logit: 9.103_574,
+            probability: 0.999_987_5,
+            rank: None,
+        };
+        let line = to_line(&s);
+        assert!(!line.contains("rank"), "{line}");
+        assert!(line.starts_with(r#"{"class":1,"index":0,"input":"a.png","label":"square","layer":"features.6","logit":9.1035737991333,"#), "{line}");
+    }
 }
