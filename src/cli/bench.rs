@@ -136,7 +136,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let video = match &a.video {
-        Some(v) => Some(super::video::bench(&net, &layer, v, a.batch)?),
+        Some(v) => Some(super::video::bench(&cam, v, a.batch)?),
         None => None,
     };
     if a.json {

@@ -159,6 +159,13 @@ fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Targets> 
 
 pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
     let net = args.model.load(args.layer.as_deref())?;
+    let explainer = Explainer::from_network(net, args.layer.as_deref())?;
+    run_with(&explainer, args, kind)
+}
+
+/// Explains the files of `args` with a loaded model.
+pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result<()> {
+    let net = explainer.network();
     match (kind, net.input.kind) {
         (Kind::Image, InputKind::Signal) => bail!(
             "model {} takes 1D signals: use `camstream signal`",
@@ -170,11 +177,9 @@ pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
         ),
         _ => {}
     }
-    let explainer = Explainer::from_network(net, args.layer.as_deref())?;
     if !(0.0..=1.0).contains(&args.alpha) {
         bail!("--alpha must be within 0..1, got {}", args.alpha);
     }
-    let net = explainer.network();
     let (files, samples) = load_inputs(&args.inputs, net, kind)?;
     let targets = parse_targets(args.class.as_deref(), net, samples.len())?;
     std::fs::create_dir_all(&args.out)

@@ -9,9 +9,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use camstream_core::preprocess::InputKind;
+use camstream_core::Explainer;
 use camstream_media::decode::signal::{self, OpenOptions};
 use camstream_media::render::{colormap_by_name, COLORMAPS};
-use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob};
+use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob, SignalOutput, WindowModel};
 
 use super::{explain, ExplainArgs, ModelArgs};
 
@@ -153,8 +154,9 @@ pub fn run(a: &SignalArgs) -> Result<()> {
             a.model.model
         );
     }
-    let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
+    let explainer = Explainer::from_network(net, a.layer.as_deref())?;
+    let net = explainer.network();
     let colormap = colormap_by_name(&a.colormap).ok_or_else(|| {
         anyhow!(
             "unknown colormap `{}`; colormaps: {}",
@@ -177,7 +179,8 @@ pub fn run(a: &SignalArgs) -> Result<()> {
     let (pre, rec): (Vec<PathBuf>, Vec<PathBuf>) =
         a.inputs.iter().cloned().partition(|p| is_preprocessed(p));
     if !pre.is_empty() {
-        explain::run(
+        explain::run_with(
+            &explainer,
             &ExplainArgs {
                 inputs: pre,
                 model: a.model.clone(),
@@ -238,19 +241,22 @@ pub fn run(a: &SignalArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "signal".into());
         let job = SignalJob {
-            net: &net,
-            layer: layer.clone(),
-            class,
-            batch: a.batch as usize,
+            explainer: &explainer,
+            model: WindowModel {
+                class,
+                batch: a.batch as usize,
+            },
             hop,
             channels: channels.clone(),
-            out_dir: a.out.clone(),
-            stem,
-            from_s: a.from,
-            to_s: a.to,
-            plot: !a.no_plot,
-            colormap,
-            cam_npy: a.cam_npy,
+            output: SignalOutput {
+                out_dir: a.out.clone(),
+                stem,
+                cam_npy: a.cam_npy,
+                plot: !a.no_plot,
+                from_s: a.from,
+                to_s: a.to,
+                colormap,
+            },
             progress: Some(&progress),
         };
         let report = run_signal(&job, reader)?;

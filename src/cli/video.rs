@@ -9,12 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use camstream_core::model::Network;
 use camstream_core::preprocess::{InputKind, Resize};
+use camstream_core::Explainer;
 use camstream_media::decode::Section;
 use camstream_media::encode::EncodeOptions;
 use camstream_media::render::{colormap_by_name, COLORMAPS};
-use camstream_pipeline::{run_video, Norm, VideoJob};
+use camstream_pipeline::{run_video, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob};
 
 use super::ModelArgs;
 
@@ -118,8 +118,8 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         Some("keep_aspect") => net.input.resize = Resize::KeepAspect,
         _ => {}
     }
-    let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
+    let explainer = Explainer::from_network(net, a.layer.as_deref())?;
     let norm = Norm::parse(&a.norm).ok_or_else(|| {
         anyhow!(
             "--norm must be `frame` or `ema:A` with 0 <= A < 1, got `{}`",
@@ -174,26 +174,32 @@ pub fn run(a: &VideoArgs) -> Result<()> {
     let job = VideoJob {
         input: a.input.clone(),
         output: a.output.clone(),
-        net: &net,
-        layer,
-        class,
-        batch: a.batch as usize,
-        every: a.every as usize,
-        norm,
-        colormap,
-        alpha: a.alpha,
-        label: !a.no_label,
+        section: Section {
+            start: a.start,
+            duration: a.duration,
+        },
         encode: EncodeOptions {
             crf: a.crf,
             preset: a.preset.clone(),
             threads: 0,
         },
-        section: Section {
-            start: a.start,
-            duration: a.duration,
-        },
         frames_json: a.frames_json.clone(),
-        overlay_workers: a.workers.max(1),
+        frames: FrameJob {
+            explainer: &explainer,
+            model: ModelConfig {
+                class,
+                batch: a.batch as usize,
+                every: a.every as usize,
+                norm,
+            },
+            overlay: OverlayConfig {
+                colormap,
+                alpha: a.alpha,
+                label: !a.no_label,
+                renormalise: norm == Norm::Frame,
+            },
+            overlay_workers: a.workers.max(1),
+        },
         progress: Some(&progress),
     };
     let report = run_video(&job, &cancel)?;
@@ -239,8 +245,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
 /// The pipeline on `input` with defaults (batch as given, one overlay worker per core),
 /// writing to a temporary file that is removed: for `camstream bench --video`.
 pub fn bench(
-    net: &Network,
-    layer: &str,
+    explainer: &Explainer,
     input: &std::path::Path,
     batch: usize,
 ) -> Result<camstream_pipeline::VideoReport> {
@@ -249,19 +254,25 @@ pub fn bench(
     let job = VideoJob {
         input: input.to_path_buf(),
         output: output.clone(),
-        net,
-        layer: layer.to_string(),
-        class: None,
-        batch,
-        every: 1,
-        norm: Norm::Frame,
-        colormap: &camstream_media::render::JET,
-        alpha: 0.5,
-        label: true,
-        encode: EncodeOptions::default(),
         section: Section::default(),
+        encode: EncodeOptions::default(),
         frames_json: None,
-        overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        frames: FrameJob {
+            explainer,
+            model: ModelConfig {
+                class: None,
+                batch,
+                every: 1,
+                norm: Norm::Frame,
+            },
+            overlay: OverlayConfig {
+                colormap: &camstream_media::render::JET,
+                alpha: 0.5,
+                label: true,
+                renormalise: true,
+            },
+            overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        },
         progress: None,
     };
     let r = run_video(&job, &AtomicBool::new(false));

@@ -1,24 +1,24 @@
-//! The streaming video pipeline: decode → preprocess → model (batched Grad-CAM) →
-//! overlay (a pool of workers) → encode, one thread per stage, joined by bounded
-//! channels. Memory is bounded by the channel capacities, whatever the input's length;
-//! the pipeline runs at the speed of its slowest stage. A stage that fails records its
-//! error once and drops its channels, which ends every other stage.
+//! camstream's streaming pipelines, video and recorded signals: one thread per stage,
+//! joined by bounded channels, so memory stays flat however long the input is. Every
+//! stage knows its own config and channels; the first error of any stage stops all of
+//! them, and outputs appear under their names only when complete.
 
 mod norm;
 pub mod signal;
-mod stages;
+pub mod video;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use norm::Norm;
+pub use video::{
+    run_frames, run_video, FrameJob, ModelConfig, OverlayConfig, VideoJob, VideoReport,
+};
 
-use camstream_core::model::Network;
-use camstream_media::decode::{DecodeError, Section};
-use camstream_media::encode::{EncodeError, EncodeOptions};
-use camstream_media::render::Colormap;
+use camstream_media::decode::DecodeError;
+use camstream_media::encode::EncodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -46,6 +46,9 @@ pub enum PipelineError {
     Injected { stage: &'static str, frame: u64 },
     #[error("stage {0} stopped unexpectedly")]
     Panicked(&'static str),
+    /// The caller dropped the receiving end of a channel sink.
+    #[error("the receiver of {0} went away")]
+    ReceiverGone(&'static str),
 }
 
 /// Runs a stage body, turning its error (or panic) into the pipeline's first error.
@@ -100,28 +103,6 @@ impl std::fmt::Display for Stage {
     }
 }
 
-pub struct VideoJob<'a> {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub net: &'a Network,
-    pub layer: String,
-    /// Explain this class in every frame; default: each frame's top-1.
-    pub class: Option<usize>,
-    pub batch: usize,
-    /// Explain one frame in `every`; the frames between reuse its map.
-    pub every: usize,
-    pub norm: Norm,
-    pub colormap: &'static Colormap,
-    pub alpha: f32,
-    pub label: bool,
-    pub encode: EncodeOptions,
-    pub section: Section,
-    pub frames_json: Option<PathBuf>,
-    pub overlay_workers: usize,
-    /// Called with (frames done, frames expected) as frames are written.
-    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
-}
-
 /// Busy time of one stage (time spent working, not waiting on channels).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageStat {
@@ -130,18 +111,6 @@ pub struct StageStat {
     pub busy_s: f64,
     /// Frames per second of busy time: what this stage alone could sustain.
     pub fps: f64,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct VideoReport {
-    pub frames: u64,
-    pub explained: u64,
-    pub corrupt_packets: u64,
-    pub wall_s: f64,
-    pub fps: f64,
-    pub stages: Vec<StageStat>,
-    pub interrupted: bool,
-    pub peak_rss_mb: f64,
 }
 
 /// The first error of any stage; later ones are consequences and are dropped. Once
@@ -160,7 +129,7 @@ impl FirstError {
     pub(crate) fn failed(&self) -> bool {
         self.1.load(Ordering::Relaxed)
     }
-    fn take(&self) -> Option<PipelineError> {
+    pub(crate) fn take(&self) -> Option<PipelineError> {
         self.0.lock().ok().and_then(|mut g| g.take())
     }
 }
@@ -176,9 +145,6 @@ impl Busy {
     pub(crate) fn add(&self, d: Duration, frames: u64) {
         self.nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
         self.frames.fetch_add(frames, Ordering::Relaxed);
-    }
-    fn stat(&self, stage: Stage, workers: usize) -> StageStat {
-        self.stat_named(stage.name(), workers)
     }
     pub(crate) fn stat_named(&self, stage: &'static str, workers: usize) -> StageStat {
         let busy = self.nanos.load(Ordering::Relaxed) as f64 / 1e9 / workers.max(1) as f64;
@@ -209,53 +175,27 @@ pub fn peak_rss_mb() -> f64 {
     }
 }
 
-/// The container for an output name (the temporary name hides the extension).
-fn container_for(output: &Path) -> &'static str {
-    match output
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("mkv") => "matroska",
-        Some("mov") => "mov",
-        _ => "mp4",
+/// A fault to inject (test builds only): `CAMSTREAM_FAIL_AT=STAGE:N` makes that stage
+/// fail at frame N, so tests can check that every stage shuts the pipeline down cleanly.
+#[cfg(feature = "fault-injection")]
+fn fault() -> Option<(Stage, u64)> {
+    let v = std::env::var("CAMSTREAM_FAIL_AT").ok()?;
+    let (st, n) = v.split_once(':')?;
+    Some((Stage::parse(st)?, n.parse().ok()?))
+}
+
+#[cfg(feature = "fault-injection")]
+pub(crate) fn inject(stage: Stage, frame: u64) -> Result<(), PipelineError> {
+    match fault() {
+        Some((s, n)) if s == stage && n == frame => Err(PipelineError::Injected {
+            stage: stage.name(),
+            frame,
+        }),
+        _ => Ok(()),
     }
 }
 
-/// Runs the whole pipeline. The output appears under its name only when complete (or
-/// when interrupted through `cancel`, as a valid file of the frames done so far).
-pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
-    let tmp = camstream_media::io::temp_name(&job.output);
-    let started = Instant::now();
-    let container = container_for(&job.output);
-    let clip_scale = if job.norm == Norm::Clip {
-        // First pass: the clip's largest map value (the model runs twice).
-        let max = std::sync::atomic::AtomicU32::new(0);
-        stages::run(job, &tmp, container, cancel, Some(&max), 0.0)?;
-        f32::from_bits(max.load(Ordering::Relaxed))
-    } else {
-        0.0
-    };
-    let result = stages::run(job, &tmp, container, cancel, None, clip_scale);
-    match result {
-        Ok(mut report) => {
-            std::fs::rename(&tmp, &job.output).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                PipelineError::Output {
-                    path: job.output.clone(),
-                    source: e,
-                }
-            })?;
-            report.wall_s = started.elapsed().as_secs_f64();
-            report.fps = report.frames as f64 / report.wall_s.max(1e-9);
-            report.interrupted = cancel.load(Ordering::Relaxed);
-            report.peak_rss_mb = peak_rss_mb();
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn inject(_stage: Stage, _frame: u64) -> Result<(), PipelineError> {
+    Ok(())
 }

@@ -15,7 +15,6 @@ use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
 use camstream_core::cam::Targets;
-use camstream_core::model::Network;
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::{self, WindowRecord};
 use camstream_core::{ExplainOptions, Explainer, Input};
@@ -38,24 +37,38 @@ pub enum ChannelChoice {
 }
 
 pub struct SignalJob<'a> {
-    pub net: &'a Network,
-    pub layer: String,
-    pub class: Option<usize>,
-    pub batch: usize,
+    pub explainer: &'a Explainer,
+    pub model: WindowModel,
     /// Window hop in samples at the model's rate (default: the window).
     pub hop: Option<usize>,
     pub channels: ChannelChoice,
+    pub output: SignalOutput,
+    /// Called with (input frames read, frames expected).
+    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+}
+
+/// The model stage's part of a signal job.
+#[derive(Clone, Debug)]
+pub struct WindowModel {
+    /// Explain this class in every window; default: each window's top-1.
+    pub class: Option<usize>,
+    /// Windows per forward/backward pass.
+    pub batch: usize,
+}
+
+/// The writer's part of a signal job: `<stem>.windows.jsonl`, `.relevance.csv/.npy`,
+/// `.relevance_tf.npy` (audio), `.cam.npy` and `.png` in `out_dir`.
+#[derive(Clone)]
+pub struct SignalOutput {
     pub out_dir: PathBuf,
     pub stem: String,
+    /// Also write `<stem>.cam.npy`: every window's raw (signed) map.
+    pub cam_npy: bool,
+    pub plot: bool,
     /// Plot only this section (seconds); the outputs cover the whole recording.
     pub from_s: Option<f64>,
     pub to_s: Option<f64>,
-    pub plot: bool,
     pub colormap: &'static Colormap,
-    /// Also write `<stem>.cam.npy`: every window's raw (signed) map.
-    pub cam_npy: bool,
-    /// Called with (input frames read, frames expected).
-    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -177,7 +190,7 @@ pub fn run_signal(
     mut reader: Box<dyn SignalReader>,
 ) -> Result<SignalReport, PipelineError> {
     let started = Instant::now();
-    let net = job.net;
+    let net = job.explainer.network();
     let info = reader.info().clone();
     let features = Features::new(&net.input);
     let mut notes = Vec::new();
@@ -218,10 +231,9 @@ pub fn run_signal(
             });
         }
     }
-    // Checks the layer name before any thread starts.
-    net.body.check_target(&job.layer)?;
 
-    let out = |ext: &str| job.out_dir.join(format!("{}.{ext}", job.stem));
+    let output = &job.output;
+    let out = |ext: &str| output.out_dir.join(format!("{}.{ext}", output.stem));
     let mut files = Outputs {
         windows: StreamFile::create(&out("windows.jsonl"))?,
         csv: StreamFile::create(&out("relevance.csv"))?,
@@ -241,7 +253,7 @@ pub fn run_signal(
     let busy: [Busy; 4] = Default::default();
     let frames_read = AtomicU64::new(0);
     let windows_done = AtomicU64::new(0);
-    let cap = job.batch.max(1) * 2 + 2;
+    let cap = job.model.batch.max(1) * 2 + 2;
     let (raw_tx, raw_rx) = bounded::<Vec<Vec<f32>>>(4);
     let (cut_tx, cut_rx) = bounded::<Prepared>(cap * 4);
     let (cam_tx, cam_rx) = bounded::<Piece>(cap * 4);
@@ -274,14 +286,15 @@ pub fn run_signal(
                 window_stage(features, hop, plan.len(), raw_rx, cut_tx, errors, &busy[1])
             })
         });
-        let (job_ref, layer) = (job, &job.layer);
+        let (explainer, model) = (job.explainer, &job.model);
         s.spawn(move || {
             guard("model", errors, || {
-                model_stage(job_ref, layer, features, cut_rx, cam_tx, errors, &busy[2])
+                model_stage(explainer, model, features, cut_rx, cam_tx, errors, &busy[2])
             })
         });
         let r = writer(
-            job,
+            output,
+            hop,
             features,
             input_rate,
             model_rate,
@@ -319,17 +332,17 @@ pub fn run_signal(
     if let Some(c) = files.cam {
         outputs.push(c.commit()?);
     }
-    if let Some((samples, frames, bands)) = plot_state.filter(|_| job.plot) {
+    if let Some((samples, frames, bands)) = plot_state.filter(|_| output.plot) {
         let png = out("png");
         let labels: Vec<String> = (0..net.num_classes).map(|c| net.label(c)).collect();
         let title = format!(
             "{} — {} window{} of {:.2} s, layer {}, {}",
-            job.stem,
+            output.stem,
             bands.len(),
             if bands.len() == 1 { "" } else { "s" },
             len as f64 / model_rate,
-            job.layer,
-            match job.class {
+            job.explainer.layer(),
+            match job.model.class {
                 Some(c) => format!("class {}", net.label(c)),
                 None => "top-1 class per window".into(),
             }
@@ -342,7 +355,7 @@ pub fn run_signal(
                 frames: frames.as_ref(),
                 bands: &bands,
                 labels: &labels,
-                cmap: job.colormap,
+                cmap: output.colormap,
                 y_desc: if features.mel().is_some() {
                     "amplitude"
                 } else {
@@ -509,23 +522,22 @@ fn window_stage(
 }
 
 fn model_stage(
-    job: &SignalJob,
-    layer: &str,
+    explainer: &Explainer,
+    config: &WindowModel,
     features: &Features,
     rx: Receiver<Prepared>,
     tx: Sender<Piece>,
     errors: &FirstError,
     busy: &Busy,
 ) -> Result<(), PipelineError> {
-    let net = job.net;
-    let explainer = Explainer::from_network(net.clone(), Some(layer))?;
-    let batch = job.batch.max(1);
+    let net = explainer.network();
+    let batch = config.batch.max(1);
     let options = ExplainOptions {
         batch,
         top_k: 1,
         final_map: false,
     };
-    let targets = job.class.map_or(Targets::TopOne, Targets::All);
+    let targets = config.class.map_or(Targets::TopOne, Targets::All);
     let mut sample_shape = vec![net.input.channels];
     sample_shape.extend(&net.input.size);
     let mut pending: Vec<Prepared> = Vec::new();
@@ -680,7 +692,8 @@ impl Sink<'_> {
 
 #[allow(clippy::too_many_arguments)]
 fn writer(
-    job: &SignalJob,
+    output: &SignalOutput,
+    hop: usize,
     features: &Features,
     input_rate: f64,
     model_rate: f64,
@@ -692,10 +705,12 @@ fn writer(
     windows_done: &AtomicU64,
     frames_read: &AtomicU64,
 ) -> Result<Option<(PlotState, u64)>, PipelineError> {
-    let from = job
+    let from = output
         .from_s
         .map_or(0, |s| (s * model_rate).round().max(0.0) as u64);
-    let to = job.to_s.map(|s| (s * model_rate).round().max(0.0) as u64);
+    let to = output
+        .to_s
+        .map(|s| (s * model_rate).round().max(0.0) as u64);
     let mel = features.mel().map(|m| m.config().clone());
     let frames_env = mel.as_ref().map(|m| {
         let h = m.hop as f64;
@@ -724,7 +739,6 @@ fn writer(
     let mut bands = Vec::new();
     let mut tf_rel = mel.as_ref().map(|m| OverlapMean::new(m.n_mels));
     let mut tf_spec = mel.as_ref().map(|m| OverlapMean::new(m.n_mels));
-    let hop = job.hop.unwrap_or(len);
     let mut cam_rows: Option<NpyStream> = None;
 
     for piece in rx {
@@ -757,9 +771,9 @@ fn writer(
                     end_s: (w.start + w.valid.min(hop) as u64) as f64 / model_rate,
                     class: e.class,
                 });
-                if job.cam_npy {
+                if output.cam_npy {
                     if cam_rows.is_none() {
-                        let p = job.out_dir.join(format!("{}.cam.npy", job.stem));
+                        let p = output.out_dir.join(format!("{}.cam.npy", output.stem));
                         cam_rows = Some(NpyStream::create(&p, &e.spatial)?);
                     }
                     if let Some(c) = &mut cam_rows {

@@ -90,6 +90,10 @@ pub struct VideoDecoder {
     done: bool,
 }
 
+// SAFETY: the only member that is not `Send` is the swscale context, which FFmpeg does
+// not tie to the thread that made it; a decoder is used by one thread at a time (`&mut`).
+unsafe impl Send for VideoDecoder {}
+
 pub fn init() {
     // Idempotent; quiets FFmpeg's own stderr chatter (errors reach the user through ours).
     let _ = ffmpeg::init();

@@ -103,6 +103,10 @@ pub struct VideoEncoder {
     tb_secs: f64,
 }
 
+// SAFETY: as for the decoder, the swscale context has no thread affinity and an encoder
+// is used by one thread at a time (`&mut`).
+unsafe impl Send for VideoEncoder {}
+
 fn open_err(path: &Path, what: &str, e: impl std::fmt::Display) -> EncodeError {
     EncodeError::Open {
         path: path.into(),

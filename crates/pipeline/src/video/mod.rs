@@ -1,0 +1,265 @@
+//! The streaming video pipeline: decode → preprocess → model (batched Grad-CAM) →
+//! overlay (a pool of workers) → write, one thread per stage, joined by bounded
+//! channels. Memory is bounded by the channel capacities, whatever the input's length;
+//! the pipeline runs at the speed of its slowest stage. A stage that fails records its
+//! error once and stops; every other stage stops at its next frame.
+//!
+//! [`run_frames`] takes any [`FrameSource`] and any sinks (a server feeds frames from
+//! memory and reads records from a channel); [`run_video`] is the file job on top.
+
+mod io;
+mod stages;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+use camstream_core::record::FrameRecord;
+use camstream_core::Explainer;
+use camstream_media::decode::{Section, VideoDecoder};
+use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
+
+pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, RecordSink};
+pub use stages::{ModelConfig, OverlayConfig, Sinks};
+
+use crate::norm::Norm;
+use crate::{guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageStat};
+
+/// What to do with each frame, whatever the frames' source and the results' sinks.
+pub struct FrameJob<'a> {
+    pub explainer: &'a Explainer,
+    pub model: ModelConfig,
+    pub overlay: OverlayConfig,
+    pub overlay_workers: usize,
+}
+
+/// A video file in, an annotated video file (and optionally per-frame records) out.
+pub struct VideoJob<'a> {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub section: Section,
+    pub encode: EncodeOptions,
+    /// Also write one [`FrameRecord`] per frame as JSON lines here.
+    pub frames_json: Option<PathBuf>,
+    pub frames: FrameJob<'a>,
+    /// Called with (frames done, frames expected) as frames are written.
+    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VideoReport {
+    pub frames: u64,
+    pub explained: u64,
+    pub corrupt_packets: u64,
+    pub wall_s: f64,
+    pub fps: f64,
+    pub stages: Vec<StageStat>,
+    pub interrupted: bool,
+    pub peak_rss_mb: f64,
+}
+
+/// The container for an output name (the temporary name hides the extension).
+fn container_for(output: &std::path::Path) -> &'static str {
+    match output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("mkv") => "matroska",
+        Some("mov") => "mov",
+        _ => "mp4",
+    }
+}
+
+/// Runs the file job. The output appears under its name only when complete (or when
+/// interrupted through `cancel`, as a valid file of the frames done so far).
+pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
+    let started = Instant::now();
+    let clip_scale = if job.frames.model.norm == Norm::Clip {
+        // First pass: the clip's largest map value (the model runs twice).
+        let mut source = VideoDecoder::open(&job.input, job.section)?;
+        scan_max(&mut source, &job.frames, cancel)?
+    } else {
+        0.0
+    };
+    let mut source = VideoDecoder::open(&job.input, job.section)?;
+    let info = source.info().clone();
+    let audio = if info.has_audio {
+        let start = job.section.start.unwrap_or(0.0);
+        AudioSource::Copy {
+            path: job.input.clone(),
+            start,
+            end: job.section.duration.map(|d| start + d),
+        }
+    } else {
+        AudioSource::None
+    };
+    let tmp = camstream_media::io::temp_name(&job.output);
+    let result = (|| {
+        let encoder =
+            VideoEncoder::create(&tmp, container_for(&job.output), &info, &job.encode, audio)?;
+        let mut video = EncodedVideo::new(encoder);
+        let mut records = job
+            .frames_json
+            .as_deref()
+            .map(JsonLines::create)
+            .transpose()?;
+        let sinks = Sinks {
+            frames: Some(&mut video),
+            records: records
+                .as_mut()
+                .map(|r| r as &mut dyn RecordSink<FrameRecord>),
+            progress: job.progress,
+        };
+        run_stages(&mut source, &job.frames, sinks, cancel, None, clip_scale)
+    })();
+    match result {
+        Ok(mut report) => {
+            std::fs::rename(&tmp, &job.output).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                PipelineError::Output {
+                    path: job.output.clone(),
+                    source: e,
+                }
+            })?;
+            report.wall_s = started.elapsed().as_secs_f64();
+            report.fps = report.frames as f64 / report.wall_s.max(1e-9);
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Runs the pipeline from any source into any sinks (`Norm::Clip` needs a second pass
+/// over the source, so it is for [`run_video`] only).
+pub fn run_frames(
+    source: &mut dyn FrameSource,
+    job: &FrameJob,
+    sinks: Sinks,
+    cancel: &AtomicBool,
+) -> Result<VideoReport, PipelineError> {
+    if job.model.norm == Norm::Clip {
+        return Err(PipelineError::BadOption {
+            name: "norm",
+            why: "`clip` needs two passes over a file; use per-frame or EMA normalisation for streams".into(),
+        });
+    }
+    let started = Instant::now();
+    let mut report = run_stages(source, job, sinks, cancel, None, 0.0)?;
+    report.wall_s = started.elapsed().as_secs_f64();
+    report.fps = report.frames as f64 / report.wall_s.max(1e-9);
+    Ok(report)
+}
+
+/// The first pass of `Norm::Clip`: decode → preprocess → model only, for the clip's
+/// largest map value.
+fn scan_max(
+    source: &mut dyn FrameSource,
+    job: &FrameJob,
+    cancel: &AtomicBool,
+) -> Result<f32, PipelineError> {
+    let max = AtomicU32::new(0);
+    let sinks = Sinks {
+        frames: None,
+        records: None,
+        progress: None,
+    };
+    run_stages(source, job, sinks, cancel, Some(&max), 0.0)?;
+    Ok(f32::from_bits(max.load(Ordering::Relaxed)))
+}
+
+/// Starts every stage and waits for all of them. With `scan`, runs decode → preprocess
+/// → model only and records the largest map value; `clip_scale` is that value for the
+/// second pass.
+fn run_stages(
+    source: &mut dyn FrameSource,
+    job: &FrameJob,
+    mut sinks: Sinks,
+    cancel: &AtomicBool,
+    scan: Option<&AtomicU32>,
+    clip_scale: f32,
+) -> Result<VideoReport, PipelineError> {
+    let errors = FirstError::default();
+    let busy: [Busy; 5] = Default::default();
+    let ctl = |i: usize| stages::Ctl {
+        errors: &errors,
+        busy: &busy[i],
+    };
+    let explained = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    let workers = job.overlay_workers.max(1);
+    let cap = job.model.batch.max(1) * job.model.every.max(1) + 2;
+    let (dec_tx, dec_rx) = bounded(cap);
+    let (pre_tx, pre_rx) = bounded(cap);
+    let (cam_tx, cam_rx) = bounded(cap);
+    let (ren_tx, ren_rx) = bounded(cap + workers);
+    let expected = source.info().frames_hint;
+    let input = &job.explainer.network().input;
+    let model = stages::ModelStage::new(job.explainer, &job.model, clip_scale, scan, &explained);
+
+    std::thread::scope(|s| {
+        let decode_ctl = ctl(0);
+        let src = &mut *source;
+        s.spawn(move || {
+            guard(Stage::Decode.name(), decode_ctl.errors, || {
+                stages::decode(src, dec_tx, cancel, decode_ctl)
+            })
+        });
+        let pre_ctl = ctl(1);
+        s.spawn(move || {
+            guard(Stage::Preprocess.name(), pre_ctl.errors, || {
+                stages::preprocess(input, dec_rx, pre_tx, pre_ctl)
+            })
+        });
+        let model_ctl = ctl(2);
+        s.spawn(move || {
+            guard(Stage::Model.name(), model_ctl.errors, || {
+                model.run(pre_rx, cam_tx, model_ctl)
+            })
+        });
+        // A scan stops at the model: nothing is drawn or written.
+        if scan.is_none() {
+            for _ in 0..workers {
+                let (rx, tx, c) = (cam_rx.clone(), ren_tx.clone(), ctl(3));
+                let overlay = &job.overlay;
+                s.spawn(move || {
+                    guard(Stage::Overlay.name(), c.errors, || {
+                        stages::render(overlay, rx, tx, c)
+                    })
+                });
+            }
+            let (c, written) = (ctl(4), &written);
+            let sinks = &mut sinks;
+            s.spawn(move || {
+                guard(Stage::Encode.name(), c.errors, || {
+                    stages::write(sinks, expected, ren_rx, cancel, written, c)
+                })
+            });
+        }
+        drop(cam_rx);
+        drop(ren_tx);
+    });
+    if let Some(e) = errors.take() {
+        return Err(e);
+    }
+    Ok(VideoReport {
+        frames: written.load(Ordering::Relaxed),
+        explained: explained.load(Ordering::Relaxed),
+        corrupt_packets: source.corrupt_packets(),
+        wall_s: 0.0,
+        fps: 0.0,
+        stages: Stage::ALL
+            .iter()
+            .zip(&busy)
+            .map(|(st, b)| b.stat_named(st.name(), if *st == Stage::Overlay { workers } else { 1 }))
+            .collect(),
+        interrupted: cancel.load(Ordering::Relaxed),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

@@ -1,0 +1,383 @@
+//! The stage threads. Each knows its own config, its input and output channels and the
+//! shared shutdown state, nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use image::RgbImage;
+
+use camstream_core::cam::{argmax, upsample_to_source, Targets};
+use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
+use camstream_core::record::FrameRecord;
+use camstream_core::{ExplainOptions, Explainer, Input};
+use camstream_media::decode::DecodedFrame;
+use camstream_media::render::{draw_label, overlay, Colormap};
+
+use super::io::{FrameSink, FrameSource, RecordSink};
+use crate::norm::{Norm, Normaliser};
+use crate::{inject, Busy, FirstError, PipelineError, Stage};
+
+/// What every stage thread shares: the first error (and so when to stop) and its own
+/// busy clock.
+#[derive(Clone, Copy)]
+pub(super) struct Ctl<'a> {
+    pub errors: &'a FirstError,
+    pub busy: &'a Busy,
+}
+
+pub(super) struct Prepared {
+    frame: DecodedFrame,
+    input: Vec<f32>,
+    /// (H, W) of the model input (the same for every frame of a video).
+    size: [usize; 2],
+    placement: Placement,
+}
+
+/// A frame with the map to draw on it.
+pub(super) struct Explained {
+    frame: DecodedFrame,
+    size: [usize; 2],
+    placement: Placement,
+    map: FrameMap,
+    explained: bool,
+}
+
+pub(super) struct Rendered {
+    index: u64,
+    pts: i64,
+    rgb: RgbImage,
+    record: FrameRecord,
+}
+
+pub(super) fn decode(
+    source: &mut dyn FrameSource,
+    tx: Sender<DecodedFrame>,
+    cancel: &AtomicBool,
+    ctl: Ctl,
+) -> Result<(), PipelineError> {
+    loop {
+        if cancel.load(Ordering::Relaxed) || ctl.errors.failed() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let Some(frame) = source.next_frame()? else {
+            return Ok(());
+        };
+        ctl.busy.add(t.elapsed(), 1);
+        inject(Stage::Decode, frame.index)?;
+        if tx.send(frame).is_err() {
+            return Ok(()); // downstream stopped; its error (if any) is already recorded
+        }
+    }
+}
+
+pub(super) fn preprocess(
+    input: &InputSpec,
+    rx: Receiver<DecodedFrame>,
+    tx: Sender<Prepared>,
+    ctl: Ctl,
+) -> Result<(), PipelineError> {
+    for frame in rx {
+        if ctl.errors.failed() {
+            break;
+        }
+        let t = Instant::now();
+        inject(Stage::Preprocess, frame.index)?;
+        let p = prepare_image(&frame.rgb, input);
+        ctl.busy.add(t.elapsed(), 1);
+        let prepared = Prepared {
+            frame,
+            input: p.chw,
+            size: p.size,
+            placement: p.placement,
+        };
+        if tx.send(prepared).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The model stage's part of a video job.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Explain this class in every frame; default: each frame's top-1.
+    pub class: Option<usize>,
+    /// Explained frames per forward/backward pass.
+    pub batch: usize,
+    /// Explain one frame in `every`; the frames between reuse its map.
+    pub every: usize,
+    pub norm: Norm,
+}
+
+/// The map a frame is drawn with; shared by the frames that reuse it (`every`).
+#[derive(Clone)]
+struct FrameMap {
+    /// Low-resolution map in [0, 1].
+    map: Arc<Vec<f32>>,
+    spatial: Vec<usize>,
+    class: usize,
+    label: String,
+    logit: f32,
+    probability: f32,
+}
+
+/// With `scan`, explains frames only to record the largest map value (the first pass
+/// of `Norm::Clip`, f32 bits); nothing is sent on.
+pub(super) struct ModelStage<'a> {
+    pub explainer: &'a Explainer,
+    pub config: &'a ModelConfig,
+    pub normaliser: Normaliser,
+    pub scan: Option<&'a AtomicU32>,
+    pub explained: &'a AtomicU64,
+    last: Option<FrameMap>,
+}
+
+impl<'a> ModelStage<'a> {
+    pub fn new(
+        explainer: &'a Explainer,
+        config: &'a ModelConfig,
+        clip_scale: f32,
+        scan: Option<&'a AtomicU32>,
+        explained: &'a AtomicU64,
+    ) -> Self {
+        Self {
+            explainer,
+            config,
+            normaliser: Normaliser::with_clip_scale(clip_scale),
+            scan,
+            explained,
+            last: None,
+        }
+    }
+
+    pub fn run(
+        mut self,
+        rx: Receiver<Prepared>,
+        tx: Sender<Explained>,
+        ctl: Ctl,
+    ) -> Result<(), PipelineError> {
+        let every = self.config.every.max(1) as u64;
+        let batch = self.config.batch.max(1);
+        // Frames waiting for the batch that explains them (or holds the map they reuse).
+        let mut pending: Vec<Prepared> = Vec::new();
+        let mut in_batch = 0usize;
+        for p in rx {
+            if ctl.errors.failed() {
+                return Ok(());
+            }
+            if p.frame.index.is_multiple_of(every) {
+                if in_batch == batch {
+                    // The batch is full: explain it before this frame starts the next one.
+                    if !self.flush(&mut pending, &tx, ctl.busy)? {
+                        return Ok(());
+                    }
+                    in_batch = 0;
+                }
+                in_batch += 1;
+            }
+            pending.push(p);
+        }
+        self.flush(&mut pending, &tx, ctl.busy)?;
+        Ok(())
+    }
+
+    /// Explains the chosen frames of `pending` in one batch and sends all of them on.
+    /// Returns false when downstream has stopped.
+    fn flush(
+        &mut self,
+        pending: &mut Vec<Prepared>,
+        tx: &Sender<Explained>,
+        busy: &Busy,
+    ) -> Result<bool, PipelineError> {
+        let t = Instant::now();
+        let every = self.config.every.max(1) as u64;
+        let chosen: Vec<usize> = (0..pending.len())
+            .filter(|&i| pending[i].frame.index.is_multiple_of(every))
+            .collect();
+        let mut maps: Vec<Option<FrameMap>> = vec![None; pending.len()];
+        if !chosen.is_empty() {
+            let mut shape = vec![self.explainer.network().input.channels];
+            shape.extend(pending[chosen[0]].size);
+            let mut inputs = Vec::with_capacity(chosen.len());
+            for &i in &chosen {
+                inject(Stage::Model, pending[i].frame.index)?;
+                inputs.push(Input::new(&pending[i].input, &shape));
+            }
+            let targets = self.config.class.map_or(Targets::TopOne, Targets::All);
+            let options = ExplainOptions {
+                batch: chosen.len(),
+                top_k: 1,
+                final_map: false,
+            };
+            let out = self.explainer.explain(&inputs, &targets, &options)?;
+            self.explained
+                .fetch_add(chosen.len() as u64, Ordering::Relaxed);
+            if let Some(max) = self.scan {
+                let peak = out
+                    .iter()
+                    .flat_map(|e| e.raw.iter().copied())
+                    .fold(0.0f32, f32::max);
+                // Non-negative floats order like their bit patterns.
+                max.fetch_max(peak.to_bits(), Ordering::Relaxed);
+                busy.add(t.elapsed(), pending.len() as u64);
+                pending.clear();
+                return Ok(true);
+            }
+            for (e, &i) in out.into_iter().zip(&chosen) {
+                maps[i] = Some(FrameMap {
+                    map: Arc::new(self.normaliser.apply(self.config.norm, &e.raw)),
+                    spatial: e.spatial,
+                    class: e.class,
+                    label: e.label,
+                    logit: e.logit,
+                    probability: e.probability,
+                });
+            }
+        }
+        busy.add(t.elapsed(), pending.len() as u64);
+        for (p, m) in pending.drain(..).zip(maps) {
+            let explained = m.is_some();
+            if m.is_some() {
+                self.last = m;
+            }
+            // Frame 0 is always explained, so every later frame has a map to reuse.
+            let Some(map) = self.last.clone() else {
+                continue;
+            };
+            let e = Explained {
+                frame: p.frame,
+                size: p.size,
+                placement: p.placement,
+                map,
+                explained,
+            };
+            if tx.send(e).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The overlay workers' part of a video job.
+#[derive(Clone)]
+pub struct OverlayConfig {
+    pub colormap: &'static Colormap,
+    /// Heatmap weight in the blend.
+    pub alpha: f32,
+    /// Draw the label and score on each frame.
+    pub label: bool,
+    /// Apply pytorch-grad-cam's clamp and second min-max after upsampling (per-frame
+    /// normalisation only; temporal modes keep their scale).
+    pub renormalise: bool,
+}
+
+pub(super) fn render(
+    config: &OverlayConfig,
+    rx: Receiver<Explained>,
+    tx: Sender<Rendered>,
+    ctl: Ctl,
+) -> Result<(), PipelineError> {
+    for e in rx {
+        if ctl.errors.failed() {
+            break;
+        }
+        let t = Instant::now();
+        inject(Stage::Overlay, e.frame.index)?;
+        let mut rgb = e.frame.rgb;
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let rect = e.placement.model.map(|v| v as usize);
+        let m = e.map;
+        let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], config.renormalise);
+        let peak = argmax(&mask);
+        overlay(&mut rgb, &mask, config.colormap, config.alpha);
+        if config.label {
+            draw_label(&mut rgb, &format!("{} {:.2}", m.label, m.probability));
+        }
+        let record = FrameRecord {
+            class: m.class,
+            explained: e.explained,
+            index: e.frame.index,
+            label: m.label,
+            logit: m.logit,
+            peak_x: peak % w,
+            peak_y: peak / w,
+            probability: m.probability,
+            pts: e.frame.pts,
+            seconds: e.frame.seconds,
+        };
+        ctl.busy.add(t.elapsed(), 1);
+        let r = Rendered {
+            index: e.frame.index,
+            pts: e.frame.pts,
+            rgb,
+            record,
+        };
+        if tx.send(r).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Where the write stage puts frames and records, and whom it tells of progress.
+pub struct Sinks<'a> {
+    pub frames: Option<&'a mut dyn FrameSink>,
+    pub records: Option<&'a mut dyn RecordSink<FrameRecord>>,
+    /// Called with (frames done, frames expected) as frames are written.
+    pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+}
+
+/// Puts the overlay workers' frames back in order and writes them. Returns false when
+/// another stage failed: then nothing is finished.
+pub(super) fn write(
+    sinks: &mut Sinks,
+    expected: Option<u64>,
+    rx: Receiver<Rendered>,
+    cancel: &AtomicBool,
+    written: &AtomicU64,
+    ctl: Ctl,
+) -> Result<(), PipelineError> {
+    // Overlay workers finish out of order; frames leave in order.
+    let mut waiting: BTreeMap<u64, Rendered> = BTreeMap::new();
+    let mut next = 0u64;
+    for r in rx {
+        if ctl.errors.failed() {
+            return Ok(());
+        }
+        waiting.insert(r.index, r);
+        while let Some(r) = waiting.remove(&next) {
+            let t = Instant::now();
+            inject(Stage::Encode, r.index)?;
+            if let Some(f) = sinks.frames.as_deref_mut() {
+                f.write(&r.rgb, r.pts)?;
+            }
+            if let Some(s) = sinks.records.as_deref_mut() {
+                s.record(&r.record)?;
+            }
+            ctl.busy.add(t.elapsed(), 1);
+            next += 1;
+            written.store(next, Ordering::Relaxed);
+            if let Some(p) = sinks.progress {
+                p(next, expected);
+            }
+        }
+    }
+    if ctl.errors.failed() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    // Interrupted: the audio ends with the video done so far.
+    if let Some(f) = sinks.frames.as_deref_mut() {
+        f.finish(cancel.load(Ordering::Relaxed))?;
+    }
+    if let Some(s) = sinks.records.as_deref_mut() {
+        s.finish()?;
+    }
+    ctl.busy.add(t.elapsed(), 0);
+    Ok(())
+}
