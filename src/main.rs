@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("camstream: error: {e:#}");
+            eprintln!("camstream: error: {}", cli::in_flags(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

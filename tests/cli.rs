@@ -376,3 +376,21 @@ fn device_and_threads_options() {
     }
     assert!(tmp.path().join("input.0.png").is_file());
 }
+
+/// An array with no samples is refused up front, not left to crash the writer.
+#[test]
+fn an_empty_array_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.npy");
+    camstream_media::npy::write_npy(&empty, &[], &[0, 3, 64, 64]).unwrap();
+    let e = fails(&camstream(&[
+        "image",
+        "-m",
+        s(&shapes_cfg()),
+        s(&empty),
+        "--cam-npy",
+        "-o",
+        s(tmp.path()),
+    ]));
+    assert!(e.contains("holds no samples"), "{e}");
+}

@@ -87,6 +87,11 @@ fn load_inputs(
             if data.iter().any(|v| !v.is_finite()) {
                 return Err(Error::input(path, "contains NaN or infinite values").into());
             }
+            if n == 0 || per.contains(&0) {
+                return Err(
+                    Error::input(path, format!("holds no samples (shape {shape:?})")).into(),
+                );
+            }
             let len: usize = per.iter().product();
             for i in 0..n {
                 let d = data[i * len..(i + 1) * len].to_vec();
@@ -210,7 +215,7 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
         let ranked: Vec<&Explanation> = explained.iter().skip(r).step_by(k).collect();
         let mut start = 0;
         for file in &files {
-            let idx: Vec<usize> = (start..start + file.count).collect();
+            let range = start..start + file.count;
             start += file.count;
             // With --top-k, each rank's outputs get their own name: <stem>.top2.png ...
             let named = InputFile {
@@ -223,65 +228,51 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
                 count: file.count,
             };
             let rank = (k > 1).then_some(r + 1);
-            write_outputs(args, kind, net, &named, &idx, &samples, &ranked, rank)?;
+            let (samples, explained) = (&samples[range.clone()], &ranked[range]);
+            write_outputs(args, kind, net, &named, rank, samples, explained)?;
         }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One input file's outputs: overlays or plots, `.cam.npy`/`.heatmap.npy`, JSON lines.
 fn write_outputs(
     args: &ExplainArgs,
     kind: Kind,
     net: &Network,
     file: &InputFile,
-    idx: &[usize],
+    rank: Option<usize>,
     samples: &[Sample],
     explained: &[&Explanation],
-    rank: Option<usize>,
 ) -> Result<()> {
     let out = &args.out;
-    let many = idx.len() > 1;
     let mut heatmaps = Vec::new();
-    for (k, &s) in idx.iter().enumerate() {
-        let e = explained[s];
-        let input_size = &samples[s].shape[1..];
+    for (k, (sample, e)) in samples.iter().zip(explained).enumerate() {
+        let input_size = &sample.shape[1..];
+        let png = out.join(if samples.len() > 1 {
+            format!("{}.{k}.png", file.stem)
+        } else {
+            format!("{}.png", file.stem)
+        });
         if args.cam_npy {
             heatmaps.extend(&e.map);
         }
-        if let (Kind::Image, Some((view, rect))) = (kind, &samples[s].view) {
+        if let (Kind::Image, Some((view, rect))) = (kind, &sample.view) {
             let (w, h) = (view.width() as usize, view.height() as usize);
             let model = [input_size[0], input_size[1]];
             let mask = heatmap_on_source(&e.raw, &e.spatial, model, *rect, [h, w]);
             let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
             let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
-            let name = if many {
-                format!("{}.{k}.png", file.stem)
-            } else {
-                format!("{}.png", file.stem)
-            };
-            camstream_media::io::write_png(&out.join(name), &img)?;
+            camstream_media::io::write_png(&png, &img)?;
         }
-        if kind == Kind::Signal && net.input.kind == InputKind::Signal && samples[s].shape[0] >= 1 {
+        if kind == Kind::Signal && net.input.kind == InputKind::Signal && sample.shape[0] >= 1 {
             // The first channel, coloured by the final map.
-            let len = input_size[0];
-            let name = if many {
-                format!("{}.{k}.png", file.stem)
-            } else {
-                format!("{}.png", file.stem)
-            };
             let title = format!(
                 "{} — {} ({:.2}), layer {}",
                 file.stem, e.label, e.probability, e.layer
             );
-            plot_signal(
-                &out.join(name),
-                &samples[s].data[..len],
-                &e.map,
-                net.input.sample_rate,
-                &title,
-                &JET,
-            )?;
+            let first = &sample.data[..input_size[0]];
+            plot_signal(&png, first, &e.map, net.input.sample_rate, &title, &JET)?;
         }
         if args.json {
             let record = SampleRecord::new(e, file.path.display().to_string(), k, rank);
@@ -291,16 +282,15 @@ fn write_outputs(
         }
     }
     if args.cam_npy {
-        let first = &explained[idx[0]];
-        let mut raw_shape = vec![idx.len()];
-        raw_shape.extend(&first.spatial);
-        let raw: Vec<f32> = idx
+        let mut raw_shape = vec![samples.len()];
+        raw_shape.extend(&explained[0].spatial);
+        let raw: Vec<f32> = explained
             .iter()
-            .flat_map(|&s| explained[s].raw.iter().copied())
+            .flat_map(|e| e.raw.iter().copied())
             .collect();
         write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
-        let mut hm_shape = vec![idx.len()];
-        hm_shape.extend(&samples[idx[0]].shape[1..]);
+        let mut hm_shape = vec![samples.len()];
+        hm_shape.extend(&samples[0].shape[1..]);
         write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
     }
     Ok(())

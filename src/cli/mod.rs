@@ -184,6 +184,26 @@ pub struct ExplainArgs {
     pub alpha: f32,
 }
 
+/// Library parameters (named in messages as `` `rate` ``) and the flags that set them.
+const FLAGS: &[(&str, &str)] = &[
+    ("channel", "--channel"),
+    ("device", "--device"),
+    ("hop", "--hop"),
+    ("mix", "--mix"),
+    ("norm", "--norm"),
+    ("rate", "--rate"),
+    ("top_k", "--top-k"),
+    ("weights", "--weights"),
+];
+
+/// An error message in the user's terms: the library names its parameters, the user
+/// typed flags.
+pub fn in_flags(msg: &str) -> String {
+    FLAGS.iter().fold(msg.to_string(), |m, (param, flag)| {
+        m.replace(&format!("`{param}`"), flag)
+    })
+}
+
 static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
 
 /// The device `--device` chose (the CPU until `run` has chosen).
@@ -212,5 +232,19 @@ pub fn run() -> Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::Train(a) => train::run_train(&a),
         Command::Eval(a) => train::run_eval(&a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn library_parameters_become_flags() {
+        assert_eq!(
+            super::in_flags("the file says 250 Hz but `rate` says 360 Hz; drop `rate`"),
+            "the file says 250 Hz but --rate says 360 Hz; drop --rate"
+        );
+        assert_eq!(super::in_flags("`top_k` ranks"), "--top-k ranks");
+        // Values in backticks that are not parameters stay as they are.
+        assert_eq!(super::in_flags("no channel `V2`"), "no channel `V2`");
     }
 }

@@ -72,7 +72,7 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
         DeviceChoice::Cpu => Ok((Device::Cpu, "device: cpu".into())),
         DeviceChoice::Cuda(i) => match open_cuda(i) {
             Ok(d) => Ok((d, format!("device: cuda:{i}"))),
-            Err(why) => Err(Error::Device(format!("--device cuda:{i}: {why}"))),
+            Err(why) => Err(Error::Device(format!("`device` cuda:{i}: {why}"))),
         },
         DeviceChoice::Auto => match open_cuda(0) {
             Ok(d) => Ok((d, "device: cuda:0 (auto)".into())),

@@ -134,6 +134,20 @@ impl FirstError {
     }
 }
 
+/// What every stage thread shares: the first error (and so when to stop) and its own
+/// busy clock.
+#[derive(Clone, Copy)]
+pub(crate) struct StageCtl<'a> {
+    pub errors: &'a FirstError,
+    pub busy: &'a Busy,
+}
+
+impl<'a> StageCtl<'a> {
+    pub(crate) fn new(errors: &'a FirstError, busy: &'a Busy) -> Self {
+        Self { errors, busy }
+    }
+}
+
 /// Accumulated busy time, shared by a stage's workers.
 #[derive(Default)]
 pub(crate) struct Busy {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::{guard, peak_rss_mb, Busy, FirstError, PipelineError, StageStat};
+use super::{guard, peak_rss_mb, Busy, FirstError, PipelineError, StageCtl, StageStat};
 use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
@@ -273,8 +273,7 @@ pub fn run_signal(
                     plan,
                     resampler.as_mut(),
                     raw_tx,
-                    errors,
-                    &busy[0],
+                    StageCtl::new(errors, &busy[0]),
                     frames_read,
                     progress,
                 )
@@ -283,28 +282,47 @@ pub fn run_signal(
         let features = &features;
         s.spawn(move || {
             guard("window", errors, || {
-                window_stage(features, hop, plan.len(), raw_rx, cut_tx, errors, &busy[1])
+                window_stage(
+                    features,
+                    hop,
+                    plan.len(),
+                    raw_rx,
+                    cut_tx,
+                    StageCtl::new(errors, &busy[1]),
+                )
             })
         });
         let (explainer, model) = (job.explainer, &job.model);
         s.spawn(move || {
             guard("model", errors, || {
-                model_stage(explainer, model, features, cut_rx, cam_tx, errors, &busy[2])
+                model_stage(
+                    explainer,
+                    model,
+                    features,
+                    cut_rx,
+                    cam_tx,
+                    StageCtl::new(errors, &busy[2]),
+                )
             })
         });
-        let r = writer(
-            output,
-            hop,
-            features,
+        let timing = Timing {
             input_rate,
             model_rate,
             len,
+            hop,
+        };
+        let counts = Counts {
+            windows_done: &windows_done,
+            frames_read,
+        };
+        let r = writer(
+            output,
+            &timing,
+            features,
             cam_rx,
             &mut files,
-            errors,
-            &busy[3],
-            &windows_done,
-            frames_read,
+            StageCtl::new(errors, &busy[3]),
+            counts,
         );
         match r {
             Ok(Some((p, n))) => {
@@ -399,14 +417,12 @@ struct Outputs {
     cam: Option<NpyStream>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_stage(
     reader: &mut dyn SignalReader,
     plan: &[Vec<usize>],
     mut resampler: Option<&mut Resampler>,
     tx: Sender<Vec<Vec<f32>>>,
-    errors: &FirstError,
-    busy: &Busy,
+    ctl: StageCtl,
     frames_read: &AtomicU64,
     progress: Option<&(dyn Fn(u64, Option<u64>) + Sync)>,
 ) -> Result<(), PipelineError> {
@@ -418,7 +434,7 @@ fn read_stage(
     let mut resampled = Vec::new();
     let mut done = 0u64;
     loop {
-        if errors.failed() {
+        if ctl.errors.failed() {
             return Ok(());
         }
         let t = Instant::now();
@@ -463,7 +479,7 @@ fn read_stage(
             .map(|k| inter.iter().skip(k).step_by(c).copied().collect())
             .collect();
         frames_read.store(done, Ordering::Relaxed);
-        busy.add(t.elapsed(), n as u64);
+        ctl.busy.add(t.elapsed(), n as u64);
         if let Some(p) = progress {
             p(done, info.frames);
         }
@@ -482,8 +498,7 @@ fn window_stage(
     channels: usize,
     rx: Receiver<Vec<Vec<f32>>>,
     tx: Sender<Prepared>,
-    errors: &FirstError,
-    busy: &Busy,
+    ctl: StageCtl,
 ) -> Result<(), PipelineError> {
     let mut w = Windower::new(features.window_len(), hop, channels);
     let mut cuts = Vec::new();
@@ -498,22 +513,22 @@ fn window_stage(
                     Prepared::Window(w, input)
                 }
             };
-            busy.add(t.elapsed(), 0);
+            ctl.busy.add(t.elapsed(), 0);
             tx.send(p).is_ok()
         })
     };
     for chunk in rx {
-        if errors.failed() {
+        if ctl.errors.failed() {
             return Ok(());
         }
         let t = Instant::now();
         w.push(&chunk, &mut cuts);
-        busy.add(t.elapsed(), 0);
+        ctl.busy.add(t.elapsed(), 0);
         if !send(&mut cuts) {
             return Ok(());
         }
     }
-    if errors.failed() {
+    if ctl.errors.failed() {
         return Ok(());
     }
     w.finish(&mut cuts);
@@ -527,8 +542,7 @@ fn model_stage(
     features: &Features,
     rx: Receiver<Prepared>,
     tx: Sender<Piece>,
-    errors: &FirstError,
-    busy: &Busy,
+    ctl: StageCtl,
 ) -> Result<(), PipelineError> {
     let net = explainer.network();
     let batch = config.batch.max(1);
@@ -560,7 +574,7 @@ fn model_stage(
                 .collect();
             explainer.explain(&inputs, &targets, &options)?
         };
-        busy.add(t.elapsed(), inputs.len() as u64);
+        ctl.busy.add(t.elapsed(), inputs.len() as u64);
         let mut out = out.into_iter();
         for p in pending.drain(..) {
             let piece = match p {
@@ -586,7 +600,7 @@ fn model_stage(
         Ok(true)
     };
     for p in rx {
-        if errors.failed() {
+        if ctl.errors.failed() {
             return Ok(());
         }
         if matches!(p, Prepared::Window(..)) {
@@ -600,7 +614,7 @@ fn model_stage(
             }
         }
     }
-    if !errors.failed() {
+    if !ctl.errors.failed() {
         flush(&mut pending)?;
     }
     Ok(())
@@ -690,21 +704,41 @@ impl Sink<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn writer(
-    output: &SignalOutput,
-    hop: usize,
-    features: &Features,
+/// Rates and window geometry, as the writer maps windows back to time.
+#[derive(Clone, Copy)]
+struct Timing {
     input_rate: f64,
     model_rate: f64,
+    /// Window length and hop, in samples at the model's rate.
     len: usize,
+    hop: usize,
+}
+
+/// Counters the writer shares with the read stage and the report.
+struct Counts<'a> {
+    windows_done: &'a AtomicU64,
+    frames_read: &'a AtomicU64,
+}
+
+fn writer(
+    output: &SignalOutput,
+    timing: &Timing,
+    features: &Features,
     rx: Receiver<Piece>,
     files: &mut Outputs,
-    errors: &FirstError,
-    busy: &Busy,
-    windows_done: &AtomicU64,
-    frames_read: &AtomicU64,
+    ctl: StageCtl,
+    counts: Counts,
 ) -> Result<Option<(PlotState, u64)>, PipelineError> {
+    let Timing {
+        input_rate,
+        model_rate,
+        len,
+        hop,
+    } = *timing;
+    let Counts {
+        windows_done,
+        frames_read,
+    } = counts;
     let from = output
         .from_s
         .map_or(0, |s| (s * model_rate).round().max(0.0) as u64);
@@ -742,7 +776,7 @@ fn writer(
     let mut cam_rows: Option<NpyStream> = None;
 
     for piece in rx {
-        if errors.failed() {
+        if ctl.errors.failed() {
             return Ok(None);
         }
         let t = Instant::now();
@@ -818,9 +852,9 @@ fn writer(
                 windows_done.fetch_add(1, Ordering::Relaxed);
             }
         }
-        busy.add(t.elapsed(), 0);
+        ctl.busy.add(t.elapsed(), 0);
     }
-    if errors.failed() {
+    if ctl.errors.failed() {
         return Ok(None);
     }
     let t = Instant::now();
@@ -842,6 +876,6 @@ fn writer(
     let out_frames = sink.out_frames;
     let state = (sink.samples_env, sink.frames_env, bands);
     sink.files.cam = cam_rows;
-    busy.add(t.elapsed(), 0);
+    ctl.busy.add(t.elapsed(), 0);
     Ok(Some((state, out_frames)))
 }

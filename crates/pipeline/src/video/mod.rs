@@ -25,7 +25,7 @@ pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, Reco
 pub use stages::{ModelConfig, OverlayConfig, Sinks};
 
 use crate::norm::Norm;
-use crate::{guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageStat};
+use crate::{guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageCtl, StageStat};
 
 /// What to do with each frame, whatever the frames' source and the results' sinks.
 pub struct FrameJob<'a> {
@@ -187,10 +187,7 @@ fn run_stages(
 ) -> Result<VideoReport, PipelineError> {
     let errors = FirstError::default();
     let busy: [Busy; 5] = Default::default();
-    let ctl = |i: usize| stages::Ctl {
-        errors: &errors,
-        busy: &busy[i],
-    };
+    let ctl = |i: usize| StageCtl::new(&errors, &busy[i]);
     let explained = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     let workers = job.overlay_workers.max(1);

@@ -18,15 +18,7 @@ use camstream_media::render::{draw_label, overlay, Colormap};
 
 use super::io::{FrameSink, FrameSource, RecordSink};
 use crate::norm::{Norm, Normaliser};
-use crate::{inject, Busy, FirstError, PipelineError, Stage};
-
-/// What every stage thread shares: the first error (and so when to stop) and its own
-/// busy clock.
-#[derive(Clone, Copy)]
-pub(super) struct Ctl<'a> {
-    pub errors: &'a FirstError,
-    pub busy: &'a Busy,
-}
+use crate::{inject, Busy, PipelineError, Stage, StageCtl as Ctl};
 
 pub(super) struct Prepared {
     frame: DecodedFrame,

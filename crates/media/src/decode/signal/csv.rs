@@ -142,7 +142,7 @@ impl CsvReader {
                 if opts.rate.is_none() {
                     return Err(SignalError::Options {
                         path: path.to_path_buf(),
-                        msg: "cannot tell the sample rate from the time column; give --rate".into(),
+                        msg: "cannot tell the sample rate from the time column; give `rate`".into(),
                     });
                 }
             } else {
@@ -158,7 +158,7 @@ impl CsvReader {
                         return Err(SignalError::Options {
                             path: path.to_path_buf(),
                             msg: format!(
-                                "the time column says {measured} Hz but --rate says {given} Hz; drop --rate"
+                                "the time column says {measured} Hz but `rate` says {given} Hz; drop `rate`"
                             ),
                         });
                     }

@@ -120,7 +120,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn SignalReader>, Si
         if (r - opt).abs() > 1e-9 * r.max(1.0) && !matches!(ext.as_str(), "npy" | "f32" | "raw") {
             return Err(SignalError::Options {
                 path: path.to_path_buf(),
-                msg: format!("the file says {r} Hz but --rate says {opt} Hz; drop --rate"),
+                msg: format!("the file says {r} Hz but `rate` says {opt} Hz; drop `rate`"),
             });
         }
     }
