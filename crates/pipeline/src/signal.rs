@@ -17,7 +17,7 @@ use camstream_core::cam::relevance::{
 use camstream_core::cam::Targets;
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::{self, WindowRecord};
-use camstream_core::{ExplainOptions, Explainer, Input};
+use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::decode::signal::{SignalError, SignalInfo, SignalReader};
 use camstream_media::io::StreamFile;
 use camstream_media::npy::NpyStream;
@@ -93,12 +93,7 @@ pub struct SignalReport {
 /// A window's explanation, passed from the model stage to the writer.
 struct Explained {
     win: Window,
-    class: usize,
-    label: String,
-    logit: f32,
-    probability: f32,
-    raw: Vec<f32>,
-    spatial: Vec<usize>,
+    e: Explanation,
     /// Audio models: the (n_mels, frames) model input, for the spectrogram plot.
     spec: Option<Vec<f32>>,
 }
@@ -583,12 +578,7 @@ fn model_stage(
                     let Some(e) = out.next() else { continue };
                     Piece::Window(Box::new(Explained {
                         win,
-                        class: e.class,
-                        label: e.label,
-                        logit: e.logit,
-                        probability: e.probability,
-                        raw: e.raw,
-                        spatial: e.spatial,
+                        e,
                         spec: features.mel().map(|_| features.mel_major(&input)),
                     }))
                 }
@@ -782,8 +772,8 @@ fn writer(
         let t = Instant::now();
         match piece {
             Piece::Trace { start, samples } => sink.trace(start, samples),
-            Piece::Window(e) => {
-                let w = &e.win;
+            Piece::Window(x) => {
+                let (w, e) = (&x.win, &x.e);
                 // Everything before this window's start is final.
                 sink.flush(w.start, None)?;
                 let start_s = w.start as f64 / model_rate;
@@ -814,7 +804,7 @@ fn writer(
                         c.push(&e.raw)?;
                     }
                 }
-                match (&mel, &mut tf_rel, &mut tf_spec, &e.spec) {
+                match (&mel, &mut tf_rel, &mut tf_spec, &x.spec) {
                     (Some(m), Some(tr), Some(ts), Some(spec)) => {
                         let frames = features.frames();
                         let dims = if m.time_major {

@@ -30,7 +30,7 @@ pub enum Resize {
 pub struct InputSpec {
     pub kind: InputKind,
     pub channels: usize,
-    /// [H, W] for images, [L] for signals.
+    /// `[H, W]` for images, `[L]` for signals.
     pub size: Vec<usize>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
