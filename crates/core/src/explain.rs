@@ -232,3 +232,92 @@ impl Explainer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::resnet;
+
+    fn explainer() -> Explainer {
+        let cpu = Device::Cpu;
+        let w = resnet::random_weights("resnet18", 5, 3, &cpu).unwrap();
+        let net = resnet::build_builtin("resnet18", &w, &cpu).unwrap();
+        Explainer::from_network(net, Some("layer3")).unwrap()
+    }
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+            .map(|v| v as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn batches_by_shape_keeps_order_and_equals_one_tensor_runs() {
+        let ex = explainer();
+        let (a, b) = ([3, 64, 64], [3, 32, 48]);
+        let data = [
+            noise(3 * 64 * 64, 1),
+            noise(3 * 32 * 48, 2),
+            noise(3 * 64 * 64, 3),
+        ];
+        let inputs = [
+            Input::new(&data[0], &a),
+            Input::new(&data[1], &b),
+            Input::new(&data[2], &a),
+        ];
+        let opts = ExplainOptions {
+            batch: 8,
+            top_k: 2,
+            final_map: true,
+        };
+        let out = ex.explain(&inputs, &Targets::TopOne, &opts).unwrap();
+        let order: Vec<(usize, usize)> = out.iter().map(|e| (e.sample, e.rank)).collect();
+        assert_eq!(order, [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]);
+        for (i, e) in out.iter().enumerate().filter(|(_, e)| e.rank == 1) {
+            // The same sample alone, as a batch of one, through the cut network.
+            let shape = inputs[e.sample].shape;
+            let mut dims = vec![1];
+            dims.extend(shape);
+            let x = Tensor::from_vec(inputs[e.sample].data.to_vec(), dims, &Device::Cpu).unwrap();
+            let one = ex.run(&x, &Targets::TopOne).unwrap();
+            assert_eq!(e.class, one.classes[0]);
+            let d = e
+                .raw
+                .iter()
+                .zip(one.raw_map(0))
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-4, "sample {}: raw maps differ by {d}", e.sample);
+            assert_eq!(e.map.len(), shape[1] * shape[2]);
+            assert_eq!(&*e.layer, "layer3");
+            // Rank 2 explains the second-best class of the same sample.
+            assert_eq!(out[i + 1].class, e.ranked[1]);
+        }
+    }
+
+    #[test]
+    fn class_lists_and_top_k_are_checked() {
+        let ex = explainer();
+        let d = noise(3 * 32 * 32, 9);
+        let inputs = [Input::new(&d, &[3, 32, 32]), Input::new(&d, &[3, 32, 32])];
+        let opts = ExplainOptions::default();
+        let e = ex.explain(&inputs, &Targets::PerSample(vec![1]), &opts);
+        assert!(matches!(
+            e,
+            Err(Error::ClassCount {
+                classes: 1,
+                batch: 2
+            })
+        ));
+        let top = ExplainOptions { top_k: 2, ..opts };
+        let e = ex.explain(&inputs, &Targets::All(1), &top).unwrap_err();
+        assert!(e.to_string().starts_with("`top_k`"), "{e}");
+        let short = [Input::new(&d[1..], &[3, 32, 32])];
+        let e = ex.explain(&short, &Targets::TopOne, &ExplainOptions::default());
+        assert!(
+            matches!(e, Err(Error::InputShape { sample: 0, .. })),
+            "{e:?}"
+        );
+    }
+}
