@@ -113,23 +113,7 @@ fn is_preprocessed(path: &std::path::Path) -> bool {
     }
     // Windows (N,C,L) for signal models, spectrograms (C,M,T)/(N,C,M,T) for audio ones;
     // (L,) and (C,L) are recordings.
-    npy_rank(path).unwrap_or(0) >= 3
-}
-
-/// The number of dimensions in a `.npy` header (None if it cannot be read).
-fn npy_rank(path: &std::path::Path) -> Option<usize> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut head = vec![0u8; 512];
-    let n = std::io::Read::read(&mut f, &mut head).ok()?;
-    let h = String::from_utf8_lossy(&head[..n]);
-    let shape = h.split("'shape':").nth(1)?.split(')').next()?;
-    Some(
-        shape
-            .trim_start_matches([' ', '('])
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .count(),
-    )
+    camstream_media::npy::header(path).map_or(0, |h| h.shape.len()) >= 3
 }
 
 fn parse_hop(s: &str, rate: f64) -> Result<usize> {
