@@ -177,7 +177,10 @@ impl Explainer {
             }
             let mut dims = vec![chunk.len()];
             dims.extend(shape);
-            let data: Vec<f32> = chunk.iter().flat_map(|s| s.data.iter().copied()).collect();
+            let mut data = Vec::with_capacity(chunk.len() * shape.iter().product::<usize>());
+            for s in chunk {
+                data.extend_from_slice(s.data);
+            }
             let x = Tensor::from_vec(data, dims, &self.net.device)?;
             let t = match targets {
                 Targets::PerSample(v) => Targets::PerSample(v[i..j].to_vec()),
