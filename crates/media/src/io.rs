@@ -131,3 +131,36 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<()> {
         w.finalize().map_err(wav_err)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_unique_hidden_and_keep_the_extension() {
+        let out = Path::new("/data/out/clip.mp4");
+        let (a, b) = (temp_name(out), temp_name(out));
+        assert_ne!(
+            a, b,
+            "two jobs writing one path in one process must not collide"
+        );
+        for t in [&a, &b] {
+            let name = t.file_name().unwrap().to_string_lossy();
+            assert!(name.starts_with(".clip.mp4."), "{name}");
+            assert!(name.ends_with(".tmp.mp4"), "{name}");
+            assert_eq!(t.parent(), out.parent());
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.png");
+        let r: Result<()> = write_atomic(&path, |tmp| {
+            std::fs::write(tmp, b"half").map_err(|e| Error::io(tmp, e))?;
+            Err(Error::file(tmp, "failed half way"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

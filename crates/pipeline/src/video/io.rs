@@ -95,9 +95,10 @@ impl<I: Iterator<Item = RgbImage> + Send> FrameSource for MemoryFrames<I> {
     }
 }
 
-/// Where drawn frames go, in order.
+/// Where drawn frames go, in order. A sink takes the frame: a channel passes it on
+/// without a copy.
 pub trait FrameSink: Send {
-    fn write(&mut self, frame: &RgbImage, pts: i64) -> Result<(), PipelineError>;
+    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError>;
     /// Completes the output; `interrupted` ends any audio with the frames written so far.
     fn finish(&mut self, interrupted: bool) -> Result<(), PipelineError>;
 }
@@ -112,9 +113,9 @@ impl EncodedVideo {
 }
 
 impl FrameSink for EncodedVideo {
-    fn write(&mut self, frame: &RgbImage, pts: i64) -> Result<(), PipelineError> {
+    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError> {
         match &mut self.0 {
-            Some(enc) => Ok(enc.write(frame, pts)?),
+            Some(enc) => Ok(enc.write(&frame, pts)?),
             None => Ok(()),
         }
     }
@@ -129,8 +130,8 @@ impl FrameSink for EncodedVideo {
 
 /// Drawn frames (with their pts) to a channel.
 impl FrameSink for Sender<(i64, RgbImage)> {
-    fn write(&mut self, frame: &RgbImage, pts: i64) -> Result<(), PipelineError> {
-        self.send((pts, frame.clone()))
+    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError> {
+        self.send((pts, frame))
             .map_err(|_| PipelineError::ReceiverGone("frames"))
     }
     fn finish(&mut self, _interrupted: bool) -> Result<(), PipelineError> {

@@ -346,7 +346,7 @@ pub(super) fn write(
             let t = Instant::now();
             inject(Stage::Encode, r.index)?;
             if let Some(f) = sinks.frames.as_deref_mut() {
-                f.write(&r.rgb, r.pts)?;
+                f.write(r.rgb, r.pts)?;
             }
             if let Some(s) = sinks.records.as_deref_mut() {
                 s.record(&r.record)?;
