@@ -43,8 +43,9 @@ pub struct MemoryFrames<I> {
 }
 
 impl<I: Iterator<Item = RgbImage> + Send> MemoryFrames<I> {
-    /// `fps` frames per second; every frame must have the size in `info`.
+    /// `fps` frames per second (at least 1); every frame must be `width` x `height`.
     pub fn new(frames: I, width: u32, height: u32, fps: i32) -> Self {
+        let fps = fps.max(1);
         let info = VideoInfo {
             path: "<memory>".into(),
             width,
