@@ -249,8 +249,8 @@ pub fn bench(
     input: &std::path::Path,
     batch: usize,
 ) -> Result<camstream_pipeline::VideoReport> {
-    let dir = tempfile_dir()?;
-    let output = dir.join("bench.mp4");
+    // The file is thrown away: a hidden, per-run name in the temp folder.
+    let output = camstream_media::io::temp_name(&std::env::temp_dir().join("camstream-bench.mp4"));
     let job = VideoJob {
         input: input.to_path_buf(),
         output: output.clone(),
@@ -276,12 +276,6 @@ pub fn bench(
         progress: None,
     };
     let r = run_video(&job, &AtomicBool::new(false));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&output);
     Ok(r?)
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("camstream-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-    Ok(d)
 }

@@ -16,10 +16,12 @@ use camstream_core::cam::relevance::{
 };
 use camstream_core::cam::Targets;
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
-use camstream_core::record::{self, WindowRecord};
+use camstream_core::record::WindowRecord;
 use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::decode::signal::{SignalError, SignalInfo, SignalReader};
 use camstream_media::io::StreamFile;
+
+use crate::video::{JsonLines, RecordSink};
 use camstream_media::npy::NpyStream;
 use camstream_media::render::recording::{plot_recording, Band, Envelope, RecordingPlot};
 use camstream_media::render::Colormap;
@@ -230,7 +232,7 @@ pub fn run_signal(
     let output = &job.output;
     let out = |ext: &str| output.out_dir.join(format!("{}.{ext}", output.stem));
     let mut files = Outputs {
-        windows: StreamFile::create(&out("windows.jsonl"))?,
+        windows: JsonLines::create(&out("windows.jsonl"))?,
         csv: StreamFile::create(&out("relevance.csv"))?,
         npy: NpyStream::create(&out("relevance.npy"), &[])?,
         tf: match &features.mel() {
@@ -405,7 +407,7 @@ pub fn run_signal(
 }
 
 struct Outputs {
-    windows: StreamFile,
+    windows: JsonLines,
     csv: StreamFile,
     npy: NpyStream,
     tf: Option<NpyStream>,
@@ -778,7 +780,7 @@ fn writer(
                 sink.flush(w.start, None)?;
                 let start_s = w.start as f64 / model_rate;
                 let end_s = (w.start + w.valid as u64) as f64 / model_rate;
-                let mut line = record::to_line(&WindowRecord {
+                sink.files.windows.record(&WindowRecord {
                     class: e.class,
                     end_s,
                     label: e.label.clone(),
@@ -787,9 +789,7 @@ fn writer(
                     probability: e.probability,
                     start_s,
                     window: w.index,
-                });
-                line.push('\n');
-                sink.files.windows.write(line.as_bytes())?;
+                })?;
                 bands.push(Band {
                     start_s,
                     end_s: (w.start + w.valid.min(hop) as u64) as f64 / model_rate,

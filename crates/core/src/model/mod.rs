@@ -107,11 +107,6 @@ impl ModelRequest {
             labels: None,
         }
     }
-
-    pub fn weights(mut self, path: impl Into<PathBuf>) -> Self {
-        self.weights = Some(path.into());
-        self
-    }
 }
 
 /// What Grad-CAM needs of a network body, whatever its representation: the layers it

@@ -41,10 +41,6 @@ impl UnitNet {
         Self { units }
     }
 
-    pub fn units(&self) -> &[Unit] {
-        &self.units
-    }
-
     /// Index of the first unit that no longer has spatial dims (pooling or flatten).
     fn spatial_end(&self) -> usize {
         self.units

@@ -148,17 +148,29 @@ pub trait RecordSink<R>: Send {
 }
 
 /// Records as JSON lines in a file, written under a temporary name until finished.
-pub struct JsonLines(Option<StreamFile>);
+pub struct JsonLines {
+    file: Option<StreamFile>,
+    path: std::path::PathBuf,
+}
 
 impl JsonLines {
     pub fn create(path: &std::path::Path) -> Result<Self, PipelineError> {
-        Ok(Self(Some(StreamFile::create(path)?)))
+        Ok(Self {
+            file: Some(StreamFile::create(path)?),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Completes the file (if `finish` has not) and returns its path.
+    pub fn commit(mut self) -> Result<std::path::PathBuf, PipelineError> {
+        RecordSink::<()>::finish(&mut self)?;
+        Ok(self.path)
     }
 }
 
 impl<R: serde::Serialize> RecordSink<R> for JsonLines {
     fn record(&mut self, record: &R) -> Result<(), PipelineError> {
-        if let Some(f) = &mut self.0 {
+        if let Some(f) = &mut self.file {
             let mut line = camstream_core::record::to_line(record);
             line.push('\n');
             f.write(line.as_bytes())?;
@@ -166,7 +178,7 @@ impl<R: serde::Serialize> RecordSink<R> for JsonLines {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), PipelineError> {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.file.take() {
             f.commit()?;
         }
         Ok(())
