@@ -635,7 +635,10 @@ impl Tensor {
                     }
                     Op::Unary(arg, UnaryOp::Relu) => {
                         let sum_grad = grads.or_insert(arg)?;
-                        let relu_grad = arg.ge(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
+                        // camstream: PyTorch's gradient, zero at 0 (`x > 0`, not `x >= 0`).
+                        // ReLU of exact zeros is common (relu(a + b) of two ReLU outputs), and
+                        // a gradient of 1 there skews Grad-CAM weights by several percent.
+                        let relu_grad = arg.gt(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
                         *sum_grad = sum_grad.add(&(&grad * relu_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::Silu) => {
