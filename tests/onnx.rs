@@ -16,8 +16,8 @@ fn load(model: &Path) -> Network {
     Network::load(&ModelRequest::new(common::source(model)), &Device::Cpu).unwrap()
 }
 
-/// (reference layer name, ONNX tensor name)
-type Layers = &'static [(&'static str, &'static str)];
+/// (reference layer name, ONNX tensor name, PyTorch module recorded in the node scopes)
+type Layers = &'static [(&'static str, &'static str, &'static str)];
 
 /// (model dir, onnx file, layers)
 const CASES: &[(&str, &str, Layers)] = &[
@@ -25,24 +25,44 @@ const CASES: &[(&str, &str, Layers)] = &[
         "shapes",
         "shapes_cnn.onnx",
         &[
-            ("features6", "/features/features.6/relu/Relu_output_0"),
-            ("features4", "/features/features.4/relu/Relu_output_0"),
+            (
+                "features6",
+                "/features/features.6/relu/Relu_output_0",
+                "features.6",
+            ),
+            (
+                "features4",
+                "/features/features.4/relu/Relu_output_0",
+                "features.4",
+            ),
         ],
     ),
     (
         "ecg",
         "ecg_cnn.onnx",
         &[
-            ("features6", "/features/features.6/relu/Relu_output_0"),
-            ("features4", "/features/features.4/relu/Relu_output_0"),
+            (
+                "features6",
+                "/features/features.6/relu/Relu_output_0",
+                "features.6",
+            ),
+            (
+                "features4",
+                "/features/features.4/relu/Relu_output_0",
+                "features.4",
+            ),
         ],
     ),
     (
         "tinyres",
         "tinyres.onnx",
         &[
-            ("layer2", "/layer2/layer2.0/relu_1/Relu_output_0"),
-            ("layer1", "/layer1/layer1.0/relu_1/Relu_output_0"),
+            ("layer2", "/layer2/layer2.0/relu_1/Relu_output_0", "layer2"),
+            (
+                "layer1",
+                "/layer1/layer1.0/relu_1/Relu_output_0",
+                "layer1.0",
+            ),
         ],
     ),
 ];
@@ -63,16 +83,19 @@ fn onnx_exports_reproduce_the_reference_maps() {
             "tinyres" => 3,
             _ => 1,
         };
-        for (ref_name, tensor) in layers.iter() {
-            let cam = GradCam::new(&net, tensor).unwrap();
-            for (target, tg) in [("pred", Targets::TopOne), ("fixed", Targets::All(fixed))] {
-                let out = cam.run(&x, &tg).unwrap();
-                let (r, _) = npy(fixtures()
-                    .join(dir)
-                    .join(format!("gradcam_{ref_name}_{target}_raw.npy")));
-                let e = max_abs(&out.raw, &r);
-                eprintln!("{dir} {ref_name} {target}: {e:.2e}");
-                assert!(e <= 1e-4, "{dir} {ref_name} {target}: {e}");
+        // A tensor name, and the module name that a forward hook in PyTorch would use.
+        for (ref_name, tensor, module) in layers.iter() {
+            for layer in [tensor, module] {
+                let cam = GradCam::new(&net, layer).unwrap();
+                for (target, tg) in [("pred", Targets::TopOne), ("fixed", Targets::All(fixed))] {
+                    let out = cam.run(&x, &tg).unwrap();
+                    let (r, _) = npy(fixtures()
+                        .join(dir)
+                        .join(format!("gradcam_{ref_name}_{target}_raw.npy")));
+                    let e = max_abs(&out.raw, &r);
+                    eprintln!("{dir} {layer} {target}: {e:.2e}");
+                    assert!(e <= 1e-4, "{dir} {layer} {target}: {e}");
+                }
             }
         }
         let pred = npy_usize(fixtures().join(dir).join("pred.npy"));
@@ -89,11 +112,16 @@ fn onnx_through_the_cli_and_layer_listing() {
     let tmp = tempfile::tempdir().unwrap();
     let onnx = fixtures().join("shapes/shapes_cnn.onnx");
     let out = ok(&camstream(&["layers", "-m", s(&onnx)]));
+    // Tensors, and the PyTorch modules they are the outputs of (from the node scopes).
     assert!(
-        out.contains("/features/features.4/relu/Relu_output_0 [64, 16, 16]"),
+        out.contains(
+            "/features/features.4/relu/Relu_output_0 [64, 16, 16]  = features.4, features.4.relu\n"
+        ),
         "{out}"
     );
-    assert!(out.contains("/features/features.6/relu/Relu_output_0 [64, 8, 8]  (default)"));
+    assert!(out.contains(
+        "/features/features.6/relu/Relu_output_0 [64, 8, 8]  = features, features.6, features.6.relu  (default)"
+    ), "{out}");
     ok(&camstream(&[
         "image",
         "-m",
@@ -153,8 +181,140 @@ fn unsupported_operators_are_named() {
     std::fs::write(&p, model.encode_to_vec()).unwrap();
     let e = fails(&camstream(&["layers", "-m", s(&p)]));
     assert!(
-        e.contains("unknown ONNX operator `Selu") && e.contains("MaxPool"),
+        e.contains("node `/relu/Relu`: unknown ONNX operator `Selu`") && e.contains("MaxPool"),
         "{e}"
     );
     let _ = onnx::NodeProto::default();
+}
+
+/// tinyres.onnx, changed by `edit`, written to `dir/name`.
+fn edited(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut candle_onnx::onnx::ModelProto),
+) -> std::path::PathBuf {
+    use prost::Message;
+    let mut model = candle_onnx::read_file(fixtures().join("tinyres/tinyres.onnx")).unwrap();
+    edit(&mut model);
+    let p = dir.join(name);
+    std::fs::write(&p, model.encode_to_vec()).unwrap();
+    p
+}
+
+fn input_dims(
+    m: &mut candle_onnx::onnx::ModelProto,
+) -> &mut Vec<candle_onnx::onnx::tensor_shape_proto::Dimension> {
+    use candle_onnx::onnx::type_proto::Value;
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    match input.r#type.as_mut().unwrap().value.as_mut().unwrap() {
+        Value::TensorType(t) => &mut t.shape.as_mut().unwrap().dim,
+        _ => unreachable!(),
+    }
+}
+
+/// A model whose input is not (N,C,L) or (N,C,H,W) is refused, naming the shape.
+#[test]
+fn inputs_of_other_ranks_are_refused_with_their_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = edited(tmp.path(), "video.onnx", |m| {
+        let dims = input_dims(m);
+        let d = dims[2].clone();
+        dims.insert(2, d);
+    });
+    let e = fails(&camstream(&["layers", "-m", s(&p)]));
+    assert!(
+        e.contains("input `input` has shape [?, 3, 64, 64, 64]") && e.contains("(N,C,H,W)"),
+        "{e}"
+    );
+}
+
+/// A graph exported with a fixed batch runs at that batch: 3 samples through a batch-2
+/// graph are two runs, the second padded, and give the reference maps of those samples.
+#[test]
+fn fixed_batch_graphs_run_in_padded_chunks() {
+    use candle_onnx::onnx::tensor_shape_proto::dimension::Value;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = edited(tmp.path(), "batch2.onnx", |m| {
+        input_dims(m)[0].value = Some(Value::DimValue(2));
+    });
+    let net = load(&p);
+    let (x, shape) = npy(fixtures().join("tinyres/input.npy"));
+    let x = Tensor::from_vec(x, shape, &Device::Cpu)
+        .unwrap()
+        .narrow(0, 0, 3)
+        .unwrap();
+    let (want, _) = npy(fixtures().join("tinyres/logits.npy"));
+    let got: Vec<f32> = net
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(max_abs(&got, &want[..15]) <= 1e-4);
+    let out = GradCam::new(&net, "layer2")
+        .unwrap()
+        .run(&x, &Targets::All(3))
+        .unwrap();
+    let (r, _) = npy(fixtures().join("tinyres/gradcam_layer2_fixed_raw.npy"));
+    assert_eq!(out.raw.len(), r.len() / 4 * 3);
+    assert!(max_abs(&out.raw, &r[..out.raw.len()]) <= 1e-4);
+}
+
+/// torch's default exporter writes the weights to an external file; the model names
+/// where, relative to itself. A missing file is an error naming it.
+#[test]
+fn external_data_is_read_where_the_model_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("families/dynamo_external");
+    let mut model = candle_onnx::read_file(src.join("model.onnx")).unwrap();
+    for t in &mut model.graph.as_mut().unwrap().initializer {
+        for kv in &mut t.external_data {
+            if kv.key == "location" {
+                kv.value = "weights/params.bin".into();
+            }
+        }
+    }
+    let moved = tmp.path().join("moved.onnx");
+    {
+        use prost::Message;
+        std::fs::write(&moved, model.encode_to_vec()).unwrap();
+    }
+    let e = fails(&camstream(&["layers", "-m", s(&moved)]));
+    assert!(
+        e.contains("external data file") && e.contains("weights/params.bin"),
+        "{e}"
+    );
+    std::fs::create_dir(tmp.path().join("weights")).unwrap();
+    std::fs::copy(
+        src.join("model.onnx.data"),
+        tmp.path().join("weights/params.bin"),
+    )
+    .unwrap();
+    let (x, shape) = npy(src.join("input.npy"));
+    let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+    let got: Vec<f32> = load(&moved)
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (want, _) = npy(src.join("logits.npy"));
+    assert!(max_abs(&got, &want) <= 1e-4);
+}
+
+/// README's operator table names every operator the evaluator runs.
+#[test]
+fn readme_lists_every_operator() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let words: std::collections::HashSet<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| l.split(|c: char| !c.is_ascii_alphanumeric()))
+        .collect();
+    for op in camstream_core::model::onnx::supported_ops() {
+        assert!(words.contains(op), "README's operator table lacks {op}");
+    }
 }

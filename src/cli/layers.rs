@@ -23,7 +23,14 @@ pub fn run(args: &ModelArgs) -> Result<()> {
         } else {
             ""
         };
-        if writeln!(out, "{name:<24} {shape:?}{mark}").is_err() {
+        // An ONNX tensor also answers to the PyTorch modules it is the output of.
+        let aliases = net.aliases(&name);
+        let aka = if aliases.is_empty() {
+            String::new()
+        } else {
+            format!("  = {}", aliases.join(", "))
+        };
+        if writeln!(out, "{name:<24} {shape:?}{aka}{mark}").is_err() {
             return Ok(());
         }
     }

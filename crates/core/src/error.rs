@@ -47,6 +47,13 @@ pub enum Error {
     #[error("layer `{name}` cannot be a Grad-CAM target: {why}")]
     BadTarget { name: String, why: String },
 
+    #[error("node `{node}`: unknown ONNX operator `{op}`; supported: {}", supported.join(", "))]
+    UnsupportedOperator {
+        node: String,
+        op: String,
+        supported: Vec<&'static str>,
+    },
+
     #[error("unknown {what} `{name}`; supported: {}", supported.join(", "))]
     Unsupported {
         what: &'static str,

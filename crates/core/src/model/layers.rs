@@ -439,42 +439,83 @@ pub struct Pool {
     pub padding: usize,
 }
 
+/// Pads dim `d` of `x` with `before` and `after` copies of a constant.
+pub(crate) fn pad_sides(
+    x: &Tensor,
+    d: usize,
+    before: usize,
+    after: usize,
+    value: f32,
+) -> candle_core::Result<Tensor> {
+    if before + after == 0 {
+        return Ok(x.clone());
+    }
+    let side = |n: usize| -> candle_core::Result<Tensor> {
+        let mut shape = x.dims().to_vec();
+        shape[d] = n;
+        Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(side(before)?);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(side(after)?);
+    }
+    Tensor::cat(&parts, d)
+}
+
 /// Pads the last `rank` dims of `x` with a constant on both sides.
 fn pad_const(x: &Tensor, rank: usize, pad: usize, value: f32) -> candle_core::Result<Tensor> {
     let mut x = x.clone();
     for d in (x.rank() - rank)..x.rank() {
-        let mut shape = x.dims().to_vec();
-        shape[d] = pad;
-        let side = Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?;
-        x = Tensor::cat(&[&side, &x, &side], d)?;
+        x = pad_sides(&x, d, pad, pad, value)?;
     }
     Ok(x)
 }
 
-/// Non-overlapping max pooling whose gradient goes to the *first* maximum of each
-/// window, as PyTorch's does. candle's own max-pool backward splits it among ties, and
-/// ties are everywhere after a ReLU (all-zero windows), which skews Grad-CAM below a pool.
-/// Windows are laid out on the last axis, then `argmax` + `gather` (backward: scatter).
-fn max_pool_first_argmax(x: &Tensor, dims: Dims, k: usize) -> candle_core::Result<Tensor> {
-    let windows = match dims {
+/// Positions `o·s + j` (window `o`, offset `j`) along one axis: each window's
+/// elements laid out one after another.
+fn window_index(
+    windows: usize,
+    k: usize,
+    s: usize,
+    dev: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let ids: Vec<u32> = (0..windows)
+        .flat_map(|o| (0..k).map(move |j| (o * s + j) as u32))
+        .collect();
+    Tensor::from_vec(ids, windows * k, dev)
+}
+
+/// The pooling windows of `x` laid out on a new last axis: a reshape when they tile the
+/// input, a gather when they overlap (its backward is a scatter-add, so any stride has a
+/// gradient; candle's average-pool backward needs kernel = stride).
+fn windows(x: &Tensor, dims: Dims, k: usize, s: usize) -> candle_core::Result<Tensor> {
+    let spread = |x: &Tensor, axis: usize, out: usize| -> candle_core::Result<Tensor> {
+        if k == s {
+            x.narrow(axis, 0, out * k)
+        } else {
+            x.index_select(&window_index(out, k, s, x.device())?, axis)
+        }
+    };
+    match dims {
         Dims::One => {
             let (n, c, l) = x.dims3()?;
-            let lo = l / k;
-            x.narrow(2, 0, lo * k)?.reshape((n, c, lo, k))?
+            let lo = (l - k) / s + 1;
+            spread(x, 2, lo)?.reshape((n, c, lo, k))
         }
         Dims::Two => {
             let (n, c, h, w) = x.dims4()?;
-            let (ho, wo) = (h / k, w / k);
-            x.narrow(2, 0, ho * k)?
-                .narrow(3, 0, wo * k)?
+            let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+            spread(&spread(x, 2, ho)?, 3, wo)?
                 .reshape((n, c, ho, k, wo, k))?
                 .permute((0, 1, 2, 4, 3, 5))?
                 .contiguous()?
-                .reshape((n, c, ho, wo, k * k))?
+                .reshape((n, c, ho, wo, k * k))
         }
-    };
-    let idx = windows.detach().argmax_keepdim(D::Minus1)?;
-    windows.gather(&idx, D::Minus1)?.squeeze(D::Minus1)
+    }
 }
 
 impl Pool {
@@ -489,21 +530,26 @@ impl Pool {
         } else {
             x.clone()
         };
-        if self.kind == PoolKind::Max && self.kernel == self.stride {
-            return max_pool_first_argmax(&x, self.dims, self.kernel);
-        }
-        // 1D pooling runs as 2D pooling over a (1, L) image.
-        let (x4, k, s) = match self.dims {
-            Dims::One => (x.unsqueeze(2)?, (1, self.kernel), (1, self.stride)),
-            Dims::Two => (x, (self.kernel, self.kernel), (self.stride, self.stride)),
-        };
-        let y = match self.kind {
-            PoolKind::Max => x4.max_pool2d_with_stride(k, s)?,
-            PoolKind::Avg => x4.avg_pool2d_with_stride(k, s)?,
-        };
-        match self.dims {
-            Dims::One => y.squeeze(2),
-            Dims::Two => Ok(y),
+        let (k, s) = (self.kernel, self.stride);
+        match self.kind {
+            // The gradient goes to the *first* maximum of each window (row-major), as
+            // PyTorch's does. candle's own max-pool backward splits it among ties, and ties
+            // are everywhere after a ReLU (all-zero windows), which skews Grad-CAM below a
+            // pool. `argmax` + `gather` (backward: scatter).
+            PoolKind::Max => {
+                let w = windows(&x, self.dims, k, s)?;
+                let idx = w.detach().argmax_keepdim(D::Minus1)?;
+                w.gather(&idx, D::Minus1)?.squeeze(D::Minus1)
+            }
+            PoolKind::Avg if k != s => windows(&x, self.dims, k, s)?.mean(D::Minus1),
+            // 1D pooling runs as 2D pooling over a (1, L) image.
+            PoolKind::Avg => match self.dims {
+                Dims::One => x
+                    .unsqueeze(2)?
+                    .avg_pool2d_with_stride((1, k), (1, s))?
+                    .squeeze(2),
+                Dims::Two => x.avg_pool2d_with_stride(k, s),
+            },
         }
     }
 }

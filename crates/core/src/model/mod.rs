@@ -119,6 +119,11 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     /// Every target layer with its per-sample output shape (no batch dim), from a dry
     /// run on `input` (one sample, batch dim included).
     fn layer_shapes(&self, input: &Tensor) -> Result<Vec<(String, Vec<usize>)>>;
+    /// Other names of target `layer` (the PyTorch modules an ONNX tensor is the output
+    /// of), for listings.
+    fn aliases(&self, _layer: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Logits (N, classes).
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// The activations at `layer` (computed without gradient bookkeeping) and the rest
@@ -311,6 +316,11 @@ impl Network {
     /// Logits (N, classes).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.body.forward(x)
+    }
+
+    /// Other names of a target layer (see [`Body::aliases`]).
+    pub fn aliases(&self, layer: &str) -> Vec<String> {
+        self.body.aliases(layer)
     }
 
     /// Every target layer with its per-sample output shape.

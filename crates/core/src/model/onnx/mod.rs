@@ -1,65 +1,26 @@
-//! ONNX models (`torch.onnx.export`, opset 13-18) as a graph camstream evaluates itself:
-//! candle-onnx parses the protobuf and decodes the initialisers, the CNN operators run
-//! on our layers. Our own evaluator because Grad-CAM needs what `simple_eval` cannot
+//! ONNX models from either torch exporter (TorchScript, opsets 13-17; dynamo, opsets
+//! 18-20 with external data) as a graph camstream evaluates itself: candle-onnx parses
+//! the protobuf and decodes the initialisers, our operators ([`ops`], split by family)
+//! run the nodes. Our own evaluator because Grad-CAM needs what `simple_eval` cannot
 //! give: the graph cut at any tensor (evaluate once, then only the nodes downstream of
-//! the target, with the target as a leaf variable), MaxPool with padding and the exact
-//! PyTorch max-pool gradient, GlobalAveragePool, 1D models. Any other operator is
-//! refused at load, by name.
+//! the target, with the target as a leaf variable), PyTorch's max-pool gradient, 1D
+//! models, and graphs whose batch size was fixed at export. Every node's operator is
+//! looked up at load, and a probe run at load evaluates every node once, so what the
+//! evaluator does not run is refused there, by node name.
+
+mod ops;
+mod scopes;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_onnx::onnx;
 
 use crate::error::{Error, Result};
-use crate::model::layers::{Conv, Dims, Pool, PoolKind};
+use ops::{Ctx, Node};
 
-/// Operators the evaluator runs.
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Cast",
-    "Clip",
-    "Concat",
-    "Constant",
-    "Conv",
-    "Div",
-    "Dropout",
-    "Flatten",
-    "Gather",
-    "Gemm",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Identity",
-    "LeakyRelu",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "Pad",
-    "ReduceMean",
-    "Relu",
-    "Reshape",
-    "Shape",
-    "Sigmoid",
-    "Softmax",
-    "Squeeze",
-    "Sub",
-    "Tanh",
-    "Unsqueeze",
-];
-
-#[derive(Clone, Debug)]
-struct Node {
-    name: String,
-    op: String,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    attrs: HashMap<String, onnx::AttributeProto>,
-    /// A Conv whose weights are initialisers, built (and its weights packed) once.
-    conv: std::sync::OnceLock<Conv>,
-}
+pub use ops::supported as supported_ops;
 
 /// A loaded ONNX graph.
 #[derive(Clone, Debug)]
@@ -71,10 +32,15 @@ pub struct OnnxGraph {
     /// Declared input dims; `None` for a dynamic (named) dim.
     pub input_dims: Vec<Option<usize>>,
     pub output: String,
-    /// Per-sample shape (batch 1) of every tensor, from a probe run.
+    /// The batch size fixed in the graph (dynamo exports bake their example's): batches
+    /// run in chunks of it, the last one padded.
+    batch: Option<usize>,
+    /// Shape of every tensor of the probe run (batch dim included).
     shapes: HashMap<String, Vec<usize>>,
-    /// Tensors a CAM can target, in graph order: (name, shape).
+    /// Tensors a CAM can target, in graph order: (name, per-sample shape).
     targets: Vec<(String, Vec<usize>)>,
+    /// PyTorch module names recorded in node scopes, with the tensor each stands for.
+    modules: Vec<(String, String)>,
     pub default_target: String,
 }
 
@@ -85,36 +51,106 @@ fn err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-impl Node {
-    fn ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.attrs.get(name).map(|a| a.ints.clone())
-    }
-    fn int(&self, name: &str) -> Option<i64> {
-        self.attrs.get(name).map(|a| a.i)
-    }
-    fn float(&self, name: &str) -> Option<f32> {
-        self.attrs.get(name).map(|a| a.f)
-    }
-    fn string(&self, name: &str) -> Option<String> {
-        self.attrs
-            .get(name)
-            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
-    }
-    fn describe(&self) -> String {
-        if self.name.is_empty() {
-            format!("{} -> {}", self.op, self.outputs.join(","))
+/// Dims as `[?, 3, 224, 224]`, `?` for a dynamic one.
+fn show_dims(d: &[Option<usize>]) -> String {
+    let v: Vec<String> = d
+        .iter()
+        .map(|d| d.map_or("?".into(), |v| v.to_string()))
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Initialisers, with external data (`m.onnx.data`, as torch's dynamo exporter writes)
+/// read from the files the model names, relative to its own folder.
+fn initialisers(
+    path: &Path,
+    graph: &onnx::GraphProto,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files: HashMap<PathBuf, Vec<u8>> = HashMap::new();
+    let mut consts = HashMap::new();
+    for t in &graph.initializer {
+        let bad = |msg: String| err(path, format!("initializer `{}`: {msg}", t.name));
+        let inlined;
+        let proto = if t.data_location == onnx::tensor_proto::DataLocation::External as i32 {
+            let kv = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key == k)
+                    .map(|e| e.value.clone())
+            };
+            let location =
+                kv("location").ok_or_else(|| bad("external data without a location".into()))?;
+            let file = dir.join(&location);
+            if !files.contains_key(&file) {
+                let bytes = std::fs::read(&file)
+                    .map_err(|e| bad(format!("external data file `{}`: {e}", file.display())))?;
+                files.insert(file.clone(), bytes);
+            }
+            let bytes = &files[&file];
+            let num = |k: &str| -> Result<Option<usize>> {
+                kv(k)
+                    .map(|v| {
+                        v.parse::<usize>()
+                            .map_err(|_| bad(format!("external data {k} `{v}`")))
+                    })
+                    .transpose()
+            };
+            let offset = num("offset")?.unwrap_or(0);
+            let length = num("length")?.unwrap_or(bytes.len().saturating_sub(offset));
+            let Some(data) = bytes.get(offset..offset.saturating_add(length)) else {
+                return Err(bad(format!(
+                    "bytes {offset}..{} lie past the end of `{}` ({} bytes)",
+                    offset.saturating_add(length),
+                    file.display(),
+                    bytes.len()
+                )));
+            };
+            let mut p = t.clone();
+            p.raw_data = data.to_vec();
+            p.external_data.clear();
+            p.data_location = onnx::tensor_proto::DataLocation::Default as i32;
+            inlined = p;
+            &inlined
         } else {
-            format!("{} `{}`", self.op, self.name)
+            t
+        };
+        let v = candle_onnx::eval::get_tensor(proto, &t.name)
+            .and_then(|v| v.to_device(device))
+            .map_err(|e| bad(e.to_string().lines().next().unwrap_or("").to_string()))?;
+        let want: usize = t.dims.iter().product::<i64>().max(0) as usize;
+        if v.elem_count() != want {
+            return Err(bad(format!(
+                "{} values for dims {:?} (a missing external data file?)",
+                v.elem_count(),
+                t.dims
+            )));
         }
+        consts.insert(t.name.clone(), v);
     }
+    Ok(consts)
 }
 
-fn to_usizes(v: &[i64]) -> Vec<usize> {
-    v.iter().map(|&x| x.max(0) as usize).collect()
-}
-
-fn i64s(t: &Tensor) -> candle_core::Result<Vec<i64>> {
-    t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()
+fn input_dims(inp: &onnx::ValueInfoProto) -> Option<Vec<Option<usize>>> {
+    use onnx::tensor_shape_proto::dimension::Value;
+    match inp.r#type.as_ref()?.value.as_ref()? {
+        onnx::type_proto::Value::TensorType(tt) => Some(
+            tt.shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(Value::DimValue(v)) if *v > 0 => Some(*v as usize),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    }
 }
 
 impl OnnxGraph {
@@ -126,7 +162,6 @@ impl OnnxGraph {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        // candle's errors may carry a backtrace: keep the first line.
         let model = candle_onnx::read_file(path).map_err(|e| {
             let e = e.to_string();
             err(
@@ -137,17 +172,23 @@ impl OnnxGraph {
         let graph = model
             .graph
             .ok_or_else(|| err(path, "not an ONNX model (no graph)"))?;
-        let mut consts = HashMap::new();
-        for t in &graph.initializer {
-            let v = candle_onnx::eval::get_tensor(t, &t.name)
-                .and_then(|v| v.to_device(device))
-                .map_err(|e| err(path, format!("initializer `{}`: {e}", t.name)))?;
-            consts.insert(t.name.clone(), v);
-        }
-        let nodes: Vec<Node> = graph
-            .node
-            .iter()
-            .map(|n| Node {
+        let mut nodes = Vec::with_capacity(graph.node.len());
+        for n in &graph.node {
+            let Some(run) =
+                ops::lookup(&n.op_type).filter(|_| n.domain.is_empty() || n.domain == "ai.onnx")
+            else {
+                let op = if n.domain.is_empty() {
+                    n.op_type.clone()
+                } else {
+                    format!("{}.{}", n.domain, n.op_type)
+                };
+                return Err(Error::UnsupportedOperator {
+                    node: n.name.clone(),
+                    op,
+                    supported: supported_ops(),
+                });
+            };
+            nodes.push(Node {
                 name: n.name.clone(),
                 op: n.op_type.clone(),
                 inputs: n.input.clone(),
@@ -157,19 +198,11 @@ impl OnnxGraph {
                     .iter()
                     .map(|a| (a.name.clone(), a.clone()))
                     .collect(),
+                run,
                 conv: Default::default(),
-            })
-            .collect();
-        if let Some(n) = nodes
-            .iter()
-            .find(|n| !SUPPORTED_OPS.contains(&n.op.as_str()))
-        {
-            return Err(Error::Unsupported {
-                what: "ONNX operator",
-                name: format!("{} (node {})", n.op, n.describe()),
-                supported: SUPPORTED_OPS.iter().map(|s| s.to_string()).collect(),
             });
         }
+        let consts = initialisers(path, &graph, device)?;
         let real_inputs: Vec<&onnx::ValueInfoProto> = graph
             .input
             .iter()
@@ -184,32 +217,15 @@ impl OnnxGraph {
                 ),
             ));
         };
-        let input_dims: Vec<Option<usize>> =
-            match inp.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                Some(onnx::type_proto::Value::TensorType(tt)) => tt
-                    .shape
-                    .as_ref()
-                    .map(|s| {
-                        s.dim
-                            .iter()
-                            .map(|d| match &d.value {
-                                Some(onnx::tensor_shape_proto::dimension::Value::DimValue(v)) => {
-                                    Some(*v as usize)
-                                }
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                _ => return Err(err(path, "the graph input is not a tensor")),
-            };
+        let input_dims =
+            input_dims(inp).ok_or_else(|| err(path, "the graph input is not a tensor"))?;
         if !(3..=4).contains(&input_dims.len()) {
             return Err(err(
                 path,
                 format!(
-                    "input `{}` has rank {}; camstream explains CNNs over (N,C,L) or (N,C,H,W)",
+                    "input `{}` has shape {}; camstream explains CNNs over (N,C,L) or (N,C,H,W)",
                     inp.name,
-                    input_dims.len()
+                    show_dims(&input_dims)
                 ),
             ));
         }
@@ -223,10 +239,12 @@ impl OnnxGraph {
             nodes,
             consts,
             input: inp.name.clone(),
+            batch: input_dims[0],
             input_dims,
             output,
             shapes: HashMap::new(),
             targets: Vec::new(),
+            modules: Vec::new(),
             default_target: String::new(),
         };
         g.probe(size, device)?;
@@ -244,8 +262,9 @@ impl OnnxGraph {
                     return Err(err(
                         &self.path,
                         format!(
-                            "input dim {i} of `{}` is dynamic; give the size in a model config ([input] size)",
-                            self.input
+                            "input dim {i} of `{}` (shape {}) is dynamic; give the size in a model config ([input] size)",
+                            self.input,
+                            show_dims(&self.input_dims)
                         ),
                     ))
                 }
@@ -254,9 +273,15 @@ impl OnnxGraph {
         Ok(dims)
     }
 
-    /// Runs one zero sample to learn every tensor's shape and the CAM targets.
+    /// The batch size fixed in the graph, if any.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.batch
+    }
+
+    /// Runs one zero batch to learn every tensor's shape, the CAM targets and the
+    /// default one.
     fn probe(&mut self, size: Option<&[usize]>, device: &Device) -> Result<()> {
-        let mut dims = vec![1];
+        let mut dims = vec![self.batch.unwrap_or(1)];
         dims.extend(self.sample_dims(size)?);
         let x = Tensor::zeros(dims, DType::F32, device)?;
         let values = self.eval_all(&x)?;
@@ -280,61 +305,135 @@ impl OnnxGraph {
             .iter()
             .map(|(k, v)| (k.clone(), v.dims().to_vec()))
             .collect();
-        // Targets: float tensors with spatial dims computed from the input, in order,
-        // up to the first global pooling.
-        let mut targets = Vec::new();
-        let mut pool_input = None;
+        let targets: HashSet<String> = self.target_set(&values);
+        self.targets = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter())
+            .filter(|o| targets.contains(*o))
+            .map(|o| (o.clone(), self.shapes[o][1..].to_vec()))
+            .collect();
+        // The default: the input of the last global pooling (the classifier's; SE
+        // blocks pool too, earlier).
+        let pooled = self.nodes.iter().rev().find_map(|n| {
+            let i = n.inputs.first()?;
+            let (si, so) = (self.shapes.get(i)?, self.shapes.get(n.outputs.first()?)?);
+            let global = ops::is_global_pool(&n.op)
+                && targets.contains(i)
+                && so.len() == si.len()
+                && so[1] == si[1]
+                && so[2..].iter().all(|&d| d == 1);
+            global.then(|| i.clone())
+        });
+        self.default_target = pooled
+            .or_else(|| self.targets.last().map(|t| t.0.clone()))
+            .ok_or_else(|| err(&self.path, "no tensor with spatial dims to explain"))?;
+        let targets = &self.targets;
+        self.modules = scopes::module_outputs(&self.nodes, &self.output)
+            .into_iter()
+            .filter(|(_, t)| targets.iter().any(|(n, _)| n == t))
+            .collect();
+        Ok(())
+    }
+
+    /// Tensors a CAM can target: float maps (N, C, spatial...) with one or two spatial
+    /// dims of which at least one is longer than 1, computed from the input, on the
+    /// way to the output, and channels-first (not inside a permute to NHWC and back).
+    fn target_set(&self, values: &HashMap<String, Tensor>) -> HashSet<String> {
+        let mut from_input: HashSet<&str> = HashSet::from([self.input.as_str()]);
+        // Per tensor, the permutation of its axes relative to (N, C, spatial...).
+        let mut layout: HashMap<&str, Vec<usize>> = HashMap::new();
         for n in &self.nodes {
-            if pool_input.is_none()
-                && (n.op == "GlobalAveragePool" || n.op == "GlobalMaxPool" || n.op == "ReduceMean")
-            {
-                pool_input = n.inputs.first().cloned();
-            }
-            for o in &n.outputs {
-                if let Some(v) = values.get(o) {
-                    if v.rank() >= 3
-                        && v.dtype() == DType::F32
-                        && v.dims()[2..].iter().product::<usize>() > 1
-                    {
-                        targets.push((o.clone(), v.dims().to_vec()));
-                    }
+            let live = n.inputs.iter().find(|i| from_input.contains(i.as_str()));
+            let Some(live) = live else { continue };
+            let perm = match n.op.as_str() {
+                "Transpose" => {
+                    let r = values.get(live).map_or(0, |t| t.rank());
+                    let inner = layout
+                        .get(live.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| (0..r).collect());
+                    let p: Vec<usize> = n.attrs.get("perm").map_or_else(
+                        || (0..r).rev().collect(),
+                        |a| a.ints.iter().map(|&v| v as usize).collect(),
+                    );
+                    p.iter()
+                        .map(|&i| inner.get(i).copied().unwrap_or(i))
+                        .collect()
                 }
-            }
-            if pool_input.is_some() {
-                break;
+                "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => Vec::new(),
+                _ => layout.get(live.as_str()).cloned().unwrap_or_default(),
+            };
+            for o in &n.outputs {
+                from_input.insert(o);
+                layout.insert(o, perm.clone());
             }
         }
-        self.default_target = pool_input
-            .filter(|p| targets.iter().any(|(t, _)| t == p))
-            .or_else(|| targets.last().map(|t| t.0.clone()))
-            .ok_or_else(|| err(&self.path, "no tensor with spatial dims to explain"))?;
-        self.targets = targets;
-        Ok(())
+        let mut needed: HashSet<&str> = HashSet::from([self.output.as_str()]);
+        for n in self.nodes.iter().rev() {
+            if n.outputs.iter().any(|o| needed.contains(o.as_str())) {
+                needed.extend(n.inputs.iter().map(String::as_str));
+            }
+        }
+        let channels_first = |p: &[usize]| p.iter().enumerate().all(|(i, &v)| i == v);
+        values
+            .iter()
+            .filter(|(k, v)| {
+                from_input.contains(k.as_str())
+                    && needed.contains(k.as_str())
+                    && k.as_str() != self.input
+                    && v.dtype() == DType::F32
+                    && (3..=4).contains(&v.rank())
+                    && v.dims()[2..].iter().product::<usize>() > 1
+                    && channels_first(layout.get(k.as_str()).map_or(&[], |p| p.as_slice()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub fn num_classes(&self) -> usize {
         self.shapes.get(&self.output).map_or(0, |s| s[1])
     }
 
-    /// Every tensor `--layer` accepts, with its shape (batch 1).
+    /// Every tensor a CAM can target, with its per-sample shape.
     pub fn targets(&self) -> &[(String, Vec<usize>)] {
         &self.targets
     }
 
-    /// Checks a target name; the error lists the valid ones.
-    pub fn check_target(&self, name: &str) -> Result<()> {
-        if self.targets.iter().any(|(t, _)| t == name) {
-            return Ok(());
+    /// The PyTorch modules (from the exporter's node scopes) whose output `tensor` is.
+    pub fn modules_of(&self, tensor: &str) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|(_, t)| t == tensor)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// The tensor a target name stands for: a tensor, or a module name from the node
+    /// scopes (`features.16`: what a forward hook on that module sees).
+    pub fn resolve(&self, name: &str) -> Result<&str> {
+        if let Some((t, _)) = self.targets.iter().find(|(t, _)| t == name) {
+            return Ok(t);
+        }
+        if let Some((_, t)) = self.modules.iter().find(|(m, _)| m == name) {
+            return Ok(t);
         }
         if let Some(s) = self.shapes.get(name) {
+            let why = if s.len() < 3 || s[2..].iter().product::<usize>() <= 1 {
+                format!("tensor of shape {s:?} has no spatial dimensions to explain")
+            } else {
+                format!("tensor of shape {s:?} is not a channels-first map computed from the input on the way to the output")
+            };
             return Err(Error::BadTarget {
                 name: name.into(),
-                why: format!("tensor of shape {s:?} has no spatial dimensions to explain"),
+                why,
             });
         }
+        let mut valid: Vec<String> = self.targets.iter().map(|t| t.0.clone()).collect();
+        valid.extend(self.modules.iter().map(|m| m.0.clone()));
         Err(Error::UnknownLayer {
             name: name.into(),
-            valid: self.targets.iter().map(|t| t.0.clone()).collect(),
+            valid,
         })
     }
 
@@ -347,31 +446,25 @@ impl OnnxGraph {
         Ok(values)
     }
 
-    /// Logits of the whole graph.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let v = self.eval_all(x)?;
-        v.get(&self.output)
-            .cloned()
-            .ok_or_else(|| err(&self.path, "no output"))
-    }
-
-    /// Evaluates the whole graph once; returns the target tensor and every value.
-    pub fn forward_to(
-        &self,
-        x: &Tensor,
-        target: &str,
-    ) -> Result<(Tensor, HashMap<String, Tensor>)> {
-        let v = self.eval_all(x)?;
-        let a = v
-            .get(target)
-            .cloned()
-            .ok_or_else(|| err(&self.path, format!("tensor `{target}` was not computed")))?;
-        Ok((a, v))
+    fn eval_node(&self, n: &Node, values: &mut HashMap<String, Tensor>) -> Result<()> {
+        let ctx = Ctx {
+            node: n,
+            values,
+            consts: &self.consts,
+        };
+        let outs =
+            (n.run)(&ctx).map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?;
+        for (name, t) in n.outputs.iter().zip(outs) {
+            if !name.is_empty() {
+                values.insert(name.clone(), t);
+            }
+        }
+        Ok(())
     }
 
     /// Re-evaluates only the nodes downstream of `target`, with `leaf` in its place and
     /// every other value taken (detached) from `values`; returns the logits.
-    pub fn forward_from(
+    fn forward_from(
         &self,
         target: &str,
         leaf: &Tensor,
@@ -400,495 +493,87 @@ impl OnnxGraph {
             .ok_or_else(|| err(&self.path, "no output"))
     }
 
-    fn eval_node(&self, n: &Node, values: &mut HashMap<String, Tensor>) -> Result<()> {
-        let node_err =
-            |e: candle_core::Error| err(&self.path, format!("node {}: {e}", n.describe()));
-        let get = |i: usize| -> Result<Tensor> {
-            let name = n.inputs.get(i).filter(|s| !s.is_empty()).ok_or_else(|| {
-                err(
-                    &self.path,
-                    format!("node {}: input {i} missing", n.describe()),
-                )
-            })?;
-            values.get(name).cloned().ok_or_else(|| {
-                err(
-                    &self.path,
-                    format!("node {}: `{name}` not computed", n.describe()),
-                )
-            })
-        };
-        let opt = |i: usize| -> Option<Tensor> {
-            n.inputs
-                .get(i)
-                .filter(|s| !s.is_empty())
-                .and_then(|s| values.get(s).cloned())
-        };
-        let unsupported = |what: String| err(&self.path, format!("node {}: {what}", n.describe()));
-        let y: Tensor = match n.op.as_str() {
-            "Identity" | "Dropout" => get(0)?,
-            "Relu" => get(0)?.relu().map_err(node_err)?,
-            "Sigmoid" => candle_nn::ops::sigmoid(&get(0)?).map_err(node_err)?,
-            "Tanh" => get(0)?.tanh().map_err(node_err)?,
-            "LeakyRelu" => {
-                let x = get(0)?;
-                let a = n.float("alpha").unwrap_or(0.01) as f64;
-                (x.relu().map_err(node_err)?
-                    + (x.minimum(0f32).map_err(node_err)? * a).map_err(node_err)?)
-                .map_err(node_err)?
-            }
-            "Clip" => {
-                let x = get(0)?;
-                let scalar = |t: Option<Tensor>| -> Result<Option<f32>> {
-                    t.map(|t| {
-                        t.to_dtype(DType::F32)
-                            .and_then(|t| t.flatten_all())
-                            .and_then(|t| t.to_vec1::<f32>())
-                            .map(|v| v[0])
-                            .map_err(node_err)
-                    })
-                    .transpose()
-                };
-                let lo = scalar(opt(1))?
-                    .or(n.float("min"))
-                    .unwrap_or(f32::NEG_INFINITY);
-                let hi = scalar(opt(2))?.or(n.float("max")).unwrap_or(f32::INFINITY);
-                x.clamp(lo, hi).map_err(node_err)?
-            }
-            "Add" => get(0)?.broadcast_add(&get(1)?).map_err(node_err)?,
-            "Sub" => get(0)?.broadcast_sub(&get(1)?).map_err(node_err)?,
-            "Mul" => get(0)?.broadcast_mul(&get(1)?).map_err(node_err)?,
-            "Div" => get(0)?.broadcast_div(&get(1)?).map_err(node_err)?,
-            "MatMul" => get(0)?.broadcast_matmul(&get(1)?).map_err(node_err)?,
-            "Softmax" => {
-                let axis = n.int("axis").unwrap_or(-1);
-                let x = get(0)?;
-                if axis != -1 && axis as usize != x.rank() - 1 {
-                    return Err(unsupported(format!("Softmax over axis {axis}")));
-                }
-                candle_nn::ops::softmax_last_dim(&x).map_err(node_err)?
-            }
-            "Gemm" => {
-                let (mut a, mut b) = (get(0)?, get(1)?);
-                if n.int("transA").unwrap_or(0) != 0 {
-                    a = a.t().map_err(node_err)?;
-                }
-                if n.int("transB").unwrap_or(0) != 0 {
-                    b = b.t().map_err(node_err)?;
-                }
-                let mut y = a.matmul(&b).map_err(node_err)?;
-                let alpha = n.float("alpha").unwrap_or(1.0);
-                if alpha != 1.0 {
-                    y = (y * alpha as f64).map_err(node_err)?;
-                }
-                if let Some(c) = opt(2) {
-                    let beta = n.float("beta").unwrap_or(1.0) as f64;
-                    let c = if beta != 1.0 {
-                        (c * beta).map_err(node_err)?
-                    } else {
-                        c
-                    };
-                    y = y.broadcast_add(&c).map_err(node_err)?;
-                }
-                y
-            }
-            "Flatten" => {
-                let x = get(0)?;
-                let axis = n.int("axis").unwrap_or(1);
-                let axis = if axis < 0 {
-                    x.rank() as i64 + axis
-                } else {
-                    axis
-                } as usize;
-                let lead: usize = x.dims()[..axis].iter().product();
-                let rest: usize = x.dims()[axis..].iter().product();
-                x.reshape((lead, rest)).map_err(node_err)?
-            }
-            "GlobalAveragePool" | "GlobalMaxPool" => {
-                let x = get(0)?;
-                let keep: Vec<usize> = x.dims()[..2].to_vec();
-                let flat = x.flatten_from(2).map_err(node_err)?;
-                let r = if n.op == "GlobalAveragePool" {
-                    flat.mean_keepdim(D::Minus1)
-                } else {
-                    flat.max_keepdim(D::Minus1)
-                }
-                .map_err(node_err)?;
-                let mut shape = keep;
-                shape.extend(std::iter::repeat_n(1, x.rank() - 2));
-                r.reshape(shape).map_err(node_err)?
-            }
-            "ReduceMean" => {
-                let x = get(0)?;
-                let axes = match (n.ints("axes"), opt(1)) {
-                    (Some(a), _) if !a.is_empty() => a,
-                    (_, Some(t)) => i64s(&t).map_err(node_err)?,
-                    _ => (0..x.rank() as i64).collect(),
-                };
-                let mut axes: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| {
-                        if a < 0 {
-                            (x.rank() as i64 + a) as usize
-                        } else {
-                            a as usize
-                        }
-                    })
-                    .collect();
-                axes.sort_unstable();
-                let keep = n.int("keepdims").unwrap_or(1) != 0;
-                let mut y = x;
-                for &a in axes.iter().rev() {
-                    y = if keep { y.mean_keepdim(a) } else { y.mean(a) }.map_err(node_err)?;
-                }
-                y
-            }
-            "BatchNormalization" => {
-                let x = get(0)?;
-                let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
-                let eps = n.float("epsilon").unwrap_or(1e-5) as f64;
-                let s = scale
-                    .broadcast_div(&(var + eps).map_err(node_err)?.sqrt().map_err(node_err)?)
-                    .map_err(node_err)?;
-                let shift = (bias - mean.mul(&s).map_err(node_err)?).map_err(node_err)?;
-                let mut shape = vec![1; x.rank()];
-                shape[1] = s.dim(0).map_err(node_err)?;
-                x.broadcast_mul(&s.reshape(shape.clone()).map_err(node_err)?)
-                    .and_then(|y| y.broadcast_add(&shift.reshape(shape)?))
-                    .map_err(node_err)?
-            }
-            "Conv" => {
-                let x = get(0)?;
-                let w = get(1)?;
-                let rank = w.rank() - 2;
-                let dims = match rank {
-                    1 => Dims::One,
-                    2 => Dims::Two,
-                    r => return Err(unsupported(format!("{r}D convolution"))),
-                };
-                let one = |v: Option<Vec<i64>>, what: &str| -> Result<usize> {
-                    let v = v.unwrap_or_else(|| vec![1; rank]);
-                    if v.iter().any(|&s| s != v[0]) {
-                        return Err(unsupported(format!("unequal {what} {v:?}")));
-                    }
-                    Ok(v.first().copied().unwrap_or(1) as usize)
-                };
-                let stride = one(n.ints("strides"), "strides")?;
-                let dilation = one(n.ints("dilations"), "dilations")?;
-                let group = n.int("group").unwrap_or(1) as usize;
-                let auto = n.string("auto_pad").unwrap_or_default();
-                let mut xp = x;
-                let mut tf_same = false;
-                match auto.as_str() {
-                    "" | "NOTSET" => {
-                        let pads = to_usizes(&n.ints("pads").unwrap_or_else(|| vec![0; 2 * rank]));
-                        for d in 0..rank {
-                            let (a, b) = (pads[d], pads[d + rank]);
-                            if a + b > 0 {
-                                xp = xp.pad_with_zeros(2 + d, a, b).map_err(node_err)?;
-                            }
-                        }
-                    }
-                    "SAME_UPPER" => tf_same = true,
-                    "VALID" => {}
-                    other => return Err(unsupported(format!("auto_pad {other}"))),
-                }
-                let build = || Conv {
-                    dims,
-                    weight: w.clone(),
-                    bias: opt(2),
-                    stride,
-                    padding: 0,
-                    dilation,
-                    groups: group,
-                    tf_same,
-                    packed: Default::default(),
-                };
-                let constant = n.inputs[1..]
-                    .iter()
-                    .all(|i| i.is_empty() || self.consts.contains_key(i));
-                let fresh;
-                let conv = if constant {
-                    n.conv.get_or_init(build)
-                } else {
-                    fresh = build();
-                    &fresh
-                };
-                conv.forward(&xp).map_err(node_err)?
-            }
-            "MaxPool" | "AveragePool" => {
-                let x = get(0)?;
-                let k = n.ints("kernel_shape").unwrap_or_default();
-                let rank = k.len();
-                let dims = match rank {
-                    1 => Dims::One,
-                    2 => Dims::Two,
-                    _ => return Err(unsupported(format!("{rank}D pooling"))),
-                };
-                let strides = n.ints("strides").unwrap_or_else(|| vec![1; rank]);
-                let pads = n.ints("pads").unwrap_or_else(|| vec![0; 2 * rank]);
-                if k.iter().any(|&v| v != k[0])
-                    || strides.iter().any(|&v| v != strides[0])
-                    || pads.iter().any(|&v| v != pads[0])
-                {
-                    return Err(unsupported(format!(
-                        "non-square pooling (kernel {k:?}, strides {strides:?}, pads {pads:?})"
-                    )));
-                }
-                if n.int("ceil_mode").unwrap_or(0) != 0 {
-                    return Err(unsupported("ceil_mode=1".into()));
-                }
-                if n.ints("dilations")
-                    .is_some_and(|d| d.iter().any(|&v| v != 1))
-                {
-                    return Err(unsupported("dilated pooling".into()));
-                }
-                if !matches!(
-                    n.string("auto_pad").as_deref(),
-                    None | Some("") | Some("NOTSET")
-                ) {
-                    return Err(unsupported("auto_pad on pooling".into()));
-                }
-                let kind = if n.op == "MaxPool" {
-                    PoolKind::Max
-                } else {
-                    if pads[0] > 0 && n.int("count_include_pad").unwrap_or(0) == 0 {
-                        return Err(unsupported(
-                            "AveragePool with padding and count_include_pad=0".into(),
-                        ));
-                    }
-                    PoolKind::Avg
-                };
-                Pool {
-                    kind,
-                    dims,
-                    kernel: k[0] as usize,
-                    stride: strides[0] as usize,
-                    padding: pads[0] as usize,
-                }
-                .forward(&x)
-                .map_err(node_err)?
-            }
-            "Pad" => {
-                let x = get(0)?;
-                let mode = n.string("mode").unwrap_or_else(|| "constant".into());
-                let pads = match (opt(1), n.ints("pads")) {
-                    (Some(t), _) => i64s(&t).map_err(node_err)?,
-                    (None, Some(p)) => p,
-                    _ => vec![],
-                };
-                let value = match opt(2) {
-                    Some(t) => t
-                        .to_dtype(DType::F32)
-                        .and_then(|t| t.flatten_all())
-                        .and_then(|t| t.to_vec1::<f32>())
-                        .map_err(node_err)?
-                        .first()
-                        .copied()
-                        .unwrap_or(0.0),
-                    None => n.float("value").unwrap_or(0.0),
-                };
-                if mode != "constant"
-                    || value != 0.0
-                    || pads.iter().any(|&p| p < 0)
-                    || opt(3).is_some()
-                {
-                    return Err(unsupported(format!(
-                        "Pad mode `{mode}` value {value} pads {pads:?} (only zero padding)"
-                    )));
-                }
-                let r = x.rank();
-                let mut y = x;
-                for d in 0..r.min(pads.len() / 2) {
-                    let (a, b) = (pads[d] as usize, pads[d + r] as usize);
-                    if a + b > 0 {
-                        y = y.pad_with_zeros(d, a, b).map_err(node_err)?;
-                    }
-                }
-                y
-            }
-            "Constant" => {
-                let a = n
-                    .attrs
-                    .get("value")
-                    .and_then(|a| a.t.as_ref())
-                    .ok_or_else(|| unsupported("Constant without a tensor value".into()))?;
-                candle_onnx::eval::get_tensor(a, &n.name)
-                    .and_then(|t| t.to_device(&get_device(values)))
-                    .map_err(node_err)?
-            }
-            "Shape" => {
-                let x = get(0)?;
-                let d: Vec<i64> = x.dims().iter().map(|&v| v as i64).collect();
-                Tensor::from_vec(d, x.rank(), x.device()).map_err(node_err)?
-            }
-            "Cast" => {
-                let x = get(0)?;
-                // TensorProto data types: 1 float, 7 int64, 6 int32, 11 double.
-                let to = match n.int("to").unwrap_or(1) {
-                    1 => DType::F32,
-                    7 | 6 => DType::I64,
-                    11 => DType::F64,
-                    t => return Err(unsupported(format!("Cast to type {t}"))),
-                };
-                x.to_dtype(to).map_err(node_err)?
-            }
-            "Gather" => {
-                let x = get(0)?;
-                let idx = get(1)?;
-                let axis = n.int("axis").unwrap_or(0);
-                let axis = if axis < 0 {
-                    x.rank() as i64 + axis
-                } else {
-                    axis
-                } as usize;
-                let dim = x.dim(axis).map_err(node_err)? as i64;
-                let ids: Vec<i64> = i64s(&idx)
-                    .map_err(node_err)?
-                    .into_iter()
-                    .map(|i| if i < 0 { i + dim } else { i })
-                    .collect();
-                let scalar = idx.rank() == 0;
-                let t = Tensor::from_vec(
-                    ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                    ids.len(),
-                    x.device(),
-                )
-                .map_err(node_err)?;
-                let y = x.index_select(&t, axis).map_err(node_err)?;
-                if scalar {
-                    y.squeeze(axis).map_err(node_err)?
-                } else {
-                    y
-                }
-            }
-            "Unsqueeze" | "Squeeze" => {
-                let x = get(0)?;
-                let axes = match (opt(1), n.ints("axes")) {
-                    (Some(t), _) => i64s(&t).map_err(node_err)?,
-                    (None, Some(a)) => a,
-                    (None, None) => vec![],
-                };
-                if n.op == "Unsqueeze" {
-                    let out_rank = x.rank() + axes.len();
-                    let mut ax: Vec<usize> = axes
-                        .iter()
-                        .map(|&a| {
-                            if a < 0 {
-                                (out_rank as i64 + a) as usize
-                            } else {
-                                a as usize
-                            }
-                        })
-                        .collect();
-                    ax.sort_unstable();
-                    let mut y = x;
-                    for a in ax {
-                        y = y.unsqueeze(a).map_err(node_err)?;
-                    }
-                    y
-                } else {
-                    let mut ax: Vec<usize> = if axes.is_empty() {
-                        (0..x.rank()).filter(|&d| x.dims()[d] == 1).collect()
-                    } else {
-                        axes.iter()
-                            .map(|&a| {
-                                if a < 0 {
-                                    (x.rank() as i64 + a) as usize
-                                } else {
-                                    a as usize
-                                }
-                            })
-                            .collect()
-                    };
-                    ax.sort_unstable();
-                    let mut y = x;
-                    for a in ax.into_iter().rev() {
-                        y = y.squeeze(a).map_err(node_err)?;
-                    }
-                    y
-                }
-            }
-            "Concat" => {
-                let axis = n.int("axis").unwrap_or(0);
-                let ts: Vec<Tensor> = (0..n.inputs.len()).map(get).collect::<Result<_>>()?;
-                let rank = ts.first().map_or(1, |t| t.rank());
-                let axis = if axis < 0 { rank as i64 + axis } else { axis } as usize;
-                Tensor::cat(&ts, axis).map_err(node_err)?
-            }
-            "Reshape" => {
-                let x = get(0)?;
-                let spec = i64s(&get(1)?).map_err(node_err)?;
-                let total = x.elem_count();
-                let mut shape: Vec<usize> = Vec::with_capacity(spec.len());
-                let mut infer = None;
-                for (i, &s) in spec.iter().enumerate() {
-                    match s {
-                        0 => shape.push(x.dim(i).map_err(node_err)?),
-                        -1 => {
-                            infer = Some(i);
-                            shape.push(1);
-                        }
-                        s => shape.push(s as usize),
-                    }
-                }
-                if let Some(i) = infer {
-                    let known: usize = shape.iter().product();
-                    shape[i] = total / known.max(1);
-                }
-                x.reshape(shape).map_err(node_err)?
-            }
-            other => {
-                return Err(Error::Unsupported {
-                    what: "ONNX operator",
-                    name: other.into(),
-                    supported: SUPPORTED_OPS.iter().map(|s| s.to_string()).collect(),
-                })
-            }
-        };
-        if let Some(o) = n.outputs.first() {
-            values.insert(o.clone(), y);
+    /// Batch slices (start, len) the graph runs: one, or chunks of the fixed batch.
+    fn chunks(&self, n: usize) -> Vec<(usize, usize)> {
+        match self.batch {
+            Some(b) if b != n => (0..n).step_by(b).map(|s| (s, b.min(n - s))).collect(),
+            _ => vec![(0, n)],
         }
-        Ok(())
     }
-}
 
-fn get_device(values: &HashMap<String, Tensor>) -> Device {
-    values
-        .values()
-        .next()
-        .map(|t| t.device().clone())
-        .unwrap_or(Device::Cpu)
+    /// `x` narrowed to a chunk and padded with zeros to the graph's fixed batch.
+    fn chunk_of(&self, x: &Tensor, (start, len): (usize, usize)) -> Result<Tensor> {
+        let part = x.narrow(0, start, len)?;
+        match self.batch {
+            Some(b) if b > len => {
+                let mut shape = x.dims().to_vec();
+                shape[0] = b - len;
+                let pad = Tensor::zeros(shape, x.dtype(), x.device())?;
+                Ok(Tensor::cat(&[&part, &pad], 0)?)
+            }
+            _ => Ok(part),
+        }
+    }
+
+    fn output_of(&self, values: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+        values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| err(&self.path, format!("tensor `{name}` was not computed")))
+    }
 }
 
 /// A graph is evaluated once up to the target; then only the nodes downstream of it run
-/// again, from the tensor put in its place.
+/// again, from the tensor put in its place. A fixed-batch graph does both per chunk.
 impl crate::model::Body for OnnxGraph {
     fn target_names(&self) -> Vec<String> {
-        self.targets.iter().map(|t| t.0.clone()).collect()
+        let mut v: Vec<String> = self.targets.iter().map(|t| t.0.clone()).collect();
+        v.extend(self.modules.iter().map(|m| m.0.clone()));
+        v
     }
 
     fn check_target(&self, layer: &str) -> Result<()> {
-        OnnxGraph::check_target(self, layer)
+        self.resolve(layer).map(|_| ())
+    }
+
+    fn aliases(&self, layer: &str) -> Vec<String> {
+        self.modules_of(layer)
     }
 
     fn layer_shapes(&self, _input: &Tensor) -> Result<Vec<(String, Vec<usize>)>> {
-        Ok(self
-            .targets
-            .iter()
-            .map(|(n, s)| (n.clone(), s[1..].to_vec()))
-            .collect())
+        Ok(self.targets.clone())
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        OnnxGraph::forward(self, x)
+        let mut outs = Vec::new();
+        for c in self.chunks(x.dim(0)?) {
+            let v = self.eval_all(&self.chunk_of(x, c)?)?;
+            outs.push(self.output_of(&v, &self.output)?.narrow(0, 0, c.1)?);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
     }
 
     fn split<'s>(&'s self, x: &Tensor, layer: &str) -> Result<(Tensor, crate::model::Tail<'s>)> {
-        self.check_target(layer)?;
-        let (a, values) = self.forward_to(x, layer)?;
-        let layer = layer.to_string();
-        let tail: crate::model::Tail<'s> =
-            Box::new(move |leaf: &Tensor| self.forward_from(&layer, leaf, values));
-        Ok((a, tail))
+        let target = self.resolve(layer)?.to_string();
+        let chunks = self.chunks(x.dim(0)?);
+        let mut acts = Vec::with_capacity(chunks.len());
+        let mut states = Vec::with_capacity(chunks.len());
+        for &c in &chunks {
+            let v = self.eval_all(&self.chunk_of(x, c)?)?;
+            acts.push(self.output_of(&v, &target)?.narrow(0, 0, c.1)?);
+            states.push(v);
+        }
+        let tail: crate::model::Tail<'s> = Box::new(move |leaf: &Tensor| {
+            let mut logits = Vec::with_capacity(chunks.len());
+            for (&c, values) in chunks.iter().zip(states) {
+                let part = self.chunk_of(leaf, c)?;
+                logits.push(
+                    self.forward_from(&target, &part, values)?
+                        .narrow(0, 0, c.1)?,
+                );
+            }
+            Ok(Tensor::cat(&logits, 0)?)
+        });
+        Ok((Tensor::cat(&acts, 0)?, tail))
     }
 }

@@ -1,0 +1,207 @@
+//! Convolution, pooling and padding: the CNN operators, on camstream's own layers
+//! (the packed CPU convolution, and max pooling whose gradient goes to the first
+//! maximum of a window as PyTorch's does).
+
+use super::{i64s, one, unsupported, Ctx, OpError, OpFn, OpResult};
+use crate::model::layers::{pad_sides, Conv, Dims, Pool, PoolKind};
+use candle_core::Tensor;
+
+pub(super) const OPS: &[(&str, OpFn)] = &[
+    ("AveragePool", pool),
+    ("Conv", conv),
+    ("MaxPool", pool),
+    ("Pad", pad),
+];
+
+fn dims_of(rank: usize) -> Result<Dims, OpError> {
+    match rank {
+        1 => Ok(Dims::One),
+        2 => Ok(Dims::Two),
+        r => Err(unsupported(format!("{r}D spatial operator"))),
+    }
+}
+
+/// `pads` as (begin, end) per spatial dim; `auto_pad` other than NOTSET is refused
+/// except where the caller handles it.
+fn pads(c: &Ctx, rank: usize) -> Result<Vec<(usize, usize)>, OpError> {
+    let p = c.ints("pads").unwrap_or_else(|| vec![0; 2 * rank]);
+    if p.len() != 2 * rank || p.iter().any(|&v| v < 0) {
+        return Err(unsupported(format!("pads {p:?}")));
+    }
+    Ok((0..rank)
+        .map(|d| (p[d] as usize, p[d + rank] as usize))
+        .collect())
+}
+
+/// One value for every spatial dim (square kernels, equal strides).
+fn uniform(v: Option<Vec<i64>>, rank: usize, what: &str) -> Result<usize, OpError> {
+    let v = v.unwrap_or_else(|| vec![1; rank]);
+    match v.first() {
+        Some(&f) if v.iter().all(|&s| s == f) && f > 0 => Ok(f as usize),
+        _ => Err(unsupported(format!("{what} {v:?} (unequal per dimension)"))),
+    }
+}
+
+fn pad_spatial(x: &Tensor, sides: &[(usize, usize)], value: f32) -> candle_core::Result<Tensor> {
+    let mut y = x.clone();
+    for (d, &(a, b)) in sides.iter().enumerate() {
+        y = pad_sides(&y, 2 + d, a, b, value)?;
+    }
+    Ok(y)
+}
+
+fn conv(c: &Ctx) -> OpResult {
+    let x = c.input(0)?;
+    let w = c.input(1)?;
+    let rank = w.rank() - 2;
+    let dims = dims_of(rank)?;
+    let stride = uniform(c.ints("strides"), rank, "strides")?;
+    let dilation = uniform(c.ints("dilations"), rank, "dilations")?;
+    let groups = c.int("group").unwrap_or(1) as usize;
+    let mut tf_same = false;
+    let x = match c.string("auto_pad").as_deref() {
+        None | Some("") | Some("NOTSET") => pad_spatial(&x, &pads(c, rank)?, 0.0)?,
+        Some("SAME_UPPER") => {
+            tf_same = true;
+            x
+        }
+        Some("VALID") => x,
+        Some(o) => return Err(unsupported(format!("auto_pad {o}"))),
+    };
+    let build = || Conv {
+        dims,
+        weight: w.clone(),
+        bias: c.opt(2),
+        stride,
+        padding: 0,
+        dilation,
+        groups,
+        tf_same,
+        packed: Default::default(),
+    };
+    let fresh;
+    let conv = if c.is_const(1) && c.is_const(2) {
+        c.node.conv.get_or_init(build)
+    } else {
+        fresh = build();
+        &fresh
+    };
+    one(conv.forward(&x)?)
+}
+
+/// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,
+/// SqueezeNet): the extra windows that ceil mode adds become padding at the end, -inf
+/// for max pooling, so values and gradients are PyTorch's.
+fn pool(c: &Ctx) -> OpResult {
+    let x = c.input(0)?;
+    let k = c.ints("kernel_shape").unwrap_or_default();
+    let rank = k.len();
+    let dims = dims_of(rank)?;
+    let kernel = uniform(Some(k), rank, "kernel_shape")?;
+    let stride = uniform(c.ints("strides"), rank, "strides")?;
+    if c.ints("dilations")
+        .is_some_and(|d| d.iter().any(|&v| v != 1))
+    {
+        return Err(unsupported("dilated pooling"));
+    }
+    if !matches!(
+        c.string("auto_pad").as_deref(),
+        None | Some("") | Some("NOTSET")
+    ) {
+        return Err(unsupported("auto_pad on pooling"));
+    }
+    let mut sides = pads(c, rank)?;
+    let ceil = c.int("ceil_mode").unwrap_or(0) != 0;
+    let max = c.node.op == "MaxPool";
+    if ceil {
+        for (d, side) in sides.iter_mut().enumerate() {
+            let len = x.dim(2 + d)?;
+            let extra = ceil_extra(len, *side, kernel, stride);
+            if extra > 0 && !max {
+                return Err(unsupported(
+                    "AveragePool with ceil_mode=1 over a partial window",
+                ));
+            }
+            side.1 += extra;
+        }
+    }
+    let padded = sides.iter().any(|&(a, b)| a + b > 0);
+    if !max && padded && c.int("count_include_pad").unwrap_or(0) == 0 {
+        return Err(unsupported(
+            "AveragePool with padding and count_include_pad=0",
+        ));
+    }
+    let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+    let x = if padded {
+        pad_spatial(&x, &sides, fill)?
+    } else {
+        x
+    };
+    let kind = if max { PoolKind::Max } else { PoolKind::Avg };
+    one(Pool {
+        kind,
+        dims,
+        kernel,
+        stride,
+        padding: 0,
+    }
+    .forward(&x)?)
+}
+
+/// Padding ceil mode adds at the end of a dim: PyTorch's output length rounds up, but
+/// the last window must start inside the input or its begin padding.
+fn ceil_extra(len: usize, (begin, end): (usize, usize), k: usize, s: usize) -> usize {
+    let span = len + begin + end;
+    if span < k {
+        return 0;
+    }
+    let mut out = (span - k).div_ceil(s) + 1;
+    if (out - 1) * s >= len + begin {
+        out -= 1;
+    }
+    ((out - 1) * s + k).saturating_sub(span)
+}
+
+fn pad(c: &Ctx) -> OpResult {
+    let x = c.input(0)?;
+    let mode = c.string("mode").unwrap_or_else(|| "constant".into());
+    let p = c.ints_from(1, "pads")?.unwrap_or_default();
+    let value = match c.opt(2) {
+        Some(t) => super::scalar(&t)?,
+        None => c.float("value").unwrap_or(0.0),
+    };
+    let r = x.rank();
+    let axes: Vec<usize> = match c.opt(3) {
+        Some(t) => i64s(&t)?
+            .into_iter()
+            .map(|a| super::axis(a, r))
+            .collect::<Result<_, _>>()?,
+        None => (0..r).collect(),
+    };
+    if mode != "constant" || p.iter().any(|&v| v < 0) || p.len() != 2 * axes.len() {
+        return Err(unsupported(format!(
+            "Pad mode `{mode}` pads {p:?} (constant, non-negative only)"
+        )));
+    }
+    let n = axes.len();
+    let mut y = x;
+    for (i, &d) in axes.iter().enumerate() {
+        y = pad_sides(&y, d, p[i] as usize, p[i + n] as usize, value)?;
+    }
+    one(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ceil_extra;
+
+    #[test]
+    fn ceil_mode_matches_torch_output_lengths() {
+        // torch.nn.MaxPool2d(3, 2, ceil_mode=True): 112 -> 56, 55 -> 27, 13 -> 6.
+        for (len, pad, want) in [(112, 0, 56), (55, 0, 27), (13, 0, 6), (14, 0, 7), (7, 1, 4)] {
+            let extra = ceil_extra(len, (pad, pad), 3, 2);
+            let out = (len + 2 * pad + extra - 3) / 2 + 1;
+            assert_eq!(out, want, "len {len} pad {pad}");
+        }
+    }
+}
