@@ -1,0 +1,154 @@
+//! One tiny model per operator family that torchvision's CNNs export to, each against
+//! its pytorch-grad-cam 1.5.7 reference on the same weights (made by
+//! `tests/fixtures/families/make.py`, which holds every model's PyTorch code). Maps are
+//! compared relative to the reference map's peak, through the CLI as a user runs it:
+//! the raw map (`.cam.npy`, before ReLU: it checks the gradient that reached the
+//! target) and the final map (`.heatmap.npy`).
+//!
+//! | family | the PyTorch behind it | ONNX operators it brings |
+//! |---|---|---|
+//! | `se_block` | `torchvision.ops.SqueezeExcitation(..., scale_activation=nn.Hardsigmoid)` and `nn.Sigmoid`, SiLU convs; target `features` (after both SE poolings) | GlobalAveragePool inside the body, HardSigmoid, Sigmoid, Mul broadcast over (N,C,1,1) |
+//! | `hardswish` | `Conv2d-BN-nn.Hardswish` blocks, `Linear-Hardswish-Dropout-Linear` classifier | HardSwish |
+//! | `channel_shuffle` | two `torchvision.models.shufflenetv2.InvertedResidual`, `x.mean([2, 3])` | Shape, Gather, Slice, Div, Reshape, Transpose, Concat, ReduceMean |
+//! | `ceil_pool` | `nn.MaxPool2d(3, 2, ceil_mode=True)` on odd sizes (partial last window), `torch.cat` of branches | MaxPool ceil_mode=1, Concat |
+//! | `layernorm` | ConvNeXt blocks: `permute(0,2,3,1)`, `nn.LayerNorm`, `Linear`, `nn.GELU`, layer scale, `permute(0,3,1,2)`; LayerNorm2d in the head | Transpose, LayerNormalization, MatMul, Erf |
+//! | `layernorm_opset13` | the same model at opset 13, where LayerNorm is decomposed | ReduceMean, Sub, Pow, Sqrt, Div |
+//! | `dense_bn` | DenseNet layers `conv(relu(norm(cat(xs))))`, transition with `nn.AvgPool2d(2, 2)`, final norm + ReLU | standalone BatchNormalization after Concat, AveragePool |
+//! | `dynamo_external` | `torch.onnx.export(model, (x[:1],), path)` (the default, dynamo exporter, opset 20), `x.reshape(x.shape[0], -1)` | weights in `model.onnx.data`; batch 1 baked into the graph, run here on 4 samples |
+
+mod common;
+
+use std::path::Path;
+
+use camstream_core::model::{ModelRequest, Network};
+use candle_core::Device;
+use common::{camstream, fixtures, npy, ok, s};
+
+const FAMILIES: &[&str] = &[
+    "se_block",
+    "hardswish",
+    "channel_shuffle",
+    "ceil_pool",
+    "layernorm",
+    "layernorm_opset13",
+    "dense_bn",
+    "dynamo_external",
+];
+
+#[derive(serde::Deserialize)]
+struct Case {
+    tensor: String,
+    module: String,
+    fixed: usize,
+    exporter: String,
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "map sizes differ");
+    let peak = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / peak
+}
+
+fn case(dir: &Path) -> Case {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn every_family_matches_pytorch_grad_cam() {
+    let tmp = tempfile::tempdir().unwrap();
+    for fam in FAMILIES {
+        let dir = fixtures().join("families").join(fam);
+        let c = case(&dir);
+        let model = dir.join("model.onnx");
+        let input = dir.join("input.npy");
+        // TorchScript exports record module scopes: the module name must mean the same.
+        let mut layers = vec![c.tensor.clone()];
+        if c.exporter == "torchscript" {
+            layers.push(c.module.clone());
+        }
+        for layer in &layers {
+            for (tag, class) in [("pred", None), ("fixed", Some(c.fixed.to_string()))] {
+                let out = tmp
+                    .path()
+                    .join(format!("{fam}-{tag}-{}", layer.replace('/', "_")));
+                let mut args = vec![
+                    "image",
+                    "-m",
+                    s(&model),
+                    "-l",
+                    layer,
+                    "--cam-npy",
+                    "-o",
+                    s(&out),
+                    s(&input),
+                ];
+                if let Some(k) = &class {
+                    args.extend(["-c", k]);
+                }
+                ok(&camstream(&args));
+                for (got, want) in [("cam", "raw"), ("heatmap", "final")] {
+                    let (g, gs) = npy(out.join(format!("input.{got}.npy")));
+                    let (w, ws) = npy(dir.join(format!("gradcam_{tag}_{want}.npy")));
+                    assert_eq!(gs, ws, "{fam} {layer} {tag} {want}: shape");
+                    let e = rel_err(&g, &w);
+                    eprintln!("{fam:<18} {tag:<5} {want:<5} {e:.1e}  ({layer})");
+                    assert!(
+                        e <= 1e-4,
+                        "{fam} {layer} {tag} {want}: error {e} of the peak"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_default_target_is_the_classifier_pooling_input() {
+    for fam in FAMILIES {
+        let dir = fixtures().join("families").join(fam);
+        let c = case(&dir);
+        let net = Network::load(
+            &ModelRequest::new(common::source(&dir.join("model.onnx"))),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (want, _) = npy(dir.join("logits.npy"));
+        let (x, shape) = npy(dir.join("input.npy"));
+        let x = candle_core::Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+        let got: Vec<f32> = net
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(rel_err(&got, &want) <= 1e-4, "{fam}: logits");
+        if *fam == "dynamo_external" {
+            // No global pooling (flatten + Linear): the last map before the output.
+            assert_eq!(net.default_layer, "relu_2", "{fam}");
+        } else {
+            assert_eq!(net.default_layer, c.tensor, "{fam}");
+        }
+    }
+}
+
+/// The tensors inside a permute to NHWC and back are not channels-first maps.
+#[test]
+fn channels_last_tensors_are_not_targets() {
+    let model = fixtures().join("families/layernorm/model.onnx");
+    let out = ok(&camstream(&["layers", "-m", s(&model)]));
+    assert!(out.contains("features.2"), "{out}");
+    assert!(!out.contains("LayerNormalization_output_0"), "{out}");
+    let e = common::fails(&camstream(&[
+        "image",
+        "-m",
+        s(&model),
+        "-l",
+        "/features/features.2/norm/LayerNormalization_output_0",
+        "-o",
+        "/tmp/unused",
+        s(&fixtures().join("families/layernorm/input.npy")),
+    ]));
+    assert!(e.contains("not a channels-first map"), "{e}");
+}
