@@ -314,16 +314,38 @@ impl OnnxGraph {
             .map(|o| (o.clone(), self.shapes[o][1..].to_vec()))
             .collect();
         // The default: the input of the last global pooling (the classifier's; SE
-        // blocks pool too, earlier).
+        // blocks pool too, earlier), seen through the views an exporter puts before it
+        // (dynamo lowers a 1D pooling to 2D behind an Unsqueeze).
+        let producer: HashMap<&str, &Node> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
+            .collect();
+        let through_views = |t: &str| -> Option<String> {
+            let mut t = t.to_string();
+            while !targets.contains(&t) {
+                let p = producer.get(t.as_str())?;
+                if !matches!(p.op.as_str(), "Unsqueeze" | "Squeeze" | "Reshape" | "Identity") {
+                    return None;
+                }
+                t = p.inputs.first()?.clone();
+            }
+            Some(t)
+        };
         let pooled = self.nodes.iter().rev().find_map(|n| {
             let i = n.inputs.first()?;
             let (si, so) = (self.shapes.get(i)?, self.shapes.get(n.outputs.first()?)?);
             let global = ops::is_global_pool(&n.op)
-                && targets.contains(i)
+                && si.len() >= 3
                 && so.len() == si.len()
                 && so[1] == si[1]
+                && si[2..].iter().product::<usize>() > 1
                 && so[2..].iter().all(|&d| d == 1);
-            global.then(|| i.clone())
+            if global {
+                through_views(i)
+            } else {
+                None
+            }
         });
         self.default_target = pooled
             .or_else(|| self.targets.last().map(|t| t.0.clone()))
@@ -337,8 +359,9 @@ impl OnnxGraph {
     }
 
     /// Tensors a CAM can target: float maps (N, C, spatial...) with one or two spatial
-    /// dims of which at least one is longer than 1, computed from the input, on the
-    /// way to the output, and channels-first (not inside a permute to NHWC and back).
+    /// dims (no more than the input has: a 1D model's maps an exporter lowers to 2D are
+    /// not its own) of which at least one is longer than 1, computed from the input, on
+    /// the way to the output, and channels-first (not inside a permute to NHWC and back).
     fn target_set(&self, values: &HashMap<String, Tensor>) -> HashSet<String> {
         let mut from_input: HashSet<&str> = HashSet::from([self.input.as_str()]);
         // Per tensor, the permutation of its axes relative to (N, C, spatial...).
@@ -383,7 +406,7 @@ impl OnnxGraph {
                     && needed.contains(k.as_str())
                     && k.as_str() != self.input
                     && v.dtype() == DType::F32
-                    && (3..=4).contains(&v.rank())
+                    && (3..=self.input_dims.len()).contains(&v.rank())
                     && v.dims()[2..].iter().product::<usize>() > 1
                     && channels_first(layout.get(k.as_str()).map_or(&[], |p| p.as_slice()))
             })
