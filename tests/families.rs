@@ -75,7 +75,11 @@ fn every_family_matches_pytorch_grad_cam() {
                     .path()
                     .join(format!("{fam}-{tag}-{}", layer.replace('/', "_")));
                 // Preprocessed (N,C,L) arrays go to `signal`, (N,C,H,W) to `image`.
-                let command = if npy(&input).1.len() == 3 { "signal" } else { "image" };
+                let command = if npy(&input).1.len() == 3 {
+                    "signal"
+                } else {
+                    "image"
+                };
                 let mut args = vec![
                     command,
                     "-m",

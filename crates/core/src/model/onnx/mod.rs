@@ -325,7 +325,10 @@ impl OnnxGraph {
             let mut t = t.to_string();
             while !targets.contains(&t) {
                 let p = producer.get(t.as_str())?;
-                if !matches!(p.op.as_str(), "Unsqueeze" | "Squeeze" | "Reshape" | "Identity") {
+                if !matches!(
+                    p.op.as_str(),
+                    "Unsqueeze" | "Squeeze" | "Reshape" | "Identity"
+                ) {
                     return None;
                 }
                 t = p.inputs.first()?.clone();
