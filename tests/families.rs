@@ -128,13 +128,7 @@ fn the_default_target_is_the_classifier_pooling_input() {
         let (want, _) = npy(dir.join("logits.npy"));
         let (x, shape) = npy(dir.join("input.npy"));
         let x = candle_core::Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
-        let got: Vec<f32> = net
-            .forward(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = common::logits(&net, &x);
         assert!(rel_err(&got, &want) <= 1e-4, "{fam}: logits");
         if *fam == "dynamo_external" || *fam == "inception1d" {
             // The module is not the pooling's input (there is no pooling in

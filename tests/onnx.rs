@@ -170,21 +170,17 @@ fn onnx_through_the_cli_and_layer_listing() {
 /// A graph with an operator the evaluator does not run is refused at load, by name.
 #[test]
 fn unsupported_operators_are_named() {
-    use candle_onnx::onnx;
-    use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
-    let mut model = candle_onnx::read_file(fixtures().join("tinyres/tinyres.onnx")).unwrap();
-    let g = model.graph.as_mut().unwrap();
-    let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
-    relu.op_type = "Selu".into();
-    let p = tmp.path().join("selu.onnx");
-    std::fs::write(&p, model.encode_to_vec()).unwrap();
+    let p = edited(tmp.path(), "selu.onnx", |m| {
+        let g = m.graph.as_mut().unwrap();
+        let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+        relu.op_type = "Selu".into();
+    });
     let e = fails(&camstream(&["layers", "-m", s(&p)]));
     assert!(
         e.contains("node `/relu/Relu`: unknown ONNX operator `Selu`") && e.contains("MaxPool"),
         "{e}"
     );
-    let _ = onnx::NodeProto::default();
 }
 
 /// tinyres.onnx, changed by `edit`, written to `dir/name`.
@@ -244,13 +240,7 @@ fn fixed_batch_graphs_run_in_padded_chunks() {
         .narrow(0, 0, 3)
         .unwrap();
     let (want, _) = npy(fixtures().join("tinyres/logits.npy"));
-    let got: Vec<f32> = net
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let got = common::logits(&net, &x);
     assert!(max_abs(&got, &want[..15]) <= 1e-4);
     let out = GradCam::new(&net, "layer2")
         .unwrap()
@@ -293,13 +283,7 @@ fn external_data_is_read_where_the_model_says() {
     .unwrap();
     let (x, shape) = npy(src.join("input.npy"));
     let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
-    let got: Vec<f32> = load(&moved)
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let got = common::logits(&load(&moved), &x);
     let (want, _) = npy(src.join("logits.npy"));
     assert!(max_abs(&got, &want) <= 1e-4);
 }

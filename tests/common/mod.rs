@@ -109,3 +109,10 @@ pub fn source(model: &Path) -> camstream_core::ModelSource {
         _ => camstream_core::ModelSource::Config(model.to_path_buf()),
     }
 }
+
+/// A network's logits for `x`, flattened.
+pub fn logits(net: &camstream_core::model::Network, x: &candle_core::Tensor) -> Vec<f32> {
+    net.forward(x)
+        .and_then(|l| Ok(l.flatten_all()?.to_vec1()?))
+        .expect("forward")
+}
