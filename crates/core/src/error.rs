@@ -41,7 +41,7 @@ pub enum Error {
     #[error("weights {file}: {msg}")]
     Weights { file: PathBuf, msg: String },
 
-    #[error("unknown layer `{name}`; valid target layers: {}", valid.join(", "))]
+    #[error("unknown layer `{name}`; valid target layers: {}", some(valid))]
     UnknownLayer { name: String, valid: Vec<String> },
 
     #[error("layer `{name}` cannot be a Grad-CAM target: {why}")]
@@ -106,4 +106,18 @@ impl Error {
             source,
         }
     }
+}
+
+/// A list for a one-line message: an ONNX zoo model has hundreds of target tensors.
+fn some(names: &[String]) -> String {
+    const SHOWN: usize = 24;
+    if names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{}, ... ({} more, and the last: {})",
+        names[..SHOWN - 1].join(", "),
+        names.len() - SHOWN,
+        names[names.len() - 1]
+    )
 }
