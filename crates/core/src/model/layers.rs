@@ -532,6 +532,15 @@ impl Pool {
         };
         let (k, s) = (self.kernel, self.stride);
         match self.kind {
+            // No gradient will flow (the part of a network before its cut): candle's
+            // kernel, whose forward values are the same and which is several times faster.
+            PoolKind::Max if !x.track_op() => match self.dims {
+                Dims::One => x
+                    .unsqueeze(2)?
+                    .max_pool2d_with_stride((1, k), (1, s))?
+                    .squeeze(2),
+                Dims::Two => x.max_pool2d_with_stride(k, s),
+            },
             // The gradient goes to the *first* maximum of each window (row-major), as
             // PyTorch's does. candle's own max-pool backward splits it among ties, and ties
             // are everywhere after a ReLU (all-zero windows), which skews Grad-CAM below a
