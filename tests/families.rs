@@ -11,6 +11,7 @@
 //! | `hardswish` | `Conv2d-BN-nn.Hardswish` blocks, `Linear-Hardswish-Dropout-Linear` classifier | HardSwish |
 //! | `channel_shuffle` | two `torchvision.models.shufflenetv2.InvertedResidual`, `x.mean([2, 3])` | Shape, Gather, Slice, Div, Reshape, Transpose, Concat, ReduceMean |
 //! | `ceil_pool` | `nn.MaxPool2d(3, 2, ceil_mode=True)` on odd sizes (partial last window), `torch.cat` of branches | MaxPool ceil_mode=1, Concat |
+//! | `pool_upstream` | the `ceil_pool` model targeted at `stem` (Conv-BN-ReLU), before its overlapping pools: the gradient crosses MaxPool 3x3/2 windows full of ReLU zeros (ties) | the first-maximum gradient for overlapping windows |
 //! | `layernorm` | ConvNeXt blocks: `permute(0,2,3,1)`, `nn.LayerNorm`, `Linear`, `nn.GELU`, layer scale, `permute(0,3,1,2)`; LayerNorm2d in the head | Transpose, LayerNormalization, MatMul, Erf |
 //! | `layernorm_opset13` | the same model at opset 13, where LayerNorm is decomposed | ReduceMean, Sub, Pow, Sqrt, Div |
 //! | `dense_bn` | DenseNet layers `conv(relu(norm(cat(xs))))`, transition with `nn.AvgPool2d(2, 2)`, final norm + ReLU | standalone BatchNormalization after Concat, AveragePool |
@@ -30,6 +31,7 @@ const FAMILIES: &[&str] = &[
     "hardswish",
     "channel_shuffle",
     "ceil_pool",
+    "pool_upstream",
     "layernorm",
     "layernorm_opset13",
     "dense_bn",
@@ -130,7 +132,9 @@ fn the_default_target_is_the_classifier_pooling_input() {
         let x = candle_core::Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
         let got = common::logits(&net, &x);
         assert!(rel_err(&got, &want) <= 1e-4, "{fam}: logits");
-        if *fam == "dynamo_external" || *fam == "inception1d" {
+        if *fam == "pool_upstream" {
+            assert_eq!(net.default_layer, "/mix/mix.2/Relu_output_0", "{fam}");
+        } else if *fam == "dynamo_external" || *fam == "inception1d" {
             // The module is not the pooling's input (there is no pooling in
             // dynamo_external: flatten + Linear; then the last map before the output).
             assert_eq!(net.default_layer, "relu_2", "{fam}");
