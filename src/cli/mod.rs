@@ -151,6 +151,12 @@ pub struct ExplainArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
+    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
+    /// hirescam, elementwise or layercam. All of them take the same one backward pass
+    /// from the logits to the layer
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+
     /// Class to explain: an index or a label, for every sample; or a comma-separated list
     /// with exactly one class per sample. Default: each sample's top-1 class.
     #[arg(long, short = 'c')]

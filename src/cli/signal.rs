@@ -32,6 +32,12 @@ pub struct SignalArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
+    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
+    /// hirescam, elementwise or layercam. All of them take the same one backward pass
+    /// from the logits to the layer
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+
     /// Class to explain in every window (index or label); default: each window's top-1
     #[arg(long, short = 'c')]
     pub class: Option<String>,
@@ -139,7 +145,8 @@ pub fn run(a: &SignalArgs) -> Result<()> {
         );
     }
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
-    let explainer = Explainer::from_network(net, a.layer.as_deref())?;
+    let explainer = Explainer::from_network(net, a.layer.as_deref())?
+        .with_method(camstream_core::Method::from_name(&a.method)?);
     let net = explainer.network();
     let colormap = colormap_by_name(&a.colormap).ok_or_else(|| {
         anyhow!(
@@ -169,6 +176,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
                 inputs: pre,
                 model: a.model.clone(),
                 layer: a.layer.clone(),
+                method: a.method.clone(),
                 class: a.class.clone(),
                 batch: a.batch,
                 out: a.out.clone(),

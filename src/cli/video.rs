@@ -35,6 +35,12 @@ pub struct VideoArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
+    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
+    /// hirescam, elementwise or layercam. All of them take the same one backward pass
+    /// from the logits to the layer
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+
     /// Explain this class (index or label) in every frame; default: each frame's top-1
     #[arg(long, short = 'c')]
     pub class: Option<String>,
@@ -119,7 +125,8 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         _ => {}
     }
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
-    let explainer = Explainer::from_network(net, a.layer.as_deref())?;
+    let explainer = Explainer::from_network(net, a.layer.as_deref())?
+        .with_method(camstream_core::Method::from_name(&a.method)?);
     let norm = Norm::parse(&a.norm).ok_or_else(|| {
         anyhow!(
             "--norm must be `frame` or `ema:A` with 0 <= A < 1, got `{}`",

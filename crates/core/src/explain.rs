@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::cam::{heatmap, CamBatch, GradCam, Targets};
+use crate::cam::{heatmap, CamBatch, GradCam, Method, Targets};
 use crate::error::{Error, Result};
 use crate::model::{ModelRequest, Network};
 
@@ -74,6 +74,7 @@ pub struct Explanation {
 pub struct Explainer {
     net: Network,
     layer: Arc<str>,
+    method: Method,
 }
 
 impl Explainer {
@@ -89,7 +90,18 @@ impl Explainer {
         Ok(Self {
             net,
             layer: layer.into(),
+            method: Method::GradCam,
         })
+    }
+
+    /// Explains with another gradient method than Grad-CAM.
+    pub fn with_method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
     }
 
     pub fn network(&self) -> &Network {
@@ -100,10 +112,14 @@ impl Explainer {
         &self.layer
     }
 
-    /// The Grad-CAM of one batch tensor `(N, C, spatial...)`, for front ends that build
+    fn cam(&self) -> Result<GradCam<'_>> {
+        Ok(GradCam::new(&self.net, &self.layer)?.with_method(self.method))
+    }
+
+    /// The CAM of one batch tensor `(N, C, spatial...)`, for front ends that build
     /// their batches themselves.
     pub fn run(&self, x: &Tensor, targets: &Targets) -> Result<CamBatch> {
-        GradCam::new(&self.net, &self.layer)?.run(x, targets)
+        self.cam()?.run(x, targets)
     }
 
     /// Explains `inputs`, batching consecutive inputs of equal shape. The result is in
@@ -155,7 +171,7 @@ impl Explainer {
         options: &ExplainOptions,
         rank: usize,
     ) -> Result<Vec<Explanation>> {
-        let cam = GradCam::new(&self.net, &self.layer)?;
+        let cam = self.cam()?;
         let batch = options.batch.max(1);
         let mut out = Vec::with_capacity(inputs.len());
         let mut i = 0;

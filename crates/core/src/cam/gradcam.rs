@@ -94,10 +94,94 @@ impl CamBatch {
     }
 }
 
+/// How a gradient CAM combines the activations A and the gradients G = dy_c/dA at the
+/// cut, with pytorch-grad-cam 1.5.7's definitions and constants (sums over the spatial
+/// positions; the same formulas over a 1D map's length). Every map is then ReLU'd and
+/// min-max normalised like Grad-CAM's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// w_k = mean G_k; map = Σ_k w_k A_k.
+    #[default]
+    GradCam,
+    /// α = G² / (2G² + ΣA·G³ + 1e-6); w_k = Σ ReLU(G_k)·α_k; map = Σ_k w_k A_k.
+    GradCamPlusPlus,
+    /// w_k = Σ G_k·A_k / (ΣA_k + 1e-7); map = Σ_k w_k A_k.
+    XGradCam,
+    /// map = Σ_k G_k ⊙ A_k.
+    HiResCam,
+    /// map = Σ_k ReLU(G_k ⊙ A_k) (pytorch-grad-cam's GradCAMElementWise).
+    ElementWise,
+    /// map = Σ_k ReLU(G_k) ⊙ A_k.
+    LayerCam,
+}
+
+impl Method {
+    pub const ALL: [Method; 6] = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::XGradCam,
+        Method::HiResCam,
+        Method::ElementWise,
+        Method::LayerCam,
+    ];
+
+    /// The name a user types (`gradcam++`, ...), the same in every front end.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::GradCamPlusPlus => "gradcam++",
+            Method::XGradCam => "xgradcam",
+            Method::HiResCam => "hirescam",
+            Method::ElementWise => "elementwise",
+            Method::LayerCam => "layercam",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::Unsupported {
+                what: "CAM method",
+                name: name.to_string(),
+                supported: Self::ALL.iter().map(|m| m.name().to_string()).collect(),
+            })
+    }
+
+    /// The signed map (N, P) from activations and gradients (N, K, P), on their device.
+    fn map(self, a: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+        let weighted = |w: Tensor| a.broadcast_mul(&w)?.sum(1);
+        match self {
+            Method::GradCam => weighted(g.mean_keepdim(D::Minus1)?),
+            Method::HiResCam => (a * g)?.sum(1),
+            Method::ElementWise => (a * g)?.relu()?.sum(1),
+            Method::LayerCam => (g.relu()? * a)?.sum(1),
+            Method::XGradCam => {
+                let s = (a.sum_keepdim(D::Minus1)? + 1e-7)?;
+                weighted((a * g)?.sum_keepdim(D::Minus1)?.broadcast_div(&s)?)
+            }
+            Method::GradCamPlusPlus => {
+                // Where G = 0, α = 0 / 1e-6 = 0: pytorch-grad-cam's `np.where` is implied.
+                let (g2, g3) = (g.sqr()?, g.powf(3.0)?);
+                let s = a.sum_keepdim(D::Minus1)?;
+                let denom = ((&g2 * 2.0)? + g3.broadcast_mul(&s)?)?.affine(1.0, 1e-6)?;
+                weighted((g.relu()? * (g2 / denom)?)?.sum_keepdim(D::Minus1)?)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A network cut at its target layer.
 pub struct GradCam<'a> {
     net: &'a Network,
     layer: String,
+    method: Method,
 }
 
 impl<'a> GradCam<'a> {
@@ -106,7 +190,14 @@ impl<'a> GradCam<'a> {
         Ok(Self {
             net,
             layer: layer.to_string(),
+            method: Method::GradCam,
         })
+    }
+
+    /// Another gradient method than Grad-CAM (same cut, same one backward pass).
+    pub fn with_method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
     }
 
     /// Target-layer activations A, computed without any gradient bookkeeping.
@@ -139,9 +230,7 @@ impl<'a> GradCam<'a> {
         };
 
         let spatial = a.dims()[2..].to_vec();
-        let a_flat = a.flatten_from(2)?; // (N, K, P)
-        let alpha = g.flatten_from(2)?.mean_keepdim(D::Minus1)?; // (N, K, 1)
-        let raw = a_flat.broadcast_mul(&alpha)?.sum(1)?; // (N, P)
+        let raw = self.method.map(&a.flatten_from(2)?, &g.flatten_from(2)?)?; // (N, K, P) -> (N, P)
         let raw = raw.flatten_all()?.to_vec1::<f32>()?;
         Ok(CamBatch {
             logits: host_logits,

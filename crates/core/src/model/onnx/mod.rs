@@ -1,6 +1,6 @@
 //! ONNX models from either torch exporter (TorchScript, opsets 13-17; dynamo, opsets
 //! 18-20 with external data) as a graph camstream evaluates itself: candle-onnx parses
-//! the protobuf and decodes the initialisers, our operators ([`ops`], split by family)
+//! the protobuf and decodes the initialisers, our operators (`ops/`, split by family)
 //! run the nodes. Our own evaluator because Grad-CAM needs what `simple_eval` cannot
 //! give: the graph cut at any tensor (evaluate once, then only the nodes downstream of
 //! the target, with the target as a leaf variable), PyTorch's max-pool gradient, 1D

@@ -1,0 +1,152 @@
+//! The gradient CAM methods against pytorch-grad-cam 1.5.7 on the reference shapes CNN
+//! (2D) and ECG CNN (1D; the same formulas over the length), from ../shared/reference:
+//!
+//! ```python
+//! for name, cls in {"gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM,
+//!                   "hirescam": HiResCAM, "layercam": LayerCAM}.items():
+//!     final = cls(model, target_layers=[model.features[6]])(input_tensor=x, targets=None)
+//! # raw: the textbook map before ReLU, in float64 from the float32 A and G:
+//! #   gradcam++: a = G²/(2G² + ΣA·G³ + 1e-6), a = 0 where G == 0; w = Σ relu(G)·a
+//! #   xgradcam: w = Σ G·A / (ΣA + 1e-7);  hirescam: Σ_k G·A;  layercam: Σ_k relu(G)·A
+//! ```
+//!
+//! `elementwise` (GradCAMElementWise: Σ_k relu(G·A)) has no stored map; it is checked
+//! against the stored activations and gradients (`acts_features6.npy`,
+//! `grads_features6_pred.npy`).
+
+mod common;
+
+use std::path::Path;
+
+use camstream_core::cam::{GradCam, Method, Targets};
+use camstream_core::model::{ModelRequest, Network};
+use candle_core::{Device, Tensor};
+use common::{camstream, fails, fixtures, max_abs, npy, ok, s};
+
+const METHODS: &[(&str, &str)] = &[
+    ("gradcam++", "gradcampp"),
+    ("xgradcam", "xgradcam"),
+    ("hirescam", "hirescam"),
+    ("layercam", "layercam"),
+];
+
+/// Runs `camstream <command> --method` on a fixture's input; returns (raw, final).
+fn run(dir: &str, command: &str, method: &str, layer: &str, out: &Path) -> (Vec<f32>, Vec<f32>) {
+    let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
+    let input = fixtures().join(dir).join("input.npy");
+    ok(&camstream(&[
+        command,
+        "-m",
+        s(&cfg),
+        "-l",
+        layer,
+        "--method",
+        method,
+        "--cam-npy",
+        "-o",
+        s(out),
+        s(&input),
+    ]));
+    (
+        npy(out.join("input.cam.npy")).0,
+        npy(out.join("input.heatmap.npy")).0,
+    )
+}
+
+fn peak(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12)
+}
+
+/// Every method, layer and target through the library (one model load per network).
+#[test]
+fn gradient_methods_reproduce_pytorch_grad_cam() {
+    for dir in ["shapes", "ecg"] {
+        let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
+        let net = Network::load(&ModelRequest::new(common::source(&cfg)), &Device::Cpu).unwrap();
+        let (x, shape) = npy(fixtures().join(dir).join("input.npy"));
+        let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+        for (method, file) in METHODS {
+            let m = Method::from_name(method).unwrap();
+            for (layer, file_layer) in [("features.6", "features6"), ("features.4", "features4")] {
+                let cam = GradCam::new(&net, layer).unwrap().with_method(m);
+                for (target, tg) in [("pred", Targets::TopOne), ("fixed", Targets::All(1))] {
+                    let raw = cam.run(&x, &tg).unwrap().raw;
+                    let name = format!("{file}_{file_layer}_{target}_raw.npy");
+                    let (want, _) = npy(fixtures().join(dir).join(name));
+                    let e = max_abs(&raw, &want) / peak(&want);
+                    eprintln!("{dir} {method} {layer} {target}: raw {e:.1e}");
+                    assert!(e <= 1e-4, "{dir} {method} {layer} {target}: raw {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The final maps, through the CLI as a user runs it (pictures and signals).
+#[test]
+fn the_method_flag_reaches_the_final_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dir, command, method, file) in [
+        ("shapes", "image", "gradcam++", "gradcampp"),
+        ("shapes", "image", "layercam", "layercam"),
+        ("ecg", "signal", "xgradcam", "xgradcam"),
+        ("ecg", "signal", "hirescam", "hirescam"),
+    ] {
+        let out = tmp.path().join(format!("{dir}-{file}"));
+        let (raw, fin) = run(dir, command, method, "features.6", &out);
+        let (want, _) = npy(fixtures()
+            .join(dir)
+            .join(format!("{file}_features6_pred_raw.npy")));
+        assert!(
+            max_abs(&raw, &want) / peak(&want) <= 1e-4,
+            "{dir} {method}: raw"
+        );
+        let (want, _) = npy(fixtures()
+            .join(dir)
+            .join(format!("{file}_features6_pred_final.npy")));
+        let e = max_abs(&fin, &want);
+        eprintln!("{dir} {method}: final {e:.1e}");
+        assert!(e <= 1e-4, "{dir} {method}: final {e}");
+    }
+}
+
+#[test]
+fn elementwise_is_the_sum_of_relu_g_times_a() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, _) = run("shapes", "image", "elementwise", "features.6", tmp.path());
+    let (a, shape) = npy(fixtures().join("shapes/acts_features6.npy"));
+    let (g, _) = npy(fixtures().join("shapes/grads_features6_pred.npy"));
+    let (n, k, p) = (shape[0], shape[1], shape[2] * shape[3]);
+    let mut want = vec![0f32; n * p];
+    for i in 0..n {
+        for j in 0..p {
+            let sum: f64 = (0..k)
+                .map(|c| {
+                    let at = (i * k + c) * p + j;
+                    (a[at] as f64 * g[at] as f64).max(0.0)
+                })
+                .sum();
+            want[i * p + j] = sum as f32;
+        }
+    }
+    let e = max_abs(&raw, &want) / peak(&want);
+    assert!(e <= 1e-4, "elementwise: {e}");
+}
+
+#[test]
+fn an_unknown_method_is_a_one_line_error() {
+    let e = fails(&camstream(&[
+        "image",
+        "-m",
+        s(&fixtures().join("shapes/shapes_cnn.toml")),
+        "--method",
+        "scorecam",
+        "-o",
+        "/tmp/unused",
+        s(&fixtures().join("shapes/input.npy")),
+    ]));
+    assert!(
+        e.contains("unknown CAM method `scorecam`") && e.contains("gradcam++"),
+        "{e}"
+    );
+}
