@@ -466,13 +466,17 @@ pub(crate) fn pad_sides(
     Tensor::cat(&parts, d)
 }
 
-/// Pads the last `rank` dims of `x` with a constant on both sides.
-fn pad_const(x: &Tensor, rank: usize, pad: usize, value: f32) -> candle_core::Result<Tensor> {
-    let mut x = x.clone();
-    for d in (x.rank() - rank)..x.rank() {
-        x = pad_sides(&x, d, pad, pad, value)?;
+/// Pads the spatial dims (2, 3, ...) of `x` with a constant, `(before, after)` per dim.
+pub(crate) fn pad_spatial(
+    x: &Tensor,
+    sides: &[(usize, usize)],
+    value: f32,
+) -> candle_core::Result<Tensor> {
+    let mut y = x.clone();
+    for (d, &(a, b)) in sides.iter().enumerate() {
+        y = pad_sides(&y, 2 + d, a, b, value)?;
     }
-    Ok(x)
+    Ok(y)
 }
 
 /// Positions `o·s + j` (window `o`, offset `j`) along one axis: each window's
@@ -526,7 +530,7 @@ impl Pool {
                 PoolKind::Max => f32::NEG_INFINITY,
                 PoolKind::Avg => 0.0,
             };
-            pad_const(x, self.dims.rank(), self.padding, v)?
+            pad_spatial(x, &vec![(self.padding, self.padding); self.dims.rank()], v)?
         } else {
             x.clone()
         };

@@ -273,11 +273,6 @@ impl OnnxGraph {
         Ok(dims)
     }
 
-    /// The batch size fixed in the graph, if any.
-    pub fn fixed_batch(&self) -> Option<usize> {
-        self.batch
-    }
-
     /// Runs one zero batch to learn every tensor's shape, the CAM targets and the
     /// default one.
     fn probe(&mut self, size: Option<&[usize]>, device: &Device) -> Result<()> {

@@ -3,8 +3,7 @@
 //! maximum of a window as PyTorch's does).
 
 use super::{i64s, one, unsupported, Ctx, OpError, OpFn, OpResult};
-use crate::model::layers::{pad_sides, Conv, Dims, Pool, PoolKind};
-use candle_core::Tensor;
+use crate::model::layers::{pad_sides, pad_spatial, Conv, Dims, Pool, PoolKind};
 
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("AveragePool", pool),
@@ -40,14 +39,6 @@ fn uniform(v: Option<Vec<i64>>, rank: usize, what: &str) -> Result<usize, OpErro
         Some(&f) if v.iter().all(|&s| s == f) && f > 0 => Ok(f as usize),
         _ => Err(unsupported(format!("{what} {v:?} (unequal per dimension)"))),
     }
-}
-
-fn pad_spatial(x: &Tensor, sides: &[(usize, usize)], value: f32) -> candle_core::Result<Tensor> {
-    let mut y = x.clone();
-    for (d, &(a, b)) in sides.iter().enumerate() {
-        y = pad_sides(&y, 2 + d, a, b, value)?;
-    }
-    Ok(y)
 }
 
 fn conv(c: &Ctx) -> OpResult {
