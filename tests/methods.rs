@@ -10,6 +10,19 @@
 //! #   xgradcam: w = Σ G·A / (ΣA + 1e-7);  hirescam: Σ_k G·A;  layercam: Σ_k relu(G)·A
 //! ```
 //!
+//! The methods beyond the one backward pass (see tests/fixtures/methods/make.py for the
+//! references ../shared/reference lacks):
+//!
+//! ```python
+//! ScoreCAM(model, [model.features[6]])(x, targets=None)      # shared: scorecam_*
+//! AblationCAM(model, [model.features[6]])(x, targets=None)   # methods/: ablationcam_*
+//! EigenCAM / EigenGradCAM / GradCAM(..., eigen_smooth=True)  # eigencam_*, methods/
+//! ```
+//!
+//! A principal component's sign is LAPACK's accident in those references; camstream
+//! fixes it by the activations (see `cam::projection`), so those maps are compared with
+//! the sign that fits, per sample.
+//!
 //! `elementwise` (GradCAMElementWise: Σ_k relu(G·A)) has no stored map; it is checked
 //! against the stored activations and gradients (`acts_features6.npy`,
 //! `grads_features6_pred.npy`).
@@ -18,7 +31,7 @@ mod common;
 
 use std::path::Path;
 
-use camstream_core::cam::{GradCam, Method, Targets};
+use camstream_core::cam::{CamConfig, GradCam, Method, Targets};
 use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{camstream, fails, fixtures, max_abs, npy, ok, s};
@@ -82,6 +95,118 @@ fn gradient_methods_reproduce_pytorch_grad_cam() {
     }
 }
 
+/// Max error relative to the peak, taking each sample's map with the sign that fits.
+fn signless(got: &[f32], want: &[f32], n: usize) -> (f32, usize) {
+    let p = want.len() / n;
+    let mut flipped = 0;
+    let mut worst = 0f32;
+    for i in 0..n {
+        let (g, w) = (&got[i * p..(i + 1) * p], &want[i * p..(i + 1) * p]);
+        let same = max_abs(g, w);
+        let neg: Vec<f32> = g.iter().map(|v| -v).collect();
+        let other = max_abs(&neg, w);
+        flipped += usize::from(other < same);
+        worst = worst.max(same.min(other));
+    }
+    (worst / peak(want), flipped)
+}
+
+/// ScoreCAM, AblationCAM, EigenCAM, EigenGradCAM and `eigen_smooth` through the
+/// library, on the sequential networks and (shapes) on the ONNX graph, whose tail runs
+/// the ablations of one sample as a batch.
+#[test]
+fn perturbation_and_projection_methods_reproduce_the_references() {
+    let cases = [
+        ("shapes", "shapes/shapes_cnn.toml"),
+        ("shapes", "shapes/shapes_cnn.onnx"),
+        ("ecg", "ecg/ecg_cnn.toml"),
+    ];
+    for (dir, model) in cases {
+        let net = Network::load(
+            &ModelRequest::new(common::source(&fixtures().join(model))),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (x, shape) = npy(fixtures().join(dir).join("input.npy"));
+        let n = shape[0];
+        let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+        let onnx = model.ends_with(".onnx");
+        for (layer, fl) in [("features.6", "features6"), ("features.4", "features4")] {
+            let layer = if onnx {
+                net.default_layer.clone()
+            } else {
+                layer.to_string()
+            };
+            if onnx && fl == "features4" {
+                continue;
+            }
+            for (target, tg) in [("pred", Targets::TopOne), ("fixed", Targets::All(1))] {
+                let stem = format!("{fl}_{target}");
+                let configs = [
+                    (
+                        Method::ScoreCam,
+                        false,
+                        5,
+                        format!("{dir}/scorecam_{stem}_raw.npy"),
+                        false,
+                    ),
+                    (
+                        Method::AblationCam,
+                        false,
+                        7,
+                        format!("methods/{dir}/ablationcam_{stem}_raw.npy"),
+                        false,
+                    ),
+                    (
+                        Method::EigenCam,
+                        false,
+                        1,
+                        format!("{dir}/eigencam_{fl}_raw.npy"),
+                        true,
+                    ),
+                    (
+                        Method::EigenGradCam,
+                        false,
+                        1,
+                        format!("methods/{dir}/eigengradcam_{stem}_raw.npy"),
+                        true,
+                    ),
+                    (
+                        Method::GradCam,
+                        true,
+                        1,
+                        format!("methods/{dir}/gradcam_eigensmooth_{stem}_raw.npy"),
+                        true,
+                    ),
+                ];
+                for (method, eigen_smooth, batch, file, sign_free) in configs {
+                    if onnx && method == Method::ScoreCam {
+                        continue; // the same whole-network forward as the TOML net
+                    }
+                    let config = CamConfig {
+                        method,
+                        eigen_smooth,
+                        method_batch: Some(batch),
+                    };
+                    let cam = GradCam::new(&net, &layer).unwrap().with_config(config);
+                    let raw = cam.run(&x, &tg).unwrap().raw;
+                    let (want, _) = npy(fixtures().join(&file));
+                    let (e, flipped) = if sign_free {
+                        signless(&raw, &want, n)
+                    } else {
+                        (max_abs(&raw, &want) / peak(&want), 0)
+                    };
+                    eprintln!("{model} {method} smooth={eigen_smooth} {stem}: raw {e:.1e} ({flipped}/{n} signs differ from LAPACK's)");
+                    assert!(
+                        e <= 1e-4,
+                        "{model} {method} smooth={eigen_smooth} {stem}: raw {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The final maps, through the CLI as a user runs it (pictures and signals).
 #[test]
 fn the_method_flag_reaches_the_final_maps() {
@@ -91,6 +216,13 @@ fn the_method_flag_reaches_the_final_maps() {
         ("shapes", "image", "layercam", "layercam"),
         ("ecg", "signal", "xgradcam", "xgradcam"),
         ("ecg", "signal", "hirescam", "hirescam"),
+        ("shapes", "image", "scorecam", "scorecam"),
+        (
+            "shapes",
+            "image",
+            "ablationcam",
+            "../methods/shapes/ablationcam",
+        ),
     ] {
         let out = tmp.path().join(format!("{dir}-{file}"));
         let (raw, fin) = run(dir, command, method, "features.6", &out);
@@ -140,13 +272,13 @@ fn an_unknown_method_is_a_one_line_error() {
         "-m",
         s(&fixtures().join("shapes/shapes_cnn.toml")),
         "--method",
-        "scorecam",
+        "gradcam+",
         "-o",
         "/tmp/unused",
         s(&fixtures().join("shapes/input.npy")),
     ]));
     assert!(
-        e.contains("unknown CAM method `scorecam`") && e.contains("gradcam++"),
+        e.contains("unknown CAM method `gradcam+`") && e.contains("ablationcam"),
         "{e}"
     );
 }

@@ -10,7 +10,7 @@ use camstream_core::cam::{heatmap_on_source, Targets};
 use camstream_core::model::Network;
 use camstream_core::preprocess::{denormalise, prepare_image, InputKind};
 use camstream_core::record::{self, SampleRecord};
-use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input, Method};
+use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::npy::{read_npy, write_npy};
 use camstream_media::picture::read_image;
 use camstream_media::render::{overlay_like_show_cam_on_image, plot_signal, JET};
@@ -164,8 +164,8 @@ fn parse_targets(arg: Option<&str>, net: &Network, n: usize) -> Result<Targets> 
 
 pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
     let net = args.model.load(args.layer.as_deref())?;
-    let explainer = Explainer::from_network(net, args.layer.as_deref())?
-        .with_method(Method::from_name(&args.method)?);
+    let explainer =
+        Explainer::from_network(net, args.layer.as_deref())?.with_config(args.method.config()?);
     run_with(&explainer, args, kind)
 }
 

@@ -121,6 +121,39 @@ pub(crate) fn parse_model(s: &str) -> Result<ModelSource> {
     }
 }
 
+/// The CAM method and its options, the same in every command.
+#[derive(Args, Clone)]
+pub struct MethodArgs {
+    /// CAM method, with pytorch-grad-cam's definitions. From the one backward pass
+    /// (logits to the layer): gradcam, gradcam++, xgradcam, hirescam, elementwise,
+    /// layercam, eigengradcam. Forward only: eigencam. With extra forward passes:
+    /// scorecam (one whole-network pass per channel; slow), ablationcam (only the part
+    /// after the layer runs again, per channel)
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+
+    /// Reduce the weighted activations by their first principal component instead of
+    /// summing them (pytorch-grad-cam's eigen_smooth): less noise, sign fixed to agree
+    /// with the activations
+    #[arg(long)]
+    pub eigen_smooth: bool,
+
+    /// Channels per extra forward pass of scorecam/ablationcam (default 16 and 32, as
+    /// pytorch-grad-cam); memory grows with it
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub method_batch: Option<u64>,
+}
+
+impl MethodArgs {
+    pub fn config(&self) -> camstream_core::Result<camstream_core::CamConfig> {
+        Ok(camstream_core::CamConfig {
+            method: camstream_core::Method::from_name(&self.method)?,
+            eigen_smooth: self.eigen_smooth,
+            method_batch: self.method_batch.map(|b| b as usize),
+        })
+    }
+}
+
 impl ModelArgs {
     /// The library's request for this model, keeping `layer` intact when BN is folded.
     pub fn request(&self, layer: Option<&str>) -> Result<ModelRequest> {
@@ -151,11 +184,8 @@ pub struct ExplainArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
-    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
-    /// hirescam, elementwise or layercam. All of them take the same one backward pass
-    /// from the logits to the layer
-    #[arg(long, default_value = "gradcam")]
-    pub method: String,
+    #[command(flatten)]
+    pub method: MethodArgs,
 
     /// Class to explain: an index or a label, for every sample; or a comma-separated list
     /// with exactly one class per sample. Default: each sample's top-1 class.

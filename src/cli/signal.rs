@@ -14,7 +14,7 @@ use camstream_media::decode::signal::{self, OpenOptions};
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob, SignalOutput, WindowModel};
 
-use super::{explain, ExplainArgs, ModelArgs};
+use super::{explain, ExplainArgs, MethodArgs, ModelArgs};
 
 #[derive(Args, Clone)]
 pub struct SignalArgs {
@@ -32,11 +32,8 @@ pub struct SignalArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
-    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
-    /// hirescam, elementwise or layercam. All of them take the same one backward pass
-    /// from the logits to the layer
-    #[arg(long, default_value = "gradcam")]
-    pub method: String,
+    #[command(flatten)]
+    pub method: MethodArgs,
 
     /// Class to explain in every window (index or label); default: each window's top-1
     #[arg(long, short = 'c')]
@@ -145,8 +142,8 @@ pub fn run(a: &SignalArgs) -> Result<()> {
         );
     }
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
-    let explainer = Explainer::from_network(net, a.layer.as_deref())?
-        .with_method(camstream_core::Method::from_name(&a.method)?);
+    let explainer =
+        Explainer::from_network(net, a.layer.as_deref())?.with_config(a.method.config()?);
     let net = explainer.network();
     let colormap = colormap_by_name(&a.colormap).ok_or_else(|| {
         anyhow!(

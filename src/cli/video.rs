@@ -16,7 +16,7 @@ use camstream_media::encode::EncodeOptions;
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::{run_video, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob};
 
-use super::ModelArgs;
+use super::{MethodArgs, ModelArgs};
 
 #[derive(Args)]
 pub struct VideoArgs {
@@ -35,11 +35,8 @@ pub struct VideoArgs {
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
 
-    /// CAM method (pytorch-grad-cam's definitions): gradcam, gradcam++, xgradcam,
-    /// hirescam, elementwise or layercam. All of them take the same one backward pass
-    /// from the logits to the layer
-    #[arg(long, default_value = "gradcam")]
-    pub method: String,
+    #[command(flatten)]
+    pub method: MethodArgs,
 
     /// Explain this class (index or label) in every frame; default: each frame's top-1
     #[arg(long, short = 'c')]
@@ -125,8 +122,8 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         _ => {}
     }
     let class = a.class.as_deref().map(|c| net.parse_class(c)).transpose()?;
-    let explainer = Explainer::from_network(net, a.layer.as_deref())?
-        .with_method(camstream_core::Method::from_name(&a.method)?);
+    let explainer =
+        Explainer::from_network(net, a.layer.as_deref())?.with_config(a.method.config()?);
     let norm = Norm::parse(&a.norm).ok_or_else(|| {
         anyhow!(
             "--norm must be `frame` or `ema:A` with 0 <= A < 1, got `{}`",

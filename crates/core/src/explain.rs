@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::cam::{heatmap, CamBatch, GradCam, Method, Targets};
+use crate::cam::{heatmap, CamBatch, CamConfig, GradCam, Method, Targets};
 use crate::error::{Error, Result};
 use crate::model::{ModelRequest, Network};
 
@@ -74,7 +74,7 @@ pub struct Explanation {
 pub struct Explainer {
     net: Network,
     layer: Arc<str>,
-    method: Method,
+    config: CamConfig,
 }
 
 impl Explainer {
@@ -90,18 +90,27 @@ impl Explainer {
         Ok(Self {
             net,
             layer: layer.into(),
-            method: Method::GradCam,
+            config: CamConfig::default(),
         })
     }
 
-    /// Explains with another gradient method than Grad-CAM.
-    pub fn with_method(mut self, method: Method) -> Self {
-        self.method = method;
+    /// Explains with another method than Grad-CAM, with its default options.
+    pub fn with_method(self, method: Method) -> Self {
+        self.with_config(CamConfig::new(method))
+    }
+
+    /// Explains with a method and its options.
+    pub fn with_config(mut self, config: CamConfig) -> Self {
+        self.config = config;
         self
     }
 
     pub fn method(&self) -> Method {
-        self.method
+        self.config.method
+    }
+
+    pub fn config(&self) -> &CamConfig {
+        &self.config
     }
 
     pub fn network(&self) -> &Network {
@@ -113,7 +122,7 @@ impl Explainer {
     }
 
     fn cam(&self) -> Result<GradCam<'_>> {
-        Ok(GradCam::new(&self.net, &self.layer)?.with_method(self.method))
+        Ok(GradCam::new(&self.net, &self.layer)?.with_config(self.config))
     }
 
     /// The CAM of one batch tensor `(N, C, spatial...)`, for front ends that build

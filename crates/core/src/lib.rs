@@ -15,7 +15,7 @@ pub mod preprocess;
 pub mod random;
 pub mod record;
 
-pub use cam::{Method, Targets};
+pub use cam::{CamConfig, Method, Targets};
 pub use error::{Error, Result};
 pub use explain::{ExplainOptions, Explainer, Explanation, Input};
 pub use model::{Arch, ModelRequest, ModelSource, Network};

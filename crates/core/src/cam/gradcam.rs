@@ -1,4 +1,9 @@
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
+
+use super::method::{CamConfig, Method, Needs};
+use super::perturb;
+use super::projection::first_component;
+use crate::model::Tail;
 
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -15,6 +20,14 @@ pub enum Targets {
 }
 
 impl Targets {
+    /// The targets of sample `i` alone.
+    fn of_sample(&self, i: usize) -> Targets {
+        match self {
+            Targets::PerSample(v) => Targets::All(v[i]),
+            other => other.clone(),
+        }
+    }
+
     fn resolve(&self, logits: &[Vec<f32>], num_classes: usize) -> Result<Vec<usize>> {
         let n = logits.len();
         let classes = match self {
@@ -94,94 +107,11 @@ impl CamBatch {
     }
 }
 
-/// How a gradient CAM combines the activations A and the gradients G = dy_c/dA at the
-/// cut, with pytorch-grad-cam 1.5.7's definitions and constants (sums over the spatial
-/// positions; the same formulas over a 1D map's length). Every map is then ReLU'd and
-/// min-max normalised like Grad-CAM's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Method {
-    /// w_k = mean G_k; map = Σ_k w_k A_k.
-    #[default]
-    GradCam,
-    /// α = G² / (2G² + ΣA·G³ + 1e-6); w_k = Σ ReLU(G_k)·α_k; map = Σ_k w_k A_k.
-    GradCamPlusPlus,
-    /// w_k = Σ G_k·A_k / (ΣA_k + 1e-7); map = Σ_k w_k A_k.
-    XGradCam,
-    /// map = Σ_k G_k ⊙ A_k.
-    HiResCam,
-    /// map = Σ_k ReLU(G_k ⊙ A_k) (pytorch-grad-cam's GradCAMElementWise).
-    ElementWise,
-    /// map = Σ_k ReLU(G_k) ⊙ A_k.
-    LayerCam,
-}
-
-impl Method {
-    pub const ALL: [Method; 6] = [
-        Method::GradCam,
-        Method::GradCamPlusPlus,
-        Method::XGradCam,
-        Method::HiResCam,
-        Method::ElementWise,
-        Method::LayerCam,
-    ];
-
-    /// The name a user types (`gradcam++`, ...), the same in every front end.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::GradCam => "gradcam",
-            Method::GradCamPlusPlus => "gradcam++",
-            Method::XGradCam => "xgradcam",
-            Method::HiResCam => "hirescam",
-            Method::ElementWise => "elementwise",
-            Method::LayerCam => "layercam",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| Error::Unsupported {
-                what: "CAM method",
-                name: name.to_string(),
-                supported: Self::ALL.iter().map(|m| m.name().to_string()).collect(),
-            })
-    }
-
-    /// The signed map (N, P) from activations and gradients (N, K, P), on their device.
-    fn map(self, a: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-        let weighted = |w: Tensor| a.broadcast_mul(&w)?.sum(1);
-        match self {
-            Method::GradCam => weighted(g.mean_keepdim(D::Minus1)?),
-            Method::HiResCam => (a * g)?.sum(1),
-            Method::ElementWise => (a * g)?.relu()?.sum(1),
-            Method::LayerCam => (g.relu()? * a)?.sum(1),
-            Method::XGradCam => {
-                let s = (a.sum_keepdim(D::Minus1)? + 1e-7)?;
-                weighted((a * g)?.sum_keepdim(D::Minus1)?.broadcast_div(&s)?)
-            }
-            Method::GradCamPlusPlus => {
-                // Where G = 0, α = 0 / 1e-6 = 0: pytorch-grad-cam's `np.where` is implied.
-                let (g2, g3) = (g.sqr()?, g.powf(3.0)?);
-                let s = a.sum_keepdim(D::Minus1)?;
-                let denom = ((&g2 * 2.0)? + g3.broadcast_mul(&s)?)?.affine(1.0, 1e-6)?;
-                weighted((g.relu()? * (g2 / denom)?)?.sum_keepdim(D::Minus1)?)
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A network cut at its target layer.
+/// A network cut at its target layer, with a CAM method.
 pub struct GradCam<'a> {
     net: &'a Network,
     layer: String,
-    method: Method,
+    config: CamConfig,
 }
 
 impl<'a> GradCam<'a> {
@@ -190,13 +120,17 @@ impl<'a> GradCam<'a> {
         Ok(Self {
             net,
             layer: layer.to_string(),
-            method: Method::GradCam,
+            config: CamConfig::default(),
         })
     }
 
-    /// Another gradient method than Grad-CAM (same cut, same one backward pass).
-    pub fn with_method(mut self, method: Method) -> Self {
-        self.method = method;
+    /// Another method than Grad-CAM, with its default options.
+    pub fn with_method(self, method: Method) -> Self {
+        self.with_config(CamConfig::new(method))
+    }
+
+    pub fn with_config(mut self, config: CamConfig) -> Self {
+        self.config = config;
         self
     }
 
@@ -205,33 +139,53 @@ impl<'a> GradCam<'a> {
         Ok(self.net.body.split(x, &self.layer)?.0)
     }
 
-    /// Forward to the cut, then back-propagate only from the logits to the activations:
-    /// A becomes a fresh leaf, so the backward pass never enters the layers before it.
+    /// Forward to the cut, then what the method needs: a backward pass only from the
+    /// logits to the activations (A becomes a fresh leaf, so it never enters the layers
+    /// before the cut), nothing, masked whole-network passes, or tail-only ablations.
     pub fn run(&self, x: &Tensor, targets: &Targets) -> Result<CamBatch> {
-        let (a, tail) = self.net.body.split(x, &self.layer)?;
-        let a = a.detach();
-        let leaf = Var::from_tensor(&a)?;
-        let logits = tail(leaf.as_tensor())?;
-        let host_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let classes = targets.resolve(&host_logits, self.net.num_classes)?;
-
-        // Score = sum_n logit[n, c_n]: one backward for the whole batch.
-        let (n, k) = (host_logits.len(), self.net.num_classes);
-        let mut onehot = vec![0f32; n * k];
-        for (i, &c) in classes.iter().enumerate() {
-            onehot[i * k + c] = 1.0;
-        }
-        let onehot = Tensor::from_vec(onehot, (n, k), logits.device())?;
-        let score = logits.mul(&onehot)?.sum_all()?;
-        let grads = score.backward()?;
-        let g = match grads.get(leaf.as_tensor()) {
-            Some(g) => g.clone(),
-            None => a.zeros_like()?,
+        let method = self.config.method;
+        let (a, host_logits, classes, weighted) = if method.needs() == Needs::Ablations {
+            self.ablated(x, targets)?
+        } else {
+            let (a, tail) = self.net.body.split(x, &self.layer)?;
+            let a = a.detach();
+            let (host_logits, classes, g) = if method.needs() == Needs::Gradients {
+                self.backward(&a, &tail, targets)?
+            } else {
+                let logits = tail(&a)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let classes = targets.resolve(&logits, self.net.num_classes)?;
+                (logits, classes, None)
+            };
+            let flat = a.flatten_from(2)?;
+            let weighted = if method.needs() == Needs::MaskedInputs {
+                let w = perturb::score_weights(
+                    self.net.body.as_ref(),
+                    x,
+                    &a,
+                    &classes,
+                    self.config.batch(),
+                )?;
+                flat.broadcast_mul(&w)?
+            } else {
+                let g = g.map(|g| g.flatten_from(2)).transpose()?;
+                method.weighted(&flat, g.as_ref())?
+            };
+            (a, host_logits, classes, weighted)
         };
 
         let spatial = a.dims()[2..].to_vec();
-        let raw = self.method.map(&a.flatten_from(2)?, &g.flatten_from(2)?)?; // (N, K, P) -> (N, P)
-        let raw = raw.flatten_all()?.to_vec1::<f32>()?;
+        let raw = if self.config.projects() {
+            let (n, k, p) = weighted.dims3()?;
+            let host = weighted
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            (0..n)
+                .flat_map(|i| first_component(&host[i * k * p..(i + 1) * k * p], k, p))
+                .collect()
+        } else {
+            weighted.sum(1)?.flatten_all()?.to_vec1::<f32>()? // (N, K, P) -> (N, P)
+        };
         Ok(CamBatch {
             logits: host_logits,
             classes,
@@ -239,6 +193,68 @@ impl<'a> GradCam<'a> {
             spatial,
             multi_label: self.net.multi_label,
         })
+    }
+
+    /// Logits, classes and G = d(Σ_n logit[n, c_n])/dA: one backward for the batch.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        a: &Tensor,
+        tail: &Tail,
+        targets: &Targets,
+    ) -> Result<(Vec<Vec<f32>>, Vec<usize>, Option<Tensor>)> {
+        let leaf = Var::from_tensor(a)?;
+        let logits = tail(leaf.as_tensor())?;
+        let host_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let classes = targets.resolve(&host_logits, self.net.num_classes)?;
+        let (n, k) = (host_logits.len(), self.net.num_classes);
+        let mut onehot = vec![0f32; n * k];
+        for (i, &c) in classes.iter().enumerate() {
+            onehot[i * k + c] = 1.0;
+        }
+        let onehot = Tensor::from_vec(onehot, (n, k), logits.device())?;
+        let grads = logits.mul(&onehot)?.sum_all()?.backward()?;
+        let g = match grads.get(leaf.as_tensor()) {
+            Some(g) => g.clone(),
+            None => a.zeros_like()?,
+        };
+        Ok((host_logits, classes, Some(g)))
+    }
+
+    /// AblationCAM, one sample at a time: each sample's own tail runs its ablations.
+    #[allow(clippy::type_complexity)]
+    fn ablated(
+        &self,
+        x: &Tensor,
+        targets: &Targets,
+    ) -> Result<(Tensor, Vec<Vec<f32>>, Vec<usize>, Tensor)> {
+        let n = x.dim(0)?;
+        if let Targets::PerSample(v) = targets {
+            if v.len() != n {
+                return Err(Error::ClassCount {
+                    classes: v.len(),
+                    batch: n,
+                });
+            }
+        }
+        let (mut acts, mut logits, mut classes, mut weighted) = (vec![], vec![], vec![], vec![]);
+        for i in 0..n {
+            let (a, tail) = self.net.body.split(&x.narrow(0, i, 1)?, &self.layer)?;
+            let a = a.detach();
+            let l = tail(&a)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let c = targets.of_sample(i).resolve(&l, self.net.num_classes)?[0];
+            let w = perturb::ablation_weights(&a, &tail, l[0][c], c, self.config.batch())?;
+            weighted.push(a.flatten_from(2)?.broadcast_mul(&w)?);
+            acts.push(a);
+            logits.extend(l);
+            classes.push(c);
+        }
+        Ok((
+            Tensor::cat(&acts, 0)?,
+            logits,
+            classes,
+            Tensor::cat(&weighted, 0)?,
+        ))
     }
 }
 

@@ -1,12 +1,16 @@
-//! Grad-CAM and its gradient relatives ([`Method`]), one implementation for 1D and 2D:
+//! Grad-CAM and the CAM family ([`Method`]), one implementation for 1D and 2D:
 //! spatial dims are flattened, so the maths never knows whether it explains a picture or
 //! a signal.
 
 mod gradcam;
 mod heatmap;
+mod method;
+mod perturb;
+pub mod projection;
 pub mod relevance;
 mod resize;
 
-pub use gradcam::{argmax, CamBatch, GradCam, Method, Targets};
+pub use gradcam::{argmax, CamBatch, GradCam, Targets};
 pub use heatmap::{heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
-pub use resize::resize_linear;
+pub use method::{CamConfig, Method, Needs};
+pub use resize::{resize_linear, resize_linear_corners};

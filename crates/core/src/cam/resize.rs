@@ -2,6 +2,16 @@
 /// `INTER_LINEAR` and PyTorch's `align_corners=False`, which pytorch-grad-cam's output uses.
 /// Bilinear is separable, so each axis is interpolated in turn.
 pub fn resize_linear(src: &[f32], src_shape: &[usize], dst_shape: &[usize]) -> Vec<f32> {
+    resize(src, src_shape, dst_shape, false)
+}
+
+/// The same with `align_corners=True` (corner samples on corner samples), as
+/// `torch.nn.UpsamplingBilinear2d` does; ScoreCAM upsamples its masks this way.
+pub fn resize_linear_corners(src: &[f32], src_shape: &[usize], dst_shape: &[usize]) -> Vec<f32> {
+    resize(src, src_shape, dst_shape, true)
+}
+
+fn resize(src: &[f32], src_shape: &[usize], dst_shape: &[usize], corners: bool) -> Vec<f32> {
     assert_eq!(
         src_shape.len(),
         dst_shape.len(),
@@ -14,18 +24,27 @@ pub fn resize_linear(src: &[f32], src_shape: &[usize], dst_shape: &[usize]) -> V
         if shape[axis] == dst_shape[axis] {
             continue;
         }
-        cur = resize_axis(&cur, &shape, axis, dst_shape[axis]);
+        cur = resize_axis(&cur, &shape, axis, dst_shape[axis], corners);
         shape[axis] = dst_shape[axis];
     }
     cur
 }
 
 /// Source index and weight of the upper neighbour for each output position.
-fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+fn taps(n_in: usize, n_out: usize, corners: bool) -> Vec<(usize, usize, f32)> {
     let scale = n_in as f64 / n_out as f64;
+    let corner_scale = if n_out > 1 {
+        (n_in - 1) as f64 / (n_out - 1) as f64
+    } else {
+        0.0
+    };
     (0..n_out)
         .map(|i| {
-            let x = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let x = if corners {
+                i as f64 * corner_scale
+            } else {
+                ((i as f64 + 0.5) * scale - 0.5).max(0.0)
+            };
             let x0 = (x.floor() as usize).min(n_in - 1);
             let x1 = (x0 + 1).min(n_in - 1);
             let w = if x0 == n_in - 1 { 0.0 } else { x - x0 as f64 };
@@ -34,11 +53,11 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize) -> Vec<f32> {
+fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize, corners: bool) -> Vec<f32> {
     let n_in = shape[axis];
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
-    let t = taps(n_in, n_out);
+    let t = taps(n_in, n_out, corners);
     let mut out = vec![0f32; outer * n_out * inner];
     for o in 0..outer {
         let s = &src[o * n_in * inner..(o + 1) * n_in * inner];
@@ -97,6 +116,14 @@ mod tests {
         // 4 -> 2: x = 0.5 and 2.5 -> the means of neighbours.
         let out = resize_linear(&[0.0, 2.0, 4.0, 6.0], &[4], &[2]);
         assert_eq!(out, vec![1.0, 5.0]);
+    }
+
+    #[test]
+    fn align_corners_puts_the_ends_on_the_ends() {
+        // torch: nn.UpsamplingBilinear2d(size=(1, 5))(torch.tensor([[[[0., 1., 3.]]]]))
+        // -> [0.0, 0.5, 1.0, 2.0, 3.0]
+        let out = resize_linear_corners(&[0.0, 1.0, 3.0], &[3], &[5]);
+        assert_eq!(out, vec![0.0, 0.5, 1.0, 2.0, 3.0]);
     }
 
     #[test]

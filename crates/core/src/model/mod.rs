@@ -127,12 +127,14 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     /// Logits (N, classes).
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// The activations at `layer` (computed without gradient bookkeeping) and the rest
-    /// of the network: a function from a tensor in their place to the logits.
+    /// of the network: a function from a tensor in their place to the logits. The tail
+    /// can be called again, and when `x` is one sample it also takes a batch of variants
+    /// of that sample's activations (AblationCAM runs only the tail, once per channel).
     fn split<'s>(&'s self, x: &Tensor, layer: &str) -> Result<(Tensor, Tail<'s>)>;
 }
 
 /// The part of a network after its cut: activations in, logits out.
-pub type Tail<'s> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 's>;
+pub type Tail<'s> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 's>;
 
 #[derive(Clone, Debug)]
 pub struct Network {

@@ -536,6 +536,39 @@ impl OnnxGraph {
         }
     }
 
+    /// What the nodes after `target` read from before it: one sample's values of those
+    /// tensors, repeated `rows` times (constants and shape vectors stay as they are).
+    fn repeat_sample(
+        &self,
+        target: &str,
+        values: &HashMap<String, Tensor>,
+        rows: usize,
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut dirty: HashSet<&str> = HashSet::from([target]);
+        let mut read = HashSet::new();
+        for n in &self.nodes {
+            if n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
+                read.extend(n.inputs.iter().map(String::as_str));
+                dirty.extend(n.outputs.iter().map(String::as_str));
+            }
+        }
+        let mut out = self.consts.clone();
+        for name in read.into_iter().filter(|r| !dirty.contains(r)) {
+            let Some(t) = values.get(name) else { continue };
+            let per_sample =
+                t.rank() >= 2 && t.dtype().is_float() && !self.consts.contains_key(name);
+            let t = if per_sample {
+                let mut dims = t.dims().to_vec();
+                dims[0] = rows;
+                t.narrow(0, 0, 1)?.broadcast_as(dims)?.contiguous()?
+            } else {
+                t.clone()
+            };
+            out.insert(name.to_string(), t);
+        }
+        Ok(out)
+    }
+
     fn output_of(&self, values: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
         values
             .get(name)
@@ -584,14 +617,30 @@ impl crate::model::Body for OnnxGraph {
             acts.push(self.output_of(&v, &target)?.narrow(0, 0, c.1)?);
             states.push(v);
         }
+        let n = x.dim(0)?;
         let tail: crate::model::Tail<'s> = Box::new(move |leaf: &Tensor| {
-            let mut logits = Vec::with_capacity(chunks.len());
-            for (&c, values) in chunks.iter().zip(states) {
-                let part = self.chunk_of(leaf, c)?;
-                logits.push(
-                    self.forward_from(&target, &part, values)?
-                        .narrow(0, 0, c.1)?,
-                );
+            let rows = leaf.dim(0)?;
+            let mut logits = Vec::new();
+            if rows == n {
+                for (&c, values) in chunks.iter().zip(&states) {
+                    let part = self.chunk_of(leaf, c)?;
+                    let out = self.forward_from(&target, &part, values.clone())?;
+                    logits.push(out.narrow(0, 0, c.1)?);
+                }
+            } else if n == 1 {
+                // Variants of one sample: every tensor the tail reads from before the cut
+                // is that sample's, repeated.
+                for c in self.chunks(rows) {
+                    let part = self.chunk_of(leaf, c)?;
+                    let values = self.repeat_sample(&target, &states[0], part.dim(0)?)?;
+                    let out = self.forward_from(&target, &part, values)?;
+                    logits.push(out.narrow(0, 0, c.1)?);
+                }
+            } else {
+                return Err(err(
+                    &self.path,
+                    format!("the tail was split for {n} samples and given {rows}"),
+                ));
             }
             Ok(Tensor::cat(&logits, 0)?)
         });
