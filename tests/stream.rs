@@ -33,6 +33,8 @@ fn memory_frames_to_channels_match_the_explainer() {
             batch: 3,
             every: 1,
             norm: Norm::Frame,
+            metrics: None,
+            metrics_every: 1,
         },
         overlay: OverlayConfig {
             colormap: &JET,

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
 use camstream_core::cam::{heatmap_on_source, Targets};
+use camstream_core::metrics::{measure, Measured, MetricsConfig};
 use camstream_core::model::Network;
 use camstream_core::preprocess::{denormalise, prepare_image, InputKind};
 use camstream_core::record::{self, SampleRecord};
@@ -186,6 +187,7 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
     if !(0.0..=1.0).contains(&args.alpha) {
         bail!("--alpha must be within 0..1, got {}", args.alpha);
     }
+    let metrics = args.metrics.config(args.batch)?;
     let (files, samples) = load_inputs(&args.inputs, net, kind)?;
     let targets = parse_targets(args.class.as_deref(), net, samples.len())?;
     std::fs::create_dir_all(&args.out)
@@ -211,6 +213,12 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
             other => other.into(),
         })?;
 
+    let outputs = Outputs {
+        args,
+        kind,
+        explainer,
+        metrics,
+    };
     for r in 0..k {
         // Explanations come sample by sample, each sample's ranks in order.
         let ranked: Vec<&Explanation> = explained.iter().skip(r).step_by(k).collect();
@@ -230,71 +238,95 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
             };
             let rank = (k > 1).then_some(r + 1);
             let (samples, explained) = (&samples[range.clone()], &ranked[range]);
-            write_outputs(args, kind, net, &named, rank, samples, explained)?;
+            outputs.write(&named, rank, samples, explained)?;
         }
     }
     Ok(())
 }
 
-/// One input file's outputs: overlays or plots, `.cam.npy`/`.heatmap.npy`, JSON lines.
-fn write_outputs(
-    args: &ExplainArgs,
+/// What every input file's outputs are written with.
+struct Outputs<'a> {
+    args: &'a ExplainArgs,
     kind: Kind,
-    net: &Network,
-    file: &InputFile,
-    rank: Option<usize>,
-    samples: &[Sample],
-    explained: &[&Explanation],
-) -> Result<()> {
-    let out = &args.out;
-    let mut heatmaps = Vec::new();
-    for (k, (sample, e)) in samples.iter().zip(explained).enumerate() {
-        let input_size = &sample.shape[1..];
-        let png = out.join(if samples.len() > 1 {
-            format!("{}.{k}.png", file.stem)
-        } else {
-            format!("{}.png", file.stem)
-        });
+    explainer: &'a Explainer,
+    metrics: Option<MetricsConfig>,
+}
+
+impl Outputs<'_> {
+    /// One input file's outputs: overlays or plots, `.cam.npy`/`.heatmap.npy`, JSON lines.
+    fn write(
+        &self,
+        file: &InputFile,
+        rank: Option<usize>,
+        samples: &[Sample],
+        explained: &[&Explanation],
+    ) -> Result<()> {
+        let (args, kind, net) = (self.args, self.kind, self.explainer.network());
+        let out = &args.out;
+        let mut heatmaps = Vec::new();
+        for (k, (sample, e)) in samples.iter().zip(explained).enumerate() {
+            let input_size = &sample.shape[1..];
+            let png = out.join(if samples.len() > 1 {
+                format!("{}.{k}.png", file.stem)
+            } else {
+                format!("{}.png", file.stem)
+            });
+            if args.cam_npy {
+                heatmaps.extend(&e.map);
+            }
+            if let (Kind::Image, Some((view, rect))) = (kind, &sample.view) {
+                let (w, h) = (view.width() as usize, view.height() as usize);
+                let model = [input_size[0], input_size[1]];
+                let mask = heatmap_on_source(&e.raw, &e.spatial, model, *rect, [h, w]);
+                let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
+                let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
+                camstream_media::io::write_png(&png, &img)?;
+            }
+            if kind == Kind::Signal && net.input.kind == InputKind::Signal && sample.shape[0] >= 1 {
+                // The first channel, coloured by the final map.
+                let title = format!(
+                    "{} — {} ({:.2}), layer {}",
+                    file.stem, e.label, e.probability, e.layer
+                );
+                let first = &sample.data[..input_size[0]];
+                plot_signal(&png, first, &e.map, net.input.sample_rate, &title, &JET)?;
+            }
+            if args.json || self.metrics.is_some() {
+                let mut record = SampleRecord::new(
+                    e,
+                    self.explainer.method().name(),
+                    file.path.display().to_string(),
+                    k,
+                    rank,
+                );
+                if let Some(config) = &self.metrics {
+                    let sample = Measured {
+                        input: &sample.data,
+                        shape: &sample.shape,
+                        map: &e.map,
+                        class: e.class,
+                    };
+                    record.metrics = Some(measure(net, sample, config)?);
+                }
+                let line = record::to_line(&record);
+                // A closed pipe (`| head`) is an error to report, not a panic.
+                writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")?;
+            }
+        }
         if args.cam_npy {
-            heatmaps.extend(&e.map);
+            let mut raw_shape = vec![samples.len()];
+            raw_shape.extend(&explained[0].spatial);
+            let raw: Vec<f32> = explained
+                .iter()
+                .flat_map(|e| e.raw.iter().copied())
+                .collect();
+            write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
+            let mut hm_shape = vec![samples.len()];
+            hm_shape.extend(&samples[0].shape[1..]);
+            write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
         }
-        if let (Kind::Image, Some((view, rect))) = (kind, &sample.view) {
-            let (w, h) = (view.width() as usize, view.height() as usize);
-            let model = [input_size[0], input_size[1]];
-            let mask = heatmap_on_source(&e.raw, &e.spatial, model, *rect, [h, w]);
-            let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
-            let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
-            camstream_media::io::write_png(&png, &img)?;
-        }
-        if kind == Kind::Signal && net.input.kind == InputKind::Signal && sample.shape[0] >= 1 {
-            // The first channel, coloured by the final map.
-            let title = format!(
-                "{} — {} ({:.2}), layer {}",
-                file.stem, e.label, e.probability, e.layer
-            );
-            let first = &sample.data[..input_size[0]];
-            plot_signal(&png, first, &e.map, net.input.sample_rate, &title, &JET)?;
-        }
-        if args.json {
-            let record = SampleRecord::new(e, file.path.display().to_string(), k, rank);
-            let line = record::to_line(&record);
-            // A closed pipe (`| head`) is an error to report, not a panic.
-            writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")?;
-        }
+        Ok(())
     }
-    if args.cam_npy {
-        let mut raw_shape = vec![samples.len()];
-        raw_shape.extend(&explained[0].spatial);
-        let raw: Vec<f32> = explained
-            .iter()
-            .flat_map(|e| e.raw.iter().copied())
-            .collect();
-        write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
-        let mut hm_shape = vec![samples.len()];
-        hm_shape.extend(&samples[0].shape[1..]);
-        write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
-    }
-    Ok(())
 }
 
 fn npy_path(out: &Path, stem: &str, what: &str) -> PathBuf {

@@ -154,6 +154,49 @@ impl MethodArgs {
     }
 }
 
+/// `--metrics` and how the faithfulness metrics perturb inputs, the same in every command.
+#[derive(Args, Clone)]
+pub struct MetricsArgs {
+    /// Measure each map's faithfulness and add it to the JSON records: confidence
+    /// change and drop/increase (pytorch-grad-cam), average drop/increase (torchcam),
+    /// ROAD most/least relevant first and combined, deletion/insertion AUC (RISE), each
+    /// also for a random map. Runs the network ~60 more times per map
+    #[arg(long)]
+    pub metrics: bool,
+
+    /// What deletion moves towards and insertion starts from: zero, blur (RISE's) or mean
+    #[arg(long, default_value = "zero")]
+    pub metrics_baseline: String,
+
+    /// Deletion/insertion steps
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_steps: u64,
+
+    /// Seed of ROAD's imputation noise and of the random map
+    #[arg(long, default_value_t = 0)]
+    pub metrics_seed: u64,
+}
+
+impl MetricsArgs {
+    /// The metrics' settings, or None without `--metrics`.
+    pub fn config(&self, batch: u64) -> Result<Option<camstream_core::metrics::MetricsConfig>> {
+        if !self.metrics {
+            return Ok(None);
+        }
+        let baseline = self
+            .metrics_baseline
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--metrics-baseline: {e}"))?;
+        Ok(Some(camstream_core::metrics::MetricsConfig {
+            steps: self.metrics_steps as usize,
+            baseline,
+            seed: self.metrics_seed,
+            batch: batch.max(1) as usize,
+            ..Default::default()
+        }))
+    }
+}
+
 impl ModelArgs {
     /// The library's request for this model, keeping `layer` intact when BN is folded.
     pub fn request(&self, layer: Option<&str>) -> Result<ModelRequest> {
@@ -187,6 +230,9 @@ pub struct ExplainArgs {
     #[command(flatten)]
     pub method: MethodArgs,
 
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
     /// Class to explain: an index or a label, for every sample; or a comma-separated list
     /// with exactly one class per sample. Default: each sample's top-1 class.
     #[arg(long, short = 'c')]
@@ -211,7 +257,7 @@ pub struct ExplainArgs {
     pub cam_npy: bool,
 
     /// Print one JSON line per sample on stdout (input, index, class, label, logit,
-    /// probability, layer)
+    /// probability, layer, method; metrics with --metrics, which implies it)
     #[arg(long)]
     pub json: bool,
 

@@ -14,7 +14,7 @@ use camstream_media::decode::signal::{self, OpenOptions};
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob, SignalOutput, WindowModel};
 
-use super::{explain, ExplainArgs, MethodArgs, ModelArgs};
+use super::{explain, ExplainArgs, MethodArgs, MetricsArgs, ModelArgs};
 
 #[derive(Args, Clone)]
 pub struct SignalArgs {
@@ -34,6 +34,10 @@ pub struct SignalArgs {
 
     #[command(flatten)]
     pub method: MethodArgs,
+
+    /// In `<stem>.windows.jsonl`, per window
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// Class to explain in every window (index or label); default: each window's top-1
     #[arg(long, short = 'c')]
@@ -174,6 +178,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
                 model: a.model.clone(),
                 layer: a.layer.clone(),
                 method: a.method.clone(),
+                metrics: a.metrics.clone(),
                 class: a.class.clone(),
                 batch: a.batch,
                 out: a.out.clone(),
@@ -234,6 +239,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
             model: WindowModel {
                 class,
                 batch: a.batch as usize,
+                metrics: a.metrics.config(a.batch)?,
             },
             hop,
             channels: channels.clone(),

@@ -16,7 +16,7 @@ use camstream_media::encode::EncodeOptions;
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::{run_video, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob};
 
-use super::{MethodArgs, ModelArgs};
+use super::{MethodArgs, MetricsArgs, ModelArgs};
 
 #[derive(Args)]
 pub struct VideoArgs {
@@ -37,6 +37,14 @@ pub struct VideoArgs {
 
     #[command(flatten)]
     pub method: MethodArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
+    /// With --metrics, measure only the frames whose index is a multiple of K (each
+    /// measured frame runs the network ~60 more times)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_every: u64,
 
     /// Explain this class (index or label) in every frame; default: each frame's top-1
     #[arg(long, short = 'c')]
@@ -85,7 +93,7 @@ pub struct VideoArgs {
     pub duration: Option<f64>,
 
     /// Write one JSON line per frame (index, pts, seconds, class, label, logit,
-    /// probability, peak_x, peak_y, explained)
+    /// probability, peak_x, peak_y, explained, method; metrics with --metrics)
     #[arg(long)]
     pub frames_json: Option<PathBuf>,
 
@@ -108,6 +116,9 @@ pub struct VideoArgs {
 }
 
 pub fn run(a: &VideoArgs) -> Result<()> {
+    if a.metrics.metrics && a.frames_json.is_none() {
+        bail!("--metrics adds each frame's metrics to its record: add --frames-json FILE");
+    }
     let mut net = a.model.load(a.layer.as_deref())?;
     if net.input.kind != InputKind::Image {
         bail!(
@@ -195,6 +206,8 @@ pub fn run(a: &VideoArgs) -> Result<()> {
                 batch: a.batch as usize,
                 every: a.every as usize,
                 norm,
+                metrics: a.metrics.config(a.batch)?,
+                metrics_every: a.metrics_every as usize,
             },
             overlay: OverlayConfig {
                 colormap,
@@ -268,6 +281,8 @@ pub fn bench(
                 batch,
                 every: 1,
                 norm: Norm::Frame,
+                metrics: None,
+                metrics_every: 1,
             },
             overlay: OverlayConfig {
                 colormap: &camstream_media::render::JET,

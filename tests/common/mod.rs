@@ -116,3 +116,11 @@ pub fn logits(net: &camstream_core::model::Network, x: &candle_core::Tensor) -> 
         .and_then(|l| Ok(l.flatten_all()?.to_vec1()?))
         .expect("forward")
 }
+
+/// The top-1 class of one sample (C, spatial...).
+pub fn argmax_of(net: &camstream_core::model::Network, x: &[f32], shape: &[usize]) -> usize {
+    let mut dims = vec![1];
+    dims.extend(shape);
+    let t = candle_core::Tensor::from_vec(x.to_vec(), dims, &candle_core::Device::Cpu).unwrap();
+    camstream_core::cam::argmax(&logits(net, &t))
+}

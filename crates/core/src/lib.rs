@@ -10,6 +10,7 @@ pub mod cam;
 pub mod device;
 pub mod error;
 pub mod explain;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod random;

@@ -4,13 +4,16 @@
 //!
 //! | record | written by | keys |
 //! |---|---|---|
-//! | [`SampleRecord`] | `image`, `signal` on `.npy` tensors (`--json`, stdout) | class, index, input, label, layer, logit, probability, rank (with top-k) |
-//! | [`FrameRecord`] | `video --frames-json` | class, explained, index, label, logit, peak_x, peak_y, probability, pts, seconds |
-//! | [`WindowRecord`] | `signal` (`<stem>.windows.jsonl`) | class, end_s, label, logit, padded, probability, start_s, window |
+//! | [`SampleRecord`] | `image`, `signal` on `.npy` tensors (`--json`, stdout) | class, index, input, label, layer, logit, method, metrics (with `--metrics`), probability, rank (with top-k) |
+//! | [`FrameRecord`] | `video --frames-json` | class, explained, index, label, logit, method, metrics (with `--metrics`, measured frames), peak_x, peak_y, probability, pts, seconds |
+//! | [`WindowRecord`] | `signal` (`<stem>.windows.jsonl`) | class, end_s, label, logit, method, metrics (with `--metrics`), padded, probability, start_s, window |
+//!
+//! `metrics` is a [`Faithfulness`](crate::metrics::Faithfulness) object.
 
 use serde::Serialize;
 
 use crate::explain::Explanation;
+use crate::metrics::Faithfulness;
 
 /// One explained sample of a picture or tensor file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -24,6 +27,10 @@ pub struct SampleRecord {
     pub layer: String,
     #[serde(serialize_with = "widened")]
     pub logit: f32,
+    /// The CAM method's name (`Method::name`).
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Faithfulness>,
     #[serde(serialize_with = "widened")]
     pub probability: f32,
     /// 1-based rank of `class` among the sample's logits, with top-k only.
@@ -32,7 +39,13 @@ pub struct SampleRecord {
 }
 
 impl SampleRecord {
-    pub fn new(e: &Explanation, input: String, index: usize, rank: Option<usize>) -> Self {
+    pub fn new(
+        e: &Explanation,
+        method: &str,
+        input: String,
+        index: usize,
+        rank: Option<usize>,
+    ) -> Self {
         Self {
             class: e.class,
             index,
@@ -40,6 +53,8 @@ impl SampleRecord {
             label: e.label.clone(),
             layer: e.layer.to_string(),
             logit: e.logit,
+            method: method.to_string(),
+            metrics: None,
             probability: e.probability,
             rank,
         }
@@ -56,6 +71,9 @@ pub struct FrameRecord {
     pub label: String,
     #[serde(serialize_with = "widened")]
     pub logit: f32,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Faithfulness>,
     /// The heatmap's peak, in source pixels.
     pub peak_x: usize,
     pub peak_y: usize,
@@ -74,6 +92,9 @@ pub struct WindowRecord {
     pub label: String,
     #[serde(serialize_with = "widened")]
     pub logit: f32,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Faithfulness>,
     /// The window runs past the recording's end and was padded with zeros.
     pub padded: bool,
     #[serde(serialize_with = "widened")]
@@ -103,15 +124,18 @@ mod tests {
             end_s: 8.0,
             label: "normal".into(),
             logit: 1.969_151_6,
+            method: "gradcam".into(),
+            metrics: None,
             padded: false,
             probability: 0.974_686_26,
             start_s: 0.0,
             window: 0,
         };
-        // The line serde_json::json! wrote before these records existed (ecg_60s demo).
+        // The line serde_json::json! wrote before these records existed (ecg_60s demo),
+        // with the method since there are several.
         assert_eq!(
             to_line(&w),
-            r#"{"class":0,"end_s":8.0,"label":"normal","logit":1.9691516160964966,"padded":false,"probability":0.9746862649917603,"start_s":0.0,"window":0}"#
+            r#"{"class":0,"end_s":8.0,"label":"normal","logit":1.9691516160964966,"method":"gradcam","padded":false,"probability":0.9746862649917603,"start_s":0.0,"window":0}"#
         );
         let s = SampleRecord {
             class: 1,
@@ -120,6 +144,8 @@ mod tests {
             label: "square".into(),
             layer: "features.6".into(),
             logit: 9.103_574,
+            method: "gradcam".into(),
+            metrics: None,
             probability: 0.999_987_5,
             rank: None,
         };

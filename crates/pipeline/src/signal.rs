@@ -14,7 +14,8 @@ use super::{guard, peak_rss_mb, Busy, FirstError, PipelineError, StageCtl, Stage
 use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
-use camstream_core::cam::Targets;
+use camstream_core::cam::{heatmap, Targets};
+use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::WindowRecord;
 use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
@@ -56,6 +57,8 @@ pub struct WindowModel {
     pub class: Option<usize>,
     /// Windows per forward/backward pass.
     pub batch: usize,
+    /// Measure each window's map (into its record).
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// The writer's part of a signal job: `<stem>.windows.jsonl`, `.relevance.csv/.npy`,
@@ -98,6 +101,8 @@ struct Explained {
     e: Explanation,
     /// Audio models: the (n_mels, frames) model input, for the spectrogram plot.
     spec: Option<Vec<f32>>,
+    method: &'static str,
+    metrics: Option<Faithfulness>,
 }
 
 /// The window stage's output: trace samples, or a window with its model input (the
@@ -578,10 +583,25 @@ fn model_stage(
                 Prepared::Trace { start, samples } => Piece::Trace { start, samples },
                 Prepared::Window(win, input) => {
                     let Some(e) = out.next() else { continue };
+                    let metrics = match &config.metrics {
+                        Some(m) => {
+                            let map = heatmap(&e.raw, &e.spatial, &sample_shape[1..]);
+                            let sample = Measured {
+                                input: &input,
+                                shape: &sample_shape,
+                                map: &map,
+                                class: e.class,
+                            };
+                            Some(measure(net, sample, m)?)
+                        }
+                        None => None,
+                    };
                     Piece::Window(Box::new(Explained {
                         win,
                         e,
                         spec: features.mel().map(|_| features.mel_major(&input)),
+                        method: explainer.method().name(),
+                        metrics,
                     }))
                 }
             };
@@ -785,6 +805,8 @@ fn writer(
                     end_s,
                     label: e.label.clone(),
                     logit: e.logit,
+                    method: x.method.to_string(),
+                    metrics: x.metrics.clone(),
                     padded: w.valid < len,
                     probability: e.probability,
                     start_s,

@@ -97,14 +97,18 @@ impl CamBatch {
 
     /// Softmax probability of the explained class (sigmoid score for multi-label models).
     pub fn probability(&self, i: usize) -> f32 {
-        let l = &self.logits[i];
-        if self.multi_label {
-            return 1.0 / (1.0 + (-l[self.classes[i]]).exp());
-        }
-        let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = l.iter().map(|x| (x - m).exp()).sum();
-        (l[self.classes[i]] - m).exp() / sum
+        probability(&self.logits[i], self.classes[i], self.multi_label)
     }
+}
+
+/// Softmax probability of `class` among `logits`, or its sigmoid for multi-label models.
+pub fn probability(logits: &[f32], class: usize, multi_label: bool) -> f32 {
+    if multi_label {
+        return 1.0 / (1.0 + (-logits[class]).exp());
+    }
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|x| (x - m).exp()).sum();
+    (logits[class] - m).exp() / sum
 }
 
 /// A network cut at its target layer, with a CAM method.

@@ -10,7 +10,7 @@ pub mod projection;
 pub mod relevance;
 mod resize;
 
-pub use gradcam::{argmax, CamBatch, GradCam, Targets};
+pub use gradcam::{argmax, probability, CamBatch, GradCam, Targets};
 pub use heatmap::{heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
 pub use method::{CamConfig, Method, Needs};
 pub use resize::{resize_linear, resize_linear_corners};

@@ -9,7 +9,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
 
-use camstream_core::cam::{argmax, upsample_to_source, Targets};
+use camstream_core::cam::{argmax, heatmap, upsample_to_source, Targets};
+use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
 use camstream_core::record::FrameRecord;
 use camstream_core::{ExplainOptions, Explainer, Input};
@@ -35,6 +36,7 @@ pub(super) struct Explained {
     placement: Placement,
     map: FrameMap,
     explained: bool,
+    metrics: Option<Faithfulness>,
 }
 
 pub(super) struct Rendered {
@@ -103,6 +105,10 @@ pub struct ModelConfig {
     /// Explain one frame in `every`; the frames between reuse its map.
     pub every: usize,
     pub norm: Norm,
+    /// Measure the faithfulness of the maps of explained frames whose index is a
+    /// multiple of `metrics_every`.
+    pub metrics: Option<MetricsConfig>,
+    pub metrics_every: usize,
 }
 
 /// The map a frame is drawn with; shared by the frames that reuse it (`every`).
@@ -115,6 +121,7 @@ struct FrameMap {
     label: String,
     logit: f32,
     probability: f32,
+    method: &'static str,
 }
 
 /// With `scan`, explains frames only to record the largest map value (the first pass
@@ -191,6 +198,7 @@ impl<'a> ModelStage<'a> {
             .filter(|&i| pending[i].frame.index.is_multiple_of(every))
             .collect();
         let mut maps: Vec<Option<FrameMap>> = vec![None; pending.len()];
+        let mut metrics: Vec<Option<Faithfulness>> = vec![None; pending.len()];
         if !chosen.is_empty() {
             let mut shape = vec![self.explainer.network().input.channels];
             shape.extend(pending[chosen[0]].size);
@@ -220,6 +228,7 @@ impl<'a> ModelStage<'a> {
                 return Ok(true);
             }
             for (e, &i) in out.into_iter().zip(&chosen) {
+                metrics[i] = self.measure(&pending[i], &shape, &e)?;
                 maps[i] = Some(FrameMap {
                     map: Arc::new(self.normaliser.apply(self.config.norm, &e.raw)),
                     spatial: e.spatial,
@@ -227,11 +236,12 @@ impl<'a> ModelStage<'a> {
                     label: e.label,
                     logit: e.logit,
                     probability: e.probability,
+                    method: self.explainer.method().name(),
                 });
             }
         }
         busy.add(t.elapsed(), pending.len() as u64);
-        for (p, m) in pending.drain(..).zip(maps) {
+        for ((p, m), metrics) in pending.drain(..).zip(maps).zip(metrics) {
             let explained = m.is_some();
             if m.is_some() {
                 self.last = m;
@@ -246,12 +256,42 @@ impl<'a> ModelStage<'a> {
                 placement: p.placement,
                 map,
                 explained,
+                metrics,
             };
             if tx.send(e).is_err() {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+}
+
+impl ModelStage<'_> {
+    /// The faithfulness of an explained frame's map, on the frames `metrics_every` picks.
+    fn measure(
+        &self,
+        p: &Prepared,
+        shape: &[usize],
+        e: &camstream_core::Explanation,
+    ) -> Result<Option<Faithfulness>, PipelineError> {
+        let Some(config) = &self.config.metrics else {
+            return Ok(None);
+        };
+        if !p
+            .frame
+            .index
+            .is_multiple_of(self.config.metrics_every.max(1) as u64)
+        {
+            return Ok(None);
+        }
+        let map = heatmap(&e.raw, &e.spatial, &p.size);
+        let sample = Measured {
+            input: &p.input,
+            shape,
+            map: &map,
+            class: e.class,
+        };
+        Ok(Some(measure(self.explainer.network(), sample, config)?))
     }
 }
 
@@ -296,6 +336,8 @@ pub(super) fn render(
             index: e.frame.index,
             label: m.label,
             logit: m.logit,
+            method: m.method.to_string(),
+            metrics: e.metrics,
             peak_x: peak % w,
             peak_y: peak / w,
             probability: m.probability,
