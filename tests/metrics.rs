@@ -227,3 +227,32 @@ fn video_frames_carry_the_metrics_every_kth_frame() {
     ]);
     assert!(common::fails(&out).contains("--frames-json"));
 }
+
+/// `eval --metrics`: one report per method, the random baseline the same for each.
+#[test]
+fn eval_compares_methods_on_the_sample_task() {
+    let out = ok(&camstream(&[
+        "eval",
+        "shapes",
+        "-m",
+        s(&fixtures().join("../../samples/models/shapes.toml")),
+        "-n",
+        "3",
+        "--method",
+        "gradcam,ablationcam",
+        "--metrics",
+        "--json",
+    ]));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["method"], "gradcam");
+    assert_eq!(lines[1]["method"], "ablationcam");
+    for l in &lines {
+        assert_eq!(l["samples"], 3);
+        assert!(l["metrics"]["insertion_auc"].is_f64(), "{l}");
+    }
+    assert_eq!(lines[0]["metrics"]["random"], lines[1]["metrics"]["random"]);
+}

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use camstream_core::model::{ModelRequest, ModelSource, Network};
-use camstream_train::eval::evaluate;
+use camstream_core::CamConfig;
+use camstream_train::eval::{evaluate, EvalOptions};
 use camstream_train::tasks;
 use candle_core::Device;
 
@@ -13,7 +14,14 @@ fn check(task: &str, n: usize, min_pointing: f32) {
     let net = Network::load(&ModelRequest::new(ModelSource::Config(cfg)), &Device::Cpu).unwrap();
     let t = tasks::by_name(task).unwrap();
     // The held-out seed of `camstream eval`, far from the training stream.
-    let r = evaluate(t.as_ref(), &net, &net.default_layer, n, 1_000_003, 25).unwrap();
+    let options = EvalOptions {
+        n,
+        seed: 1_000_003,
+        batch: 25,
+        cam: CamConfig::default(),
+        metrics: None,
+    };
+    let r = evaluate(t.as_ref(), &net, &net.default_layer, &options).unwrap();
     eprintln!("{r:?}");
     assert!(r.accuracy >= 0.95, "{task}: accuracy {}", r.accuracy);
     assert!(

@@ -10,7 +10,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use camstream_core::model::{ModelRequest, ModelSource, Network};
-use camstream_train::eval::{evaluate, Report};
+use camstream_core::{CamConfig, Method};
+
+use super::MetricsArgs;
+use camstream_train::eval::{evaluate, EvalOptions, Report};
 use camstream_train::tasks::{self, Task};
 use camstream_train::train::{self, TrainOptions};
 
@@ -53,7 +56,12 @@ pub struct EvalArgs {
     pub n: usize,
     #[arg(long, default_value_t = HELDOUT_SEED)]
     pub seed: u64,
-    /// Print the report as JSON
+    /// CAM methods to compare, comma-separated, or `all`: one table row each
+    #[arg(long, default_value = "gradcam")]
+    pub method: String,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// Print each method's report as a JSON line
     #[arg(long)]
     pub json: bool,
 }
@@ -140,23 +148,75 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     req.target = a.layer.clone();
     let net = Network::load(&req, &Device::Cpu)?;
     let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
-    let r: Report = evaluate(t.as_ref(), &net, &layer, a.n, a.seed, 32)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+    let methods = if a.method == "all" {
+        Method::ALL.to_vec()
     } else {
+        a.method
+            .split(',')
+            .map(|m| Method::from_name(m.trim()))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    let metrics = a.metrics.config(32)?;
+    let mut reports = Vec::new();
+    for method in methods {
+        let options = EvalOptions {
+            n: a.n,
+            seed: a.seed,
+            batch: 32,
+            cam: CamConfig::new(method),
+            metrics: metrics.clone(),
+        };
+        let r: Report = evaluate(t.as_ref(), &net, &layer, &options)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        reports.push(r);
+    }
+    if !a.json {
+        let r = &reports[0];
         println!(
-            "{} ({}, layer {}): accuracy {:.1} % on {} samples; pointing game {:.1} %, \
-             energy in region {:.1} %, chance {:.1} % on {} localised samples",
+            "{} ({}, layer {}): accuracy {:.1} % on {} samples; {} localised samples \
+             (pointing chance {:.1} %)\n",
             r.task,
             cfg.display(),
             r.layer,
             r.accuracy * 100.0,
             r.samples,
-            r.pointing * 100.0,
-            r.energy * 100.0,
+            r.localised,
             r.chance * 100.0,
-            r.localised
         );
+        print!("{}", table(&reports));
     }
     Ok(())
+}
+
+/// One Markdown row per method: localisation, then faithfulness when measured.
+fn table(reports: &[Report]) -> String {
+    let with_metrics = reports.iter().any(|r| r.metrics.is_some());
+    let mut out = String::from("| method | pointing | energy in region |");
+    if with_metrics {
+        out += " ROAD combined (random) | deletion AUC ↓ | insertion AUC ↑ | avg drop ↓ |";
+    }
+    out += "\n|---|---|---|";
+    if with_metrics {
+        out += "---|---|---|---|";
+    }
+    out += "\n";
+    for r in reports {
+        out += &format!(
+            "| {} | {:.1} % | {:.1} % |",
+            r.method,
+            r.pointing * 100.0,
+            r.energy * 100.0
+        );
+        if let Some(m) = &r.metrics {
+            let random = m.random.as_ref().map_or(f64::NAN, |r| r.road_combined);
+            out += &format!(
+                " {:.3} ({:.3}) | {:.3} | {:.3} | {:.3} |",
+                m.road_combined, random, m.deletion_auc, m.insertion_auc, m.avg_drop
+            );
+        }
+        out += "\n";
+    }
+    out
 }

@@ -1,8 +1,9 @@
 //! Localisation checks for heatmaps against ground truth known by construction: the
 //! pointing game (is the heatmap's peak inside the region?) and energy-in-region.
 
+use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::model::Network;
-use camstream_core::{ExplainOptions, Explainer, Input, Targets};
+use camstream_core::{CamConfig, ExplainOptions, Explainer, Input, Targets};
 
 pub use crate::tasks::Region;
 use crate::tasks::Task;
@@ -82,11 +83,25 @@ mod tests {
     }
 }
 
+/// How [`evaluate`] runs.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Held-out samples, and the seed that makes them.
+    pub n: usize,
+    pub seed: u64,
+    /// Samples per pass.
+    pub batch: usize,
+    pub cam: CamConfig,
+    /// Also measure every map's faithfulness (means in [`Report::metrics`]).
+    pub metrics: Option<MetricsConfig>,
+}
+
 /// Accuracy and localisation of a model on held-out synthetic samples.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
     pub task: String,
     pub layer: String,
+    pub method: String,
     pub samples: usize,
     pub accuracy: f32,
     /// Samples with a ground-truth region (explained for their true class).
@@ -94,27 +109,30 @@ pub struct Report {
     pub pointing: f32,
     pub energy: f32,
     pub chance: f32,
+    /// The mean of each faithfulness metric over the samples (with `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Faithfulness>,
 }
 
-/// Runs the inference path (Grad-CAM for the true class) over `n` fresh samples.
+/// Runs the inference path (the CAM for the true class) over `n` fresh samples.
 pub fn evaluate(
     task: &dyn Task,
     net: &Network,
     layer: &str,
-    n: usize,
-    seed: u64,
-    batch: usize,
+    options: &EvalOptions,
 ) -> crate::Result<Report> {
-    let explainer = Explainer::from_network(net.clone(), Some(layer))?;
-    let options = ExplainOptions {
+    let (n, batch) = (options.n, options.batch.max(1));
+    let explainer = Explainer::from_network(net.clone(), Some(layer))?.with_config(options.cam);
+    let explain = ExplainOptions {
         batch,
         ..ExplainOptions::default()
     };
-    let mut rng = crate::synth::rng(seed);
+    let mut rng = crate::synth::rng(options.seed);
     let size = task.input_size();
     let mut shape = vec![net.input.channels];
     shape.extend(&size);
     let mut loc = Localisation::default();
+    let mut measured = Vec::new();
     let mut correct = 0;
     let mut done = 0;
     while done < n {
@@ -125,12 +143,21 @@ pub fn evaluate(
             .map(|s| Input::new(&s.input, &shape))
             .collect();
         let truth: Vec<usize> = samples.iter().map(|s| s.class).collect();
-        let out = explainer.explain(&inputs, &Targets::PerSample(truth), &options)?;
+        let out = explainer.explain(&inputs, &Targets::PerSample(truth), &explain)?;
         for (s, e) in samples.iter().zip(&out) {
             // The model's own top-1 (first maximum), not the explained true class.
             correct += usize::from(e.ranked[0] == s.class);
             if let Some(r) = &s.region {
                 loc.add(&e.map, &size, r);
+            }
+            if let Some(config) = &options.metrics {
+                let sample = Measured {
+                    input: &s.input,
+                    shape: &shape,
+                    map: &e.map,
+                    class: e.class,
+                };
+                measured.push(measure(net, sample, config)?);
             }
         }
         done += b;
@@ -138,11 +165,16 @@ pub fn evaluate(
     Ok(Report {
         task: task.name().into(),
         layer: layer.into(),
+        method: options.cam.method.name().into(),
         samples: n,
         accuracy: correct as f32 / n.max(1) as f32,
         localised: loc.n,
         pointing: loc.pointing(),
         energy: loc.energy(),
         chance: loc.chance(),
+        metrics: options
+            .metrics
+            .as_ref()
+            .map(|_| Faithfulness::mean(&measured)),
     })
 }

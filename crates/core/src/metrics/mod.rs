@@ -75,6 +75,31 @@ pub struct Faithfulness {
     pub road_morf: f64,
 }
 
+impl Faithfulness {
+    /// Each metric's mean over `all` (the random baseline's too, where every one has it).
+    pub fn mean(all: &[Faithfulness]) -> Faithfulness {
+        let n = all.len().max(1) as f64;
+        let avg = |f: fn(&Faithfulness) -> f64| all.iter().map(f).sum::<f64>() / n;
+        let random: Option<Vec<Faithfulness>> =
+            all.iter().map(|f| f.random.as_deref().cloned()).collect();
+        Faithfulness {
+            avg_drop: avg(|f| f.avg_drop),
+            conf_increase: avg(|f| f.conf_increase),
+            confidence_change: avg(|f| f.confidence_change),
+            deletion_auc: avg(|f| f.deletion_auc),
+            drop_in_confidence: avg(|f| f.drop_in_confidence),
+            increase_in_confidence: avg(|f| f.increase_in_confidence),
+            insertion_auc: avg(|f| f.insertion_auc),
+            random: random
+                .filter(|r| !r.is_empty())
+                .map(|r| Box::new(Faithfulness::mean(&r))),
+            road_combined: avg(|f| f.road_combined),
+            road_lerf: avg(|f| f.road_lerf),
+            road_morf: avg(|f| f.road_morf),
+        }
+    }
+}
+
 /// One sample to measure: the model input (C, spatial...) and its final map.
 #[derive(Clone, Copy, Debug)]
 pub struct Measured<'a> {
@@ -131,15 +156,18 @@ pub fn measure(net: &Network, sample: Measured, config: &MetricsConfig) -> Resul
             ),
         });
     }
-    let mut rng = crate::random::rng(config.seed);
-    let mut f = measure_map(net, sample, config, &mut rng)?;
+    // Each map's noise starts from the seed, and the random map has its own stream, so
+    // the random baseline of a sample is the same whatever map it is compared with.
+    let mut f = measure_map(net, sample, config, &mut crate::random::rng(config.seed))?;
     if config.random_baseline {
         let u = Uniform::new(0f32, 1.0).expect("0 < 1");
-        let map: Vec<f32> = (0..p).map(|_| u.sample(&mut rng)).collect();
+        let mut draw = crate::random::rng(config.seed ^ 0x5eed_0f7a_4d0b_1a5e);
+        let map: Vec<f32> = (0..p).map(|_| u.sample(&mut draw)).collect();
         let random = Measured {
             map: &map,
             ..sample
         };
+        let mut rng = crate::random::rng(config.seed);
         f.random = Some(Box::new(measure_map(net, random, config, &mut rng)?));
     }
     Ok(f)
