@@ -12,7 +12,8 @@ use clap::Args;
 use camstream_core::cam::{upsample_to_source, Targets};
 use camstream_core::model::{resnet, ModelRequest, ModelSource, Network};
 use camstream_core::preprocess::prepare_image;
-use camstream_core::Explainer;
+use camstream_core::cam::Needs;
+use camstream_core::{Explainer, Method};
 use camstream_media::render::{overlay, JET};
 
 #[derive(Args)]
@@ -39,9 +40,34 @@ pub struct BenchArgs {
     /// stage's frames/s and the end-to-end rate
     #[arg(long)]
     pub video: Option<std::path::PathBuf>,
+    /// Also time these CAM methods against forward-only and Grad-CAM on the same batch:
+    /// comma-separated names or `all`. Methods with extra forward passes (scorecam,
+    /// ablationcam) are timed once, without warm-up
+    #[arg(long)]
+    pub method: Option<String>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// One method's time on the bench batch, as multiples of forward-only and Grad-CAM.
+#[derive(serde::Serialize)]
+struct MethodTiming {
+    method: &'static str,
+    #[serde(flatten)]
+    timing: Timing,
+    over_forward: f64,
+    over_gradcam: f64,
+}
+
+fn methods(list: &str) -> Result<Vec<Method>> {
+    if list == "all" {
+        return Ok(Method::ALL.to_vec());
+    }
+    Ok(list
+        .split(',')
+        .map(|m| Method::from_name(m.trim()))
+        .collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
 #[derive(serde::Serialize)]
@@ -109,6 +135,25 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let ratio = gc.median_ms / fwd.median_ms;
+    let mut per_method = Vec::new();
+    for m in methods(a.method.as_deref().unwrap_or("gradcam"))?
+        .into_iter()
+        .filter(|&m| a.method.is_some() && m != Method::GradCam)
+    {
+        let e = cam.clone().with_method(m);
+        let extra = matches!(m.needs(), Needs::MaskedInputs | Needs::Ablations);
+        let (iters, warmup) = if extra { (1, 0) } else { (a.iters, a.warmup) };
+        let t = time(iters, warmup, a.batch, || {
+            e.run(&x, &Targets::TopOne)?;
+            Ok(())
+        })?;
+        per_method.push(MethodTiming {
+            method: m.name(),
+            over_forward: t.median_ms / fwd.median_ms,
+            over_gradcam: t.median_ms / gc.median_ms,
+            timing: t,
+        });
+    }
     let threads = candle_core::utils::get_num_threads();
 
     // Host stages on a synthetic 720p frame, one frame per iteration.
@@ -147,6 +192,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "device": format!("{:?}", device.location()), "threads": threads,
                 "forward": fwd, "gradcam": gc, "gradcam_over_forward": ratio,
                 "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
+                "methods": per_method,
             })
         );
     } else {
@@ -159,6 +205,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "  preprocess 720p: median {:.2} ms = {:.0} frames/s (one thread)\n  overlay 720p   : median {:.2} ms = {:.0} frames/s (one worker)",
             pre.median_ms, pre.frames_per_s, ovl.median_ms, ovl.frames_per_s
         );
+        for m in &per_method {
+            println!(
+                "  {:<12}: median {:.1} ms = {:.1} frames/s; {:.2} x forward, {:.2} x Grad-CAM",
+                m.method, m.timing.median_ms, m.timing.frames_per_s, m.over_forward, m.over_gradcam
+            );
+        }
         if let Some(v) = &video {
             let stages: Vec<String> = v
                 .stages

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""pytorch-grad-cam's perturbation methods, the peers of `camstream bench --method`.
+
+Not run by CI. In the peers' virtual environment (see torch_peers.py):
+
+    OMP_WAIT_POLICY=PASSIVE /tmp/peers/bin/python benches/peers/method_peers.py --threads 2
+
+On torchvision's ResNet-18 (random weights, seed 0), 224x224, batch --batch, target
+layer4[-1] (512 channels, 7x7), top-1 targets, it times forward-only, GradCAM,
+AblationCAM (its default batch_size 32: the whole network per 32 ablations) and ScoreCAM
+(batch_size 16: one whole-network pass per channel), each in the default layout and in
+channels_last; the perturbation methods once each (they take seconds), the others as
+the median of --iters after 2 warm-ups. Prints one JSON object.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    ms = []
+    for _ in range(max(iters, 1)):
+        t = time.perf_counter()
+        fn()
+        ms.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ms)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iters", type=int, default=10)
+    a = p.parse_args()
+
+    import torch
+    import torchvision
+    from pytorch_grad_cam import AblationCAM, GradCAM, ScoreCAM
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": a.batch,
+           "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ")}
+    for layout in ["default", "channels_last"]:
+        model = torchvision.models.resnet18(weights=None).eval()
+        x = torch.randn(a.batch, 3, 224, 224)
+        if layout == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        layers = [model.layer4[-1]]
+
+        def fwd():
+            with torch.inference_mode():
+                model(x)
+
+        r = {"forward_ms": timed(fwd, 2, a.iters)}
+        gc = GradCAM(model, layers)
+        r["gradcam_ms"] = timed(lambda: gc(x, targets=None), 2, a.iters)
+        ab = AblationCAM(model, layers)
+        r["ablationcam_ms"] = timed(lambda: ab(x, targets=None), 0, 1)
+        sc = ScoreCAM(model, layers)
+        r["scorecam_ms"] = timed(lambda: sc(x, targets=None), 0, 1)
+        out[layout] = r
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
