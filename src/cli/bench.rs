@@ -9,10 +9,10 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use clap::Args;
 
+use camstream_core::cam::Needs;
 use camstream_core::cam::{upsample_to_source, Targets};
 use camstream_core::model::{resnet, ModelRequest, ModelSource, Network};
 use camstream_core::preprocess::prepare_image;
-use camstream_core::cam::Needs;
 use camstream_core::{Explainer, Method};
 use camstream_media::render::{overlay, JET};
 
