@@ -15,21 +15,10 @@ the median of --iters after 2 warm-ups. Prints one JSON object.
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    ms = []
-    for _ in range(max(iters, 1)):
-        t = time.perf_counter()
-        fn()
-        ms.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ms)
+from torch_peers import timed  # noqa: E402  (same folder)
 
 
 def main():
@@ -59,13 +48,13 @@ def main():
             with torch.inference_mode():
                 model(x)
 
-        r = {"forward_ms": timed(fwd, 2, a.iters)}
+        r = {"forward_ms": timed(fwd, 2, a.iters)["median_ms"]}
         gc = GradCAM(model, layers)
-        r["gradcam_ms"] = timed(lambda: gc(x, targets=None), 2, a.iters)
+        r["gradcam_ms"] = timed(lambda: gc(x, targets=None), 2, a.iters)["median_ms"]
         ab = AblationCAM(model, layers)
-        r["ablationcam_ms"] = timed(lambda: ab(x, targets=None), 0, 1)
+        r["ablationcam_ms"] = timed(lambda: ab(x, targets=None), 0, 1)["median_ms"]
         sc = ScoreCAM(model, layers)
-        r["scorecam_ms"] = timed(lambda: sc(x, targets=None), 0, 1)
+        r["scorecam_ms"] = timed(lambda: sc(x, targets=None), 0, 1)["median_ms"]
         out[layout] = r
     print(json.dumps(out, indent=1))
 

@@ -60,16 +60,6 @@ struct MethodTiming {
     over_gradcam: f64,
 }
 
-fn methods(list: &str) -> Result<Vec<Method>> {
-    if list == "all" {
-        return Ok(Method::ALL.to_vec());
-    }
-    Ok(list
-        .split(',')
-        .map(|m| Method::from_name(m.trim()))
-        .collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
 #[derive(serde::Serialize)]
 struct Timing {
     median_ms: f64,
@@ -136,7 +126,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     })?;
     let ratio = gc.median_ms / fwd.median_ms;
     let mut per_method = Vec::new();
-    for m in methods(a.method.as_deref().unwrap_or("gradcam"))?
+    for m in Method::list(a.method.as_deref().unwrap_or("gradcam"))?
         .into_iter()
         .filter(|&m| a.method.is_some() && m != Method::GradCam)
     {

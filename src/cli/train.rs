@@ -148,14 +148,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     req.target = a.layer.clone();
     let net = Network::load(&req, &Device::Cpu)?;
     let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
-    let methods = if a.method == "all" {
-        Method::ALL.to_vec()
-    } else {
-        a.method
-            .split(',')
-            .map(|m| Method::from_name(m.trim()))
-            .collect::<std::result::Result<Vec<_>, _>>()?
-    };
+    let methods = Method::list(&a.method)?;
     let metrics = a.metrics.config(32)?;
     let mut reports = Vec::new();
     for method in methods {

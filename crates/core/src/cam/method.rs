@@ -99,6 +99,17 @@ impl Method {
         }
     }
 
+    /// A comma-separated list of names, or `all`.
+    pub fn list(names: &str) -> Result<Vec<Method>> {
+        if names.trim() == "all" {
+            return Ok(Self::ALL.to_vec());
+        }
+        names
+            .split(',')
+            .map(|m| Self::from_name(m.trim()))
+            .collect()
+    }
+
     /// Reduced by the first principal component rather than a sum over channels.
     pub fn projects(self) -> bool {
         matches!(self, Method::EigenCam | Method::EigenGradCam)
