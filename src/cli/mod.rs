@@ -160,7 +160,7 @@ pub struct MetricsArgs {
     /// Measure each map's faithfulness and add it to the JSON records: confidence
     /// change and drop/increase (pytorch-grad-cam), average drop/increase (torchcam),
     /// ROAD most/least relevant first and combined, deletion/insertion AUC (RISE), each
-    /// also for a random map. Runs the network ~60 more times per map
+    /// also for a random map. Runs the network ~120 more times per map
     #[arg(long)]
     pub metrics: bool,
 

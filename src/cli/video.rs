@@ -42,7 +42,7 @@ pub struct VideoArgs {
     pub metrics: MetricsArgs,
 
     /// With --metrics, measure only the frames whose index is a multiple of K (each
-    /// measured frame runs the network ~60 more times)
+    /// measured frame runs the network ~120 more times)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_every: u64,
 

@@ -8,7 +8,7 @@
 //! | [`FrameRecord`] | `video --frames-json` | class, explained, index, label, logit, method, metrics (with `--metrics`, measured frames), peak_x, peak_y, probability, pts, seconds |
 //! | [`WindowRecord`] | `signal` (`<stem>.windows.jsonl`) | class, end_s, label, logit, method, metrics (with `--metrics`), padded, probability, start_s, window |
 //!
-//! `metrics` is a [`Faithfulness`](crate::metrics::Faithfulness) object.
+//! `metrics` is a [`Faithfulness`] object.
 
 use serde::Serialize;
 
