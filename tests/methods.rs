@@ -33,6 +33,7 @@ use std::path::Path;
 
 use camstream_core::cam::{CamConfig, GradCam, Method, Targets};
 use camstream_core::model::{ModelRequest, Network};
+use camstream_core::{ExplainOptions, Explainer, Input};
 use candle_core::{Device, Tensor};
 use common::{camstream, fails, fixtures, max_abs, npy, ok, s};
 
@@ -187,6 +188,7 @@ fn perturbation_and_projection_methods_reproduce_the_references() {
                         method,
                         eigen_smooth,
                         method_batch: Some(batch),
+                        aug_smooth: false,
                     };
                     let cam = GradCam::new(&net, &layer).unwrap().with_config(config);
                     let raw = cam.run(&x, &tg).unwrap().raw;
@@ -240,6 +242,104 @@ fn the_method_flag_reaches_the_final_maps() {
         eprintln!("{dir} {method}: final {e:.1e}");
         assert!(e <= 1e-4, "{dir} {method}: final {e}");
     }
+}
+
+/// Several target layers and aug-smooth (tests/fixtures/methods/combined.py): on 2D,
+/// pytorch-grad-cam's own output,
+///
+/// ```python
+/// GradCAM(net, [net.features[4], net.features[6]])(x, targets=None)
+/// GradCAM(net, [net.features[6]])(x, targets=None, aug_smooth=True)
+/// ```
+///
+/// on 1D the same steps written out (ttach cannot flip a 3-D tensor).
+#[test]
+fn several_layers_and_aug_smooth_reproduce_pytorch_grad_cam() {
+    for dir in ["shapes", "ecg"] {
+        let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
+        let net = Network::load(&ModelRequest::new(common::source(&cfg)), &Device::Cpu).unwrap();
+        let (x, shape) = npy(fixtures().join(dir).join("input.npy"));
+        let per: usize = shape[1..].iter().product();
+        let inputs: Vec<Input> = (0..4)
+            .map(|i| Input::new(&x[i * per..(i + 1) * per], &shape[1..]))
+            .collect();
+        for (method, layers, target, aug) in [
+            ("gradcam", "4+6", "pred", false),
+            ("gradcam++", "4+6", "fixed", false),
+            ("gradcam", "6", "pred", true),
+            ("layercam", "4+6", "fixed", true),
+        ] {
+            let layer = if layers == "6" {
+                "features.6"
+            } else {
+                "features.4,features.6"
+            };
+            let config = CamConfig {
+                aug_smooth: aug,
+                ..CamConfig::new(Method::from_name(method).unwrap())
+            };
+            let ex = Explainer::from_network(net.clone(), Some(layer))
+                .unwrap()
+                .with_config(config);
+            let tg = if target == "pred" {
+                Targets::TopOne
+            } else {
+                Targets::All(1)
+            };
+            let out = ex
+                .explain(&inputs, &tg, &ExplainOptions::default())
+                .unwrap();
+            let got: Vec<f32> = out.iter().flat_map(|e| e.map.iter().copied()).collect();
+            assert!(out.iter().all(|e| e.scaled && e.spatial == shape[2..]));
+            assert_eq!(&*out[0].layer, layer);
+            let aug = if aug { "_aug" } else { "" };
+            let file = format!("methods/{dir}/combined_{method}_{layers}_{target}{aug}_final.npy");
+            let (want, _) = npy(fixtures().join(&file));
+            let e = max_abs(&got, &want);
+            eprintln!("{file}: {e:.1e}");
+            assert!(e <= 1e-4, "{file}: {e}");
+        }
+    }
+}
+
+/// The same through the CLI's `--layer a,b --aug-smooth`.
+#[test]
+fn layer_lists_and_aug_smooth_reach_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = fixtures().join("shapes/shapes_cnn.toml");
+    ok(&camstream(&[
+        "image",
+        "-m",
+        s(&cfg),
+        "-l",
+        "features.4,features.6",
+        "--method",
+        "layercam",
+        "--aug-smooth",
+        "--class",
+        "1",
+        "--cam-npy",
+        "-o",
+        s(tmp.path()),
+        s(&fixtures().join("shapes/input.npy")),
+    ]));
+    let (fin, shape) = npy(tmp.path().join("input.heatmap.npy"));
+    assert_eq!(shape, [16, 64, 64]);
+    let (want, _) =
+        npy(fixtures().join("methods/shapes/combined_layercam_4+6_fixed_aug_final.npy"));
+    let e = max_abs(&fin[..want.len()], &want);
+    assert!(e <= 1e-4, "cli: {e}");
+    let e = fails(&camstream(&[
+        "image",
+        "-m",
+        s(&cfg),
+        "-l",
+        "features.6,nope",
+        "-o",
+        s(tmp.path()),
+        s(&fixtures().join("shapes/input.npy")),
+    ]));
+    assert!(e.contains("unknown layer `nope`"), "{e}");
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! The one way from samples to explanations, used by every front end: batch samples of
-//! equal shape, cut the network at the target layer, run Grad-CAM, and return one
-//! [`Explanation`] per sample (and per rank, with `top_k`).
+//! equal shape, cut the network at the target layer(s), run the CAM method, and return
+//! one [`Explanation`] per sample (and per rank, with `top_k`).
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::cam::{heatmap, CamBatch, CamConfig, GradCam, Method, Targets};
+use crate::cam::augment::AUGMENTATIONS;
+use crate::cam::{
+    aggregate, heatmap, heatmap_on_source, resize_linear, upsample_to_source, CamBatch, CamConfig,
+    GradCam, Method, Targets,
+};
 use crate::error::{Error, Result};
 use crate::model::{ModelRequest, Network};
 
@@ -57,11 +61,16 @@ pub struct Explanation {
     pub logit: f32,
     /// Softmax probability (sigmoid score for multi-label models) of `class`.
     pub probability: f32,
+    /// The target layer, or the layers comma-separated.
     pub layer: Arc<str>,
-    /// The signed map at the target layer's resolution, before ReLU.
+    /// The signed map at the target layer's resolution, before ReLU; with `scaled`, the
+    /// final map at the input's size.
     pub raw: Vec<f32>,
     /// (h, w) or (l) of `raw`.
     pub spatial: Vec<usize>,
+    /// `raw` is already pytorch-grad-cam's final map in [0, 1] (several layers or
+    /// aug-smooth combine final maps), so it must not be normalised again.
+    pub scaled: bool,
     /// pytorch-grad-cam's final map at the input's size (ReLU, min-max, resize, min-max);
     /// empty when `ExplainOptions::final_map` is off.
     pub map: Vec<f32>,
@@ -69,10 +78,34 @@ pub struct Explanation {
     pub ranked: Vec<usize>,
 }
 
-/// A network cut at one target layer, ready to explain samples.
+impl Explanation {
+    /// The final map at `size`: pytorch-grad-cam's normalisation of `raw`, or `raw` itself
+    /// (resized) when it is already final.
+    pub fn final_map(&self, size: &[usize]) -> Vec<f32> {
+        if self.scaled {
+            resize_linear(&self.raw, &self.spatial, size)
+        } else {
+            heatmap(&self.raw, &self.spatial, size)
+        }
+    }
+
+    /// The final map drawn over the source region of a 2D input (see
+    /// [`upsample_to_source`]).
+    pub fn on_source(&self, model: [usize; 2], rect: [usize; 4], out: [usize; 2]) -> Vec<f32> {
+        if self.scaled {
+            upsample_to_source(&self.raw, &self.spatial, model, rect, out, false)
+        } else {
+            heatmap_on_source(&self.raw, &self.spatial, model, rect, out)
+        }
+    }
+}
+
+/// A network cut at its target layers, ready to explain samples.
 #[derive(Clone, Debug)]
 pub struct Explainer {
     net: Network,
+    layers: Vec<Arc<str>>,
+    /// `layers` comma-separated, as records name them.
     layer: Arc<str>,
     config: CamConfig,
 }
@@ -84,12 +117,29 @@ impl Explainer {
     }
 
     /// Explains an already loaded network at `layer` (default: its own target layer).
+    /// Several layers, comma-separated, are combined as pytorch-grad-cam combines them
+    /// (see [`aggregate`]); each costs its own pass.
     pub fn from_network(net: Network, layer: Option<&str>) -> Result<Self> {
         let layer = layer.map_or_else(|| net.default_layer.clone(), str::to_string);
-        net.body.check_target(&layer)?;
+        let layers: Vec<Arc<str>> = layer
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(Arc::from)
+            .collect();
+        if layers.is_empty() {
+            return Err(Error::BadOption {
+                name: "layer",
+                why: format!("`{layer}` names no layer"),
+            });
+        }
+        for l in &layers {
+            net.body.check_target(l)?;
+        }
         Ok(Self {
             net,
-            layer: layer.into(),
+            layer: layers.join(",").into(),
+            layers,
             config: CamConfig::default(),
         })
     }
@@ -117,18 +167,28 @@ impl Explainer {
         &self.net
     }
 
+    /// The target layer, or the layers comma-separated.
     pub fn layer(&self) -> &str {
         &self.layer
     }
 
-    fn cam(&self) -> Result<GradCam<'_>> {
-        Ok(GradCam::new(&self.net, &self.layer)?.with_config(self.config))
+    pub fn layers(&self) -> &[Arc<str>] {
+        &self.layers
     }
 
-    /// The CAM of one batch tensor `(N, C, spatial...)`, for front ends that build
-    /// their batches themselves.
+    /// Explanations combine final maps (several layers or aug-smooth).
+    fn combines(&self) -> bool {
+        self.layers.len() > 1 || self.config.aug_smooth
+    }
+
+    fn cam(&self, layer: &str) -> Result<GradCam<'_>> {
+        Ok(GradCam::new(&self.net, layer)?.with_config(self.config))
+    }
+
+    /// The CAM of one batch tensor `(N, C, spatial...)` at the first target layer,
+    /// without aug-smooth: the single pass that [`Explainer::explain`] builds on.
     pub fn run(&self, x: &Tensor, targets: &Targets) -> Result<CamBatch> {
-        self.cam()?.run(x, targets)
+        self.cam(&self.layers[0])?.run(x, targets)
     }
 
     /// Explains `inputs`, batching consecutive inputs of equal shape. The result is in
@@ -180,7 +240,6 @@ impl Explainer {
         options: &ExplainOptions,
         rank: usize,
     ) -> Result<Vec<Explanation>> {
-        let cam = self.cam()?;
         let batch = options.batch.max(1);
         let mut out = Vec::with_capacity(inputs.len());
         let mut i = 0;
@@ -211,7 +270,8 @@ impl Explainer {
                 Targets::PerSample(v) => Targets::PerSample(v[i..j].to_vec()),
                 other => other.clone(),
             };
-            let b = cam.run(&x, &t).map_err(|e| match e {
+            let size = &shape[1..];
+            let (b, finals) = self.chunk(&x, &t, size).map_err(|e| match e {
                 Error::Candle(c) => Error::InputShape {
                     sample: i,
                     shape: shape.to_vec(),
@@ -219,32 +279,87 @@ impl Explainer {
                 },
                 other => other,
             })?;
+            let mut finals = finals.map(Vec::into_iter);
             for k in 0..b.len() {
-                out.push(self.explanation(&b, k, i + k, rank, &shape[1..], options));
+                let mut e = self.explanation(&b, k, i + k, rank);
+                if let Some(m) = finals.as_mut().and_then(Iterator::next) {
+                    (e.raw, e.spatial, e.scaled) = (m, size.to_vec(), true);
+                }
+                if options.final_map {
+                    e.map = e.final_map(size);
+                }
+                out.push(e);
             }
             i = j;
         }
         Ok(out)
     }
 
-    fn explanation(
+    /// The first layer's batch for the plain input and, when maps are combined, each
+    /// sample's final map at `size`.
+    fn chunk(
         &self,
-        b: &CamBatch,
-        k: usize,
-        sample: usize,
-        rank: usize,
-        input_size: &[usize],
-        options: &ExplainOptions,
-    ) -> Explanation {
+        x: &Tensor,
+        targets: &Targets,
+        size: &[usize],
+    ) -> Result<(CamBatch, Option<Vec<Vec<f32>>>)> {
+        let plain = self.run(x, targets)?;
+        if !self.combines() {
+            return Ok((plain, None));
+        }
+        if !self.config.aug_smooth {
+            let maps = self.layered(x, &plain, size)?;
+            return Ok((plain, Some(maps)));
+        }
+        // pytorch-grad-cam's forward_augmentation_smoothing: each view is explained for
+        // the given classes or its own top-1, mapped back, and the final maps averaged.
+        let mut sum: Vec<Vec<f32>> = Vec::new();
+        for aug in AUGMENTATIONS {
+            let mut maps = if aug.is_identity() {
+                self.layered(x, &plain, size)?
+            } else {
+                let xa = aug.apply(x)?;
+                self.layered(&xa, &self.run(&xa, targets)?, size)?
+            };
+            maps.iter_mut().for_each(|m| aug.undo_on_map(m, size));
+            if sum.is_empty() {
+                sum = maps;
+            } else {
+                for (s, m) in sum.iter_mut().zip(maps) {
+                    s.iter_mut().zip(m).for_each(|(a, v)| *a += v);
+                }
+            }
+        }
+        let n = AUGMENTATIONS.len() as f32;
+        sum.iter_mut()
+            .for_each(|s| s.iter_mut().for_each(|v| *v /= n));
+        Ok((plain, Some(sum)))
+    }
+
+    /// Every sample's final map at `size`, over all target layers, for the classes the
+    /// first layer's batch `first` explained.
+    fn layered(&self, x: &Tensor, first: &CamBatch, size: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let fixed = Targets::PerSample(first.classes.clone());
+        let rest = self.layers[1..]
+            .iter()
+            .map(|l| self.cam(l)?.run(x, &fixed))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((0..first.len())
+            .map(|k| {
+                let maps: Vec<(&[f32], &[usize])> = std::iter::once(first)
+                    .chain(&rest)
+                    .map(|b| (b.raw_map(k), b.spatial.as_slice()))
+                    .collect();
+                aggregate(&maps, size)
+            })
+            .collect())
+    }
+
+    /// Sample `k` of `b`; its maps are filled in by the caller.
+    fn explanation(&self, b: &CamBatch, k: usize, sample: usize, rank: usize) -> Explanation {
         let l = &b.logits[k];
         let mut ranked: Vec<usize> = (0..l.len()).collect();
         ranked.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
-        let raw = b.raw_map(k).to_vec();
-        let map = if options.final_map {
-            heatmap(&raw, &b.spatial, input_size)
-        } else {
-            Vec::new()
-        };
         Explanation {
             sample,
             rank,
@@ -253,9 +368,10 @@ impl Explainer {
             logit: b.logit(k),
             probability: b.probability(k),
             layer: self.layer.clone(),
-            raw,
+            raw: b.raw_map(k).to_vec(),
             spatial: b.spatial.clone(),
-            map,
+            scaled: false,
+            map: Vec::new(),
             ranked,
         }
     }

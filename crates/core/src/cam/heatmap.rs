@@ -16,12 +16,25 @@ pub fn minmax_in_place(m: &mut [f32]) {
 /// The final map of one sample, exactly as pytorch-grad-cam computes it: ReLU, min-max,
 /// (bi)linear resize to `dst`, clamp at 0, min-max again.
 pub fn heatmap(raw: &[f32], src: &[usize], dst: &[usize]) -> Vec<f32> {
-    let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
-    minmax_in_place(&mut m);
-    let mut out = resize_linear(&m, src, dst);
-    out.iter_mut().for_each(|v| *v = v.max(0.0));
-    minmax_in_place(&mut out);
-    out
+    aggregate(&[(raw, src)], dst)
+}
+
+/// The final map of several target layers, as pytorch-grad-cam's
+/// `aggregate_multi_layers`: each layer's map ReLU'd, min-maxed and resized to `dst`,
+/// then clamped at 0, averaged over the layers and min-maxed. One layer is [`heatmap`].
+pub fn aggregate(layers: &[(&[f32], &[usize])], dst: &[usize]) -> Vec<f32> {
+    let mut mean = vec![0f32; dst.iter().product()];
+    for (raw, src) in layers {
+        let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
+        minmax_in_place(&mut m);
+        for (acc, v) in mean.iter_mut().zip(resize_linear(&m, src, dst)) {
+            *acc += v.max(0.0);
+        }
+    }
+    let n = layers.len().max(1) as f32;
+    mean.iter_mut().for_each(|v| *v /= n);
+    minmax_in_place(&mut mean);
+    mean
 }
 
 /// Maps a low-resolution map in [0, 1] onto the source region the model input shows:
@@ -90,6 +103,21 @@ mod tests {
         assert_eq!(out[0], 0.0);
         assert!((out[1] - 1.0).abs() < 1e-6);
         assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn two_layers_average_their_scaled_maps() {
+        // Layer a peaks at the left, layer b (coarser) is flat: the flat one becomes all
+        // zero after its min-max, so the mean is half of a's map, rescaled to a's map.
+        let a = aggregate(&[(&[4.0, 0.0, 0.0, 0.0], &[4])], &[4]);
+        let ab = aggregate(&[(&[4.0, 0.0, 0.0, 0.0], &[4]), (&[1.0, 1.0], &[2])], &[4]);
+        assert_eq!(a, heatmap(&[4.0, 0.0, 0.0, 0.0], &[4], &[4]));
+        for (x, y) in a.iter().zip(&ab) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {ab:?}");
+        }
+        // Two peaks of two layers: both ends end up at 1 in the mean.
+        let two = aggregate(&[(&[1.0, 0.0, 0.0], &[3]), (&[0.0, 0.0, 1.0], &[3])], &[3]);
+        assert!((two[0] - 1.0).abs() < 1e-6 && (two[2] - 1.0).abs() < 1e-6 && two[1] == 0.0);
     }
 
     #[test]

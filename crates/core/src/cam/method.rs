@@ -164,6 +164,10 @@ pub struct CamConfig {
     /// Reduce the weighted activations by their first principal component instead of
     /// summing them (pytorch-grad-cam's `eigen_smooth`).
     pub eigen_smooth: bool,
+    /// Average the final maps of six test-time augmentations (flip × input scaled by
+    /// 0.9, 1, 1.1), each explained for its own top-1 class unless a class is given
+    /// (pytorch-grad-cam's `aug_smooth`). Six times the work.
+    pub aug_smooth: bool,
     /// Masked inputs (ScoreCAM) or ablated channels (AblationCAM) per forward pass;
     /// `None`: the method's default. Memory grows with it.
     pub method_batch: Option<usize>,

@@ -2,6 +2,7 @@
 //! spatial dims are flattened, so the maths never knows whether it explains a picture or
 //! a signal.
 
+pub mod augment;
 mod gradcam;
 mod heatmap;
 mod method;
@@ -11,6 +12,6 @@ pub mod relevance;
 mod resize;
 
 pub use gradcam::{argmax, probability, CamBatch, GradCam, Targets};
-pub use heatmap::{heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
+pub use heatmap::{aggregate, heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
 pub use method::{CamConfig, Method, Needs};
 pub use resize::{resize_linear, resize_linear_corners};

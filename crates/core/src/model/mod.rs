@@ -92,7 +92,8 @@ pub struct ModelRequest {
     pub source: ModelSource,
     /// Weights file; a config may name its own, a built-in needs one.
     pub weights: Option<PathBuf>,
-    /// The layer the caller will target, so that BN folding keeps its output intact.
+    /// The layer the caller will target (or layers, comma-separated), so that BN folding
+    /// keeps their outputs intact.
     pub target: Option<String>,
     /// Class names, one per line (overrides a config's labels).
     pub labels: Option<PathBuf>,

@@ -56,6 +56,11 @@ fn out_len(inp: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> 
     (inp + 2 * p).checked_sub(span).map(|r| r / s + 1)
 }
 
+/// `keep` (one layer or several, comma-separated) names `layer`.
+fn keeps(keep: Option<&str>, layer: &str) -> bool {
+    keep.is_some_and(|k| k.split(',').any(|l| l.trim() == layer))
+}
+
 pub fn build(
     name: &str,
     specs: &[LayerSpec],
@@ -136,7 +141,7 @@ pub fn build(
                         Some(prev)
                             if matches!(prev.op, Op::Conv(_))
                                 && prev.fused_into.is_none()
-                                && keep != Some(prev.name.as_str()) =>
+                                && !keeps(keep, &prev.name) =>
                         {
                             if let Op::Conv(c) = &mut prev.op {
                                 c.fold(&bn)?;
