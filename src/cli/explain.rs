@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
-use camstream_core::cam::{heatmap_on_source, Targets};
+use camstream_core::cam::Targets;
 use camstream_core::metrics::{measure, Measured, MetricsConfig};
 use camstream_core::model::Network;
 use camstream_core::preprocess::{denormalise, prepare_image, InputKind};
@@ -277,7 +277,7 @@ impl Outputs<'_> {
             if let (Kind::Image, Some((view, rect))) = (kind, &sample.view) {
                 let (w, h) = (view.width() as usize, view.height() as usize);
                 let model = [input_size[0], input_size[1]];
-                let mask = heatmap_on_source(&e.raw, &e.spatial, model, *rect, [h, w]);
+                let mask = e.on_source(model, *rect, [h, w]);
                 let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
                 let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
                 camstream_media::io::write_png(&png, &img)?;

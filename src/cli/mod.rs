@@ -138,6 +138,12 @@ pub struct MethodArgs {
     #[arg(long)]
     pub eigen_smooth: bool,
 
+    /// Average the maps of six test-time augmentations (horizontal flip × input scaled
+    /// by 0.9, 1, 1.1), each for its own top-1 class unless --class is given
+    /// (pytorch-grad-cam's aug_smooth): smoother maps, six times the work
+    #[arg(long)]
+    pub aug_smooth: bool,
+
     /// Channels per extra forward pass of scorecam/ablationcam (default 16 and 32, as
     /// pytorch-grad-cam); memory grows with it
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -149,6 +155,7 @@ impl MethodArgs {
         Ok(camstream_core::CamConfig {
             method: camstream_core::Method::from_name(&self.method)?,
             eigen_smooth: self.eigen_smooth,
+            aug_smooth: self.aug_smooth,
             method_batch: self.method_batch.map(|b| b as usize),
         })
     }

@@ -45,10 +45,12 @@ impl Normaliser {
 }
 
 impl Normaliser {
-    /// Signed raw map in, map in [0, 1] out (same low resolution).
-    pub fn apply(&mut self, norm: Norm, raw: &[f32]) -> Vec<f32> {
+    /// Signed raw map in, map in [0, 1] out (same low resolution). A `scaled` map is
+    /// already pytorch-grad-cam's final map, which per-frame scaling keeps as it is.
+    pub fn apply(&mut self, norm: Norm, raw: &[f32], scaled: bool) -> Vec<f32> {
         let relu: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
         match norm {
+            Norm::Frame if scaled => relu,
             Norm::Frame => {
                 let mut m = relu;
                 camstream_core::cam::minmax_in_place(&mut m);
@@ -95,14 +97,19 @@ mod tests {
     #[test]
     fn ema_smooths_a_jumping_peak() {
         let mut n = Normaliser::default();
-        let a = n.apply(Norm::Ema(0.5), &[1.0, 0.0]);
+        let a = n.apply(Norm::Ema(0.5), &[1.0, 0.0], false);
         assert_eq!(a, vec![1.0, 0.0]);
-        let b = n.apply(Norm::Ema(0.5), &[0.0, 1.0]);
+        let b = n.apply(Norm::Ema(0.5), &[0.0, 1.0], false);
         // Half of the old peak remains: the map moves, it does not jump.
         assert!((b[0] - b[1]).abs() < 1e-6 && b[0] > 0.4, "{b:?}");
         let mut f = Normaliser::default();
-        assert_eq!(f.apply(Norm::Frame, &[0.0, 1.0])[0], 0.0);
+        assert_eq!(f.apply(Norm::Frame, &[0.0, 1.0], false)[0], 0.0);
+        // A final map is drawn as it is.
+        assert_eq!(f.apply(Norm::Frame, &[0.2, 0.5], true), vec![0.2, 0.5]);
         let mut c = Normaliser::with_clip_scale(4.0);
-        assert_eq!(c.apply(Norm::Clip, &[-1.0, 1.0, 2.0]), vec![0.0, 0.25, 0.5]);
+        assert_eq!(
+            c.apply(Norm::Clip, &[-1.0, 1.0, 2.0], false),
+            vec![0.0, 0.25, 0.5]
+        );
     }
 }

@@ -14,7 +14,7 @@ use super::{guard, peak_rss_mb, Busy, FirstError, PipelineError, StageCtl, Stage
 use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
-use camstream_core::cam::{heatmap, Targets};
+use camstream_core::cam::Targets;
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::WindowRecord;
@@ -585,7 +585,7 @@ fn model_stage(
                     let Some(e) = out.next() else { continue };
                     let metrics = match &config.metrics {
                         Some(m) => {
-                            let map = heatmap(&e.raw, &e.spatial, &sample_shape[1..]);
+                            let map = e.final_map(&sample_shape[1..]);
                             let sample = Measured {
                                 input: &input,
                                 shape: &sample_shape,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
 
-use camstream_core::cam::{argmax, heatmap, upsample_to_source, Targets};
+use camstream_core::cam::{argmax, upsample_to_source, Targets};
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
 use camstream_core::record::FrameRecord;
@@ -117,6 +117,8 @@ struct FrameMap {
     /// Low-resolution map in [0, 1].
     map: Arc<Vec<f32>>,
     spatial: Vec<usize>,
+    /// The map is already final (several layers, aug-smooth): never renormalised.
+    scaled: bool,
     class: usize,
     label: String,
     logit: f32,
@@ -230,8 +232,9 @@ impl<'a> ModelStage<'a> {
             for (e, &i) in out.into_iter().zip(&chosen) {
                 metrics[i] = self.measure(&pending[i], &shape, &e)?;
                 maps[i] = Some(FrameMap {
-                    map: Arc::new(self.normaliser.apply(self.config.norm, &e.raw)),
+                    map: Arc::new(self.normaliser.apply(self.config.norm, &e.raw, e.scaled)),
                     spatial: e.spatial,
+                    scaled: e.scaled,
                     class: e.class,
                     label: e.label,
                     logit: e.logit,
@@ -284,7 +287,7 @@ impl ModelStage<'_> {
         {
             return Ok(None);
         }
-        let map = heatmap(&e.raw, &e.spatial, &p.size);
+        let map = e.final_map(&p.size);
         let sample = Measured {
             input: &p.input,
             shape,
@@ -324,7 +327,8 @@ pub(super) fn render(
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let rect = e.placement.model.map(|v| v as usize);
         let m = e.map;
-        let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], config.renormalise);
+        let renormalise = config.renormalise && !m.scaled;
+        let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], renormalise);
         let peak = argmax(&mask);
         overlay(&mut rgb, &mask, config.colormap, config.alpha);
         if config.label {
