@@ -67,6 +67,13 @@ fn run(dir: &str, command: &str, method: &str, layer: &str, out: &Path) -> (Vec<
     )
 }
 
+/// A fixture's reference CNN (its TOML config) and its input batch.
+fn fixture_net(dir: &str) -> (Network, (Vec<f32>, Vec<usize>)) {
+    let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
+    let net = Network::load(&ModelRequest::new(common::source(&cfg)), &Device::Cpu).unwrap();
+    (net, npy(fixtures().join(dir).join("input.npy")))
+}
+
 fn peak(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12)
 }
@@ -75,9 +82,7 @@ fn peak(v: &[f32]) -> f32 {
 #[test]
 fn gradient_methods_reproduce_pytorch_grad_cam() {
     for dir in ["shapes", "ecg"] {
-        let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
-        let net = Network::load(&ModelRequest::new(common::source(&cfg)), &Device::Cpu).unwrap();
-        let (x, shape) = npy(fixtures().join(dir).join("input.npy"));
+        let (net, (x, shape)) = fixture_net(dir);
         let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
         for (method, file) in METHODS {
             let m = Method::from_name(method).unwrap();
@@ -256,9 +261,7 @@ fn the_method_flag_reaches_the_final_maps() {
 #[test]
 fn several_layers_and_aug_smooth_reproduce_pytorch_grad_cam() {
     for dir in ["shapes", "ecg"] {
-        let cfg = fixtures().join(dir).join(format!("{dir}_cnn.toml"));
-        let net = Network::load(&ModelRequest::new(common::source(&cfg)), &Device::Cpu).unwrap();
-        let (x, shape) = npy(fixtures().join(dir).join("input.npy"));
+        let (net, (x, shape)) = fixture_net(dir);
         let per: usize = shape[1..].iter().product();
         let inputs: Vec<Input> = (0..4)
             .map(|i| Input::new(&x[i * per..(i + 1) * per], &shape[1..]))
