@@ -41,8 +41,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub video: Option<std::path::PathBuf>,
     /// Also time these CAM methods against forward-only and Grad-CAM on the same batch:
-    /// comma-separated names or `all`. Methods with extra forward passes (scorecam,
-    /// ablationcam) are timed once, without warm-up
+    /// comma-separated names or `all`. Each is timed interleaved with its own forward
+    /// and Grad-CAM runs; methods with extra forward passes (scorecam, ablationcam) are
+    /// timed once, without warm-up
     #[arg(long)]
     pub method: Option<String>,
     /// Print JSON instead of text
@@ -68,29 +69,47 @@ struct Timing {
     frames_per_s: f64,
 }
 
+type Job<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
+/// Times each job, interleaved (one call of each per iteration), so that a shared
+/// machine's changing load falls on all of them alike and their ratios stay honest.
+fn time_each(iters: usize, warmup: usize, batch: usize, jobs: &mut [Job]) -> Result<Vec<Timing>> {
+    for _ in 0..warmup {
+        for f in jobs.iter_mut() {
+            f()?;
+        }
+    }
+    let mut ms = vec![Vec::with_capacity(iters); jobs.len()];
+    for _ in 0..iters.max(1) {
+        for (f, m) in jobs.iter_mut().zip(&mut ms) {
+            let t = Instant::now();
+            f()?;
+            m.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(ms
+        .into_iter()
+        .map(|mut ms| {
+            ms.sort_by(f64::total_cmp);
+            let median = ms[ms.len() / 2];
+            Timing {
+                median_ms: median,
+                min_ms: ms[0],
+                max_ms: ms[ms.len() - 1],
+                frames_per_s: batch as f64 * 1e3 / median,
+            }
+        })
+        .collect())
+}
+
 fn time(
     iters: usize,
     warmup: usize,
     batch: usize,
-    mut f: impl FnMut() -> Result<()>,
+    f: impl FnMut() -> Result<()>,
 ) -> Result<Timing> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let mut ms: Vec<f64> = Vec::with_capacity(iters);
-    for _ in 0..iters.max(1) {
-        let t = Instant::now();
-        f()?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(f64::total_cmp);
-    let median = ms[ms.len() / 2];
-    Ok(Timing {
-        median_ms: median,
-        min_ms: ms[0],
-        max_ms: ms[ms.len() - 1],
-        frames_per_s: batch as f64 * 1e3 / median,
-    })
+    let mut jobs: Vec<Job> = vec![Box::new(f)];
+    Ok(time_each(iters, warmup, batch, &mut jobs)?.remove(0))
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -116,14 +135,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut shape = vec![a.batch, net.input.channels];
     shape.extend(&net.input.size);
     let x = Tensor::randn(0f32, 1.0, shape.clone(), &device)?.to_dtype(DType::F32)?;
-    let fwd = time(a.iters, a.warmup, a.batch, || {
+    let forward = || -> Result<()> {
         net.forward(&x)?.to_vec2::<f32>()?;
         Ok(())
-    })?;
-    let gc = time(a.iters, a.warmup, a.batch, || {
-        cam.run(&x, &Targets::TopOne)?;
+    };
+    let run = |e: &Explainer| -> Result<()> {
+        e.run(&x, &Targets::TopOne)?;
         Ok(())
-    })?;
+    };
+    let mut jobs: Vec<Job> = vec![Box::new(forward), Box::new(|| run(&cam))];
+    let [fwd, gc]: [Timing; 2] = time_each(a.iters, a.warmup, a.batch, &mut jobs)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two timings"))?;
     let ratio = gc.median_ms / fwd.median_ms;
     let mut per_method = Vec::new();
     for m in Method::list(a.method.as_deref().unwrap_or("gradcam"))?
@@ -132,15 +155,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     {
         let e = cam.clone().with_method(m);
         let extra = matches!(m.needs(), Needs::MaskedInputs | Needs::Ablations);
-        let (iters, warmup) = if extra { (1, 0) } else { (a.iters, a.warmup) };
-        let t = time(iters, warmup, a.batch, || {
-            e.run(&x, &Targets::TopOne)?;
-            Ok(())
-        })?;
+        // A cheap method is timed against its own interleaved forward and Grad-CAM.
+        let (t, f, g) = if extra {
+            let t = time(1, 0, a.batch, || run(&e))?;
+            (t, fwd.median_ms, gc.median_ms)
+        } else {
+            let mut jobs: Vec<Job> = vec![
+                Box::new(forward),
+                Box::new(|| run(&cam)),
+                Box::new(|| run(&e)),
+            ];
+            let mut t = time_each(a.iters, a.warmup, a.batch, &mut jobs)?;
+            let (t, g, f) = (t.remove(2), t.remove(1), t.remove(0));
+            (t, f.median_ms, g.median_ms)
+        };
         per_method.push(MethodTiming {
             method: m.name(),
-            over_forward: t.median_ms / fwd.median_ms,
-            over_gradcam: t.median_ms / gc.median_ms,
+            over_forward: t.median_ms / f,
+            over_gradcam: t.median_ms / g,
             timing: t,
         });
     }
