@@ -5,7 +5,7 @@ use std::path::Path;
 
 use camstream_core::model::{ModelRequest, ModelSource, Network};
 use camstream_core::CamConfig;
-use camstream_train::eval::{evaluate, EvalOptions};
+use camstream_train::eval::{evaluate, EvalOptions, TaskSamples};
 use camstream_train::tasks;
 use candle_core::Device;
 
@@ -15,13 +15,12 @@ fn check(task: &str, n: usize, min_pointing: f32) {
     let t = tasks::by_name(task).unwrap();
     // The held-out seed of `camstream eval`, far from the training stream.
     let options = EvalOptions {
-        n,
-        seed: 1_000_003,
         batch: 25,
         cam: CamConfig::default(),
         metrics: None,
     };
-    let r = evaluate(t.as_ref(), &net, &net.default_layer, &options).unwrap();
+    let mut samples = TaskSamples::new(t.as_ref(), &net, n, 1_000_003);
+    let r = evaluate(&mut samples, &net, &net.default_layer, &options).unwrap();
     eprintln!("{r:?}");
     assert!(r.accuracy >= 0.95, "{task}: accuracy {}", r.accuracy);
     assert!(

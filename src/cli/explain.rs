@@ -9,11 +9,11 @@ use image::RgbImage;
 use camstream_core::cam::Targets;
 use camstream_core::metrics::{measure, Measured, MetricsConfig};
 use camstream_core::model::Network;
-use camstream_core::preprocess::{denormalise, prepare_image, InputKind};
+use camstream_core::preprocess::InputKind;
 use camstream_core::record::{self, SampleRecord};
 use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input};
-use camstream_media::npy::{read_npy, write_npy};
-use camstream_media::picture::read_image;
+use camstream_media::inputs::read_inputs;
+use camstream_media::npy::write_npy;
 use camstream_media::render::{overlay_like_show_cam_on_image, plot_signal, JET};
 
 use super::ExplainArgs;
@@ -39,106 +39,25 @@ struct InputFile {
     count: usize,
 }
 
-fn load_inputs(
-    paths: &[PathBuf],
-    net: &Network,
-    kind: Kind,
-) -> Result<(Vec<InputFile>, Vec<Sample>)> {
-    let spatial_rank = match net.input.kind {
-        InputKind::Image | InputKind::Audio => 2,
-        InputKind::Signal => 1,
-    };
+fn load_inputs(paths: &[PathBuf], net: &Network) -> Result<(Vec<InputFile>, Vec<Sample>)> {
     let mut files = Vec::new();
     let mut samples = Vec::new();
     for (fi, path) in paths.iter().enumerate() {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let before = samples.len();
-        if ext == "npy" {
-            let (data, shape) = read_npy(path)?;
-            let (n, per) = if shape.len() == spatial_rank + 1 {
-                (1, shape.clone())
-            } else if shape.len() == spatial_rank + 2 {
-                (shape[0], shape[1..].to_vec())
-            } else {
-                let want = if kind == Kind::Image {
-                    "(C,H,W) or (N,C,H,W)"
-                } else {
-                    "(C,L) or (N,C,L)"
-                };
-                return Err(Error::input(
-                    path,
-                    format!("array of shape {shape:?}; expected {want}"),
-                )
-                .into());
-            };
-            if per[0] != net.input.channels {
-                return Err(Error::input(
-                    path,
-                    format!(
-                        "{} channels, the model takes {} (shape {shape:?})",
-                        per[0], net.input.channels
-                    ),
-                )
-                .into());
-            }
-            if data.iter().any(|v| !v.is_finite()) {
-                return Err(Error::input(path, "contains NaN or infinite values").into());
-            }
-            if n == 0 || per.contains(&0) {
-                return Err(
-                    Error::input(path, format!("holds no samples (shape {shape:?})")).into(),
-                );
-            }
-            let len: usize = per.iter().product();
-            for i in 0..n {
-                let d = data[i * len..(i + 1) * len].to_vec();
-                let view = (kind == Kind::Image).then(|| {
-                    (
-                        denormalise(&d, per[1], per[2], &net.input),
-                        [0, 0, per[2], per[1]],
-                    )
-                });
-                samples.push(Sample {
-                    file: fi,
-                    data: d,
-                    shape: per.clone(),
-                    view,
-                });
-            }
-        } else if kind == Kind::Image {
-            let img = read_image(path)?;
-            let p = prepare_image(&img, &net.input);
-            let [sx, sy, sw, sh] = p.placement.source;
-            let view = image::imageops::crop_imm(&img, sx, sy, sw, sh).to_image();
-            let mut shape = vec![net.input.channels];
-            shape.extend(p.size);
-            samples.push(Sample {
-                file: fi,
-                data: p.chw,
-                shape,
-                view: Some((view, p.placement.model.map(|v| v as usize))),
-            });
-        } else {
-            return Err(Error::Unsupported {
-                what: "signal format",
-                name: format!(".{ext}"),
-                supported: vec![".npy (C,L) or (N,C,L) float32".into()],
-            }
-            .into());
-        }
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("input{fi}"));
+        let read = read_inputs(path, &net.input)?;
         files.push(InputFile {
             path: path.clone(),
-            stem,
-            count: samples.len() - before,
+            stem: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("input{fi}")),
+            count: read.len(),
         });
+        samples.extend(read.into_iter().map(|r| Sample {
+            file: fi,
+            data: r.data,
+            shape: r.shape,
+            view: r.view,
+        }));
     }
     Ok((files, samples))
 }
@@ -188,7 +107,7 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
         bail!("--alpha must be within 0..1, got {}", args.alpha);
     }
     let metrics = args.metrics.config(args.batch)?;
-    let (files, samples) = load_inputs(&args.inputs, net, kind)?;
+    let (files, samples) = load_inputs(&args.inputs, net)?;
     let targets = parse_targets(args.class.as_deref(), net, samples.len())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -83,7 +83,9 @@ enum Command {
     Samples(samples::SamplesArgs),
     /// Train a sample model on a synthetic task (shapes, ecg, audio) with candle.
     Train(train::TrainArgs),
-    /// Accuracy and localisation (pointing game, energy in region) on held-out samples.
+    /// Accuracy, localisation (pointing game, energy in region) and, with --metrics,
+    /// faithfulness per CAM method: on a sample task's held-out samples, or on a labelled
+    /// folder or manifest (--data)
     Eval(train::EvalArgs),
 }
 

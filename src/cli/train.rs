@@ -1,19 +1,19 @@
-//! `camstream train <task>` and `camstream eval <task>`: the sample models, made and
-//! checked by the project's own code.
+//! `camstream train <task>` and `camstream eval <task> | --data <labelled data>`: the
+//! sample models made and checked by the project's own code, and any model checked on
+//! a user's labelled folder or manifest.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
-use candle_core::Device;
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use camstream_core::model::{ModelRequest, ModelSource, Network};
 use camstream_core::{CamConfig, Method};
 
 use super::MetricsArgs;
-use camstream_train::eval::{evaluate, EvalOptions, Report};
+use camstream_train::dataset::Dataset;
+use camstream_train::eval::{evaluate, EvalOptions, Report, TaskSamples};
 use camstream_train::tasks::{self, Task};
 use camstream_train::train::{self, TrainOptions};
 
@@ -42,18 +42,37 @@ pub struct TrainArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["task", "data"])))]
 pub struct EvalArgs {
-    /// shapes, ecg or audio
-    pub task: String,
-    /// Model config; default samples/models/<task>.toml
+    /// A sample task (shapes, ecg or audio): fresh held-out samples, regions known by
+    /// construction
+    pub task: Option<String>,
+    /// Labelled data instead of a task: a folder with one subfolder per class (named by
+    /// label or index; PNG/JPEG/.npy files), or a manifest, .jsonl
+    /// ({"path": "a.png", "label": "cat", "box": [x0, y0, x1, y1]}; "span": [start, end]
+    /// for 1D .npy) or .csv (path,label[,x0,y0,x1,y1 | ,start,end]). Paths are relative
+    /// to the manifest; a box (in the file's pixels) enables the pointing game. Needs
+    /// --model
+    #[arg(long, conflicts_with = "task")]
+    pub data: Option<PathBuf>,
+    /// A model config (.toml), ONNX file or built-in architecture; default
+    /// samples/models/<task>.toml
     #[arg(long, short = 'm')]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// Weights for a built-in architecture or a config without its own
+    #[arg(long, short = 'w')]
+    pub weights: Option<PathBuf>,
+    /// Class names, one per line (overrides the model's labels)
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
     /// Target layer; default: the model's
     #[arg(long, short = 'l')]
     pub layer: Option<String>,
-    /// Held-out samples to generate
-    #[arg(long, short = 'n', default_value_t = 300)]
-    pub n: usize,
+    /// Samples: held-out ones to generate for a task (default 300); the first N of
+    /// --data (default all)
+    #[arg(long, short = 'n')]
+    pub n: Option<usize>,
+    /// Seed of a task's held-out samples
     #[arg(long, default_value_t = HELDOUT_SEED)]
     pub seed: u64,
     /// CAM methods to compare, comma-separated, or `all`: one table row each
@@ -139,27 +158,37 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
-    let t = task(&a.task)?;
-    let cfg = a
-        .model
-        .clone()
-        .unwrap_or_else(|| Path::new("samples/models").join(format!("{}.toml", t.name())));
-    let mut req = ModelRequest::new(ModelSource::Config(cfg.clone()));
-    req.target = a.layer.clone();
-    let net = Network::load(&req, &Device::Cpu)?;
+    let t = a.task.as_deref().map(task).transpose()?;
+    let data = a.data.as_deref().map(Dataset::open).transpose()?;
+    let model = match (&a.model, &t) {
+        (Some(m), _) => m.clone(),
+        (None, Some(t)) => format!("samples/models/{}.toml", t.name()),
+        (None, None) => bail!("--data needs --model: the model to evaluate"),
+    };
+    let net = super::ModelArgs {
+        model: model.clone(),
+        weights: a.weights.clone(),
+        labels: a.labels.clone(),
+    }
+    .load(a.layer.as_deref())?;
     let layer = a.layer.clone().unwrap_or_else(|| net.default_layer.clone());
     let methods = Method::list(&a.method)?;
     let metrics = a.metrics.config(32)?;
     let mut reports = Vec::new();
     for method in methods {
         let options = EvalOptions {
-            n: a.n,
-            seed: a.seed,
             batch: 32,
             cam: CamConfig::new(method),
             metrics: metrics.clone(),
         };
-        let r: Report = evaluate(t.as_ref(), &net, &layer, &options)?;
+        let r: Report = match (&t, &data) {
+            (Some(t), _) => {
+                let mut s = TaskSamples::new(t.as_ref(), &net, a.n.unwrap_or(300), a.seed);
+                evaluate(&mut s, &net, &layer, &options)?
+            }
+            (None, Some(d)) => evaluate(&mut d.samples(&net, a.n)?, &net, &layer, &options)?,
+            (None, None) => bail!("give a task or --data"),
+        };
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         }
@@ -167,16 +196,18 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     }
     if !a.json {
         let r = &reports[0];
+        let chance = if r.localised > 0 {
+            format!(" (pointing chance {:.1} %)", r.chance * 100.0)
+        } else {
+            " (no regions given: pointing and energy need boxes or spans)".into()
+        };
         println!(
-            "{} ({}, layer {}): accuracy {:.1} % on {} samples; {} localised samples \
-             (pointing chance {:.1} %)\n",
+            "{} ({model}, layer {}): accuracy {:.1} % on {} samples; {} localised samples{chance}\n",
             r.task,
-            cfg.display(),
             r.layer,
             r.accuracy * 100.0,
             r.samples,
             r.localised,
-            r.chance * 100.0,
         );
         print!("{}", table(&reports));
     }

@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod inputs;
 pub mod io;
 pub mod npy;
 pub mod picture;

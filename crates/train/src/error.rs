@@ -14,6 +14,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Training(String),
+    /// A labelled dataset (folder or manifest) that cannot be used as it is.
+    #[error("{path}: {msg}")]
+    Data { path: PathBuf, msg: String },
     #[error(transparent)]
     Core(#[from] camstream_core::Error),
     #[error(transparent)]
@@ -23,6 +26,12 @@ pub enum Error {
 }
 
 impl Error {
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -1,5 +1,7 @@
-//! Localisation checks for heatmaps against ground truth known by construction: the
-//! pointing game (is the heatmap's peak inside the region?) and energy-in-region.
+//! Localisation checks for heatmaps against ground truth: the pointing game (is the
+//! heatmap's peak inside the region?) and energy-in-region, with accuracy and the
+//! faithfulness metrics, on a synthetic task (regions known by construction) or on
+//! labelled data ([`crate::dataset`]).
 
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::model::Network;
@@ -83,12 +85,80 @@ mod tests {
     }
 }
 
+/// One labelled sample as the network takes it.
+pub struct Labelled {
+    /// (C, spatial...) values, flattened.
+    pub input: Vec<f32>,
+    pub shape: Vec<usize>,
+    pub class: usize,
+    /// Where the evidence is, in model-input coordinates; None where it is unknown.
+    pub region: Option<Region>,
+}
+
+/// Labelled samples for [`evaluate`], taken a batch at a time so memory stays flat.
+pub trait Samples {
+    /// The task's name or the data's path, for the report.
+    fn name(&self) -> String;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The next `n` samples (fewer at the end).
+    fn take(&mut self, n: usize) -> crate::Result<Vec<Labelled>>;
+}
+
+/// `n` fresh samples of a synthetic task, from `seed`.
+pub struct TaskSamples<'a> {
+    task: &'a dyn Task,
+    rng: crate::synth::Rng,
+    shape: Vec<usize>,
+    left: usize,
+    n: usize,
+}
+
+impl<'a> TaskSamples<'a> {
+    pub fn new(task: &'a dyn Task, net: &Network, n: usize, seed: u64) -> Self {
+        let mut shape = vec![net.input.channels];
+        shape.extend(task.input_size());
+        Self {
+            task,
+            rng: crate::synth::rng(seed),
+            shape,
+            left: n,
+            n,
+        }
+    }
+}
+
+impl Samples for TaskSamples<'_> {
+    fn name(&self) -> String {
+        self.task.name().into()
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn take(&mut self, n: usize) -> crate::Result<Vec<Labelled>> {
+        let n = n.min(self.left);
+        self.left -= n;
+        Ok((0..n)
+            .map(|_| {
+                let s = self.task.sample(&mut self.rng);
+                Labelled {
+                    input: s.input,
+                    shape: self.shape.clone(),
+                    class: s.class,
+                    region: s.region,
+                }
+            })
+            .collect())
+    }
+}
+
 /// How [`evaluate`] runs.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
-    /// Held-out samples, and the seed that makes them.
-    pub n: usize,
-    pub seed: u64,
     /// Samples per pass.
     pub batch: usize,
     pub cam: CamConfig,
@@ -96,9 +166,10 @@ pub struct EvalOptions {
     pub metrics: Option<MetricsConfig>,
 }
 
-/// Accuracy and localisation of a model on held-out synthetic samples.
+/// Accuracy and localisation of a model on labelled samples.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
+    /// The synthetic task's name, or the labelled data's path.
     pub task: String,
     pub layer: String,
     pub method: String,
@@ -114,60 +185,57 @@ pub struct Report {
     pub metrics: Option<Faithfulness>,
 }
 
-/// Runs the inference path (the CAM for the true class) over `n` fresh samples.
+/// Runs the inference path (the CAM for the true class) over every sample of `samples`.
 pub fn evaluate(
-    task: &dyn Task,
+    samples: &mut dyn Samples,
     net: &Network,
     layer: &str,
     options: &EvalOptions,
 ) -> crate::Result<Report> {
-    let (n, batch) = (options.n, options.batch.max(1));
+    let batch = options.batch.max(1);
     let explainer = Explainer::from_network(net.clone(), Some(layer))?.with_config(options.cam);
     let explain = ExplainOptions {
         batch,
         ..ExplainOptions::default()
     };
-    let mut rng = crate::synth::rng(options.seed);
-    let size = task.input_size();
-    let mut shape = vec![net.input.channels];
-    shape.extend(&size);
     let mut loc = Localisation::default();
     let mut measured = Vec::new();
-    let mut correct = 0;
-    let mut done = 0;
-    while done < n {
-        let b = batch.min(n - done);
-        let samples: Vec<_> = (0..b).map(|_| task.sample(&mut rng)).collect();
-        let inputs: Vec<Input> = samples
+    let (mut correct, mut done) = (0, 0);
+    loop {
+        let group = samples.take(batch)?;
+        if group.is_empty() {
+            break;
+        }
+        let inputs: Vec<Input> = group
             .iter()
-            .map(|s| Input::new(&s.input, &shape))
+            .map(|s| Input::new(&s.input, &s.shape))
             .collect();
-        let truth: Vec<usize> = samples.iter().map(|s| s.class).collect();
+        let truth: Vec<usize> = group.iter().map(|s| s.class).collect();
         let out = explainer.explain(&inputs, &Targets::PerSample(truth), &explain)?;
-        for (s, e) in samples.iter().zip(&out) {
+        for (s, e) in group.iter().zip(&out) {
             // The model's own top-1 (first maximum), not the explained true class.
             correct += usize::from(e.ranked[0] == s.class);
             if let Some(r) = &s.region {
-                loc.add(&e.map, &size, r);
+                loc.add(&e.map, &s.shape[1..], r);
             }
             if let Some(config) = &options.metrics {
                 let sample = Measured {
                     input: &s.input,
-                    shape: &shape,
+                    shape: &s.shape,
                     map: &e.map,
                     class: e.class,
                 };
                 measured.push(measure(net, sample, config)?);
             }
         }
-        done += b;
+        done += group.len();
     }
     Ok(Report {
-        task: task.name().into(),
+        task: samples.name(),
         layer: layer.into(),
         method: options.cam.method.name().into(),
-        samples: n,
-        accuracy: correct as f32 / n.max(1) as f32,
+        samples: done,
+        accuracy: correct as f32 / done.max(1) as f32,
         localised: loc.n,
         pointing: loc.pointing(),
         energy: loc.energy(),
