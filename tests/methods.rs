@@ -101,6 +101,111 @@ fn gradient_methods_reproduce_pytorch_grad_cam() {
     }
 }
 
+/// The methods on torchvision's ResNet-18 (residual blocks, BN folded at load) against
+/// ../shared/reference/resnet18 (pytorch-grad-cam 1.5.7, 4 photos, `pred` = top-1 and
+/// `fixed` = class 281):
+///
+/// ```python
+/// cls(model, target_layers=[model.layer4])(input_tensor=x, targets=None)  # *_layer4_pred_*
+/// cls(..., targets=[ClassifierOutputTarget(281)] * 4)                       # *_fixed_*
+/// EigenCAM(model, [model.layer4])(x)                                        # eigencam_layer4_raw
+/// GradCAM(model, [model.layer3, model.layer4])(x, targets=None, aug_smooth=...) # fixtures/resnet18
+/// ```
+#[test]
+fn resnet18_methods_match_pytorch_grad_cam() {
+    let Some(r) = common::reference_dir() else {
+        return;
+    };
+    let weights = r.join("models/resnet18_seed0.safetensors");
+    let dir = r.join("resnet18");
+    let (x, shape) = npy(dir.join("input.npy"));
+    let n = shape[0];
+    let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+    for layer in ["layer4", "layer3"] {
+        let mut req = ModelRequest::new(common::source(Path::new("resnet18")));
+        req.weights = Some(weights.clone());
+        req.target = Some(layer.into());
+        let net = Network::load(&req, &Device::Cpu).unwrap();
+        for (method, file) in METHODS.iter().chain(&[("eigencam", "eigencam")]) {
+            let cam = GradCam::new(&net, layer)
+                .unwrap()
+                .with_method(Method::from_name(method).unwrap());
+            for (target, tg) in [("pred", Targets::TopOne), ("fixed", Targets::All(281))] {
+                let raw = cam.run(&x, &tg).unwrap().raw;
+                let e = if *method == "eigencam" {
+                    // Class independent; one reference, either sign per sample.
+                    let (want, _) = npy(dir.join(format!("eigencam_{layer}_raw.npy")));
+                    signless(&raw, &want, n).0
+                } else {
+                    let (want, _) = npy(dir.join(format!("{file}_{layer}_{target}_raw.npy")));
+                    max_abs(&raw, &want) / peak(&want)
+                };
+                eprintln!("resnet18 {method} {layer} {target}: raw {e:.1e}");
+                assert!(e <= 1e-4, "resnet18 {method} {layer} {target}: raw {e}");
+            }
+        }
+    }
+    // Final maps through the explain API (upsampled to 224², min-max normalised): one
+    // stored in full, and several layers / aug_smooth from tests/fixtures/resnet18/make.py
+    // (every 8th pixel of pytorch-grad-cam's output).
+    let mut req = ModelRequest::new(common::source(Path::new("resnet18")));
+    req.weights = Some(weights);
+    req.target = Some("layer3,layer4".into());
+    let net = Network::load(&req, &Device::Cpu).unwrap();
+    let (xs, shape) = npy(dir.join("input.npy"));
+    let per = shape[1..].iter().product::<usize>();
+    let inputs: Vec<Input> = xs.chunks(per).map(|c| Input::new(c, &shape[1..])).collect();
+    let finals = |method: Method, layers: &str, aug_smooth: bool| -> Vec<f32> {
+        let config = CamConfig {
+            aug_smooth,
+            ..CamConfig::new(method)
+        };
+        let ex = Explainer::from_network(net.clone(), Some(layers))
+            .unwrap()
+            .with_config(config);
+        let out = ex
+            .explain(&inputs, &Targets::TopOne, &ExplainOptions::default())
+            .unwrap();
+        out.iter().flat_map(|e| e.map.iter().copied()).collect()
+    };
+    let got = finals(Method::LayerCam, "layer4", false);
+    let (want, _) = npy(dir.join("layercam_layer4_pred_final.npy"));
+    let e = max_abs(&got, &want);
+    eprintln!("resnet18 layercam layer4 pred: final {e:.1e}");
+    assert!(e <= 1e-4, "final {e}");
+    let every_8th = |m: &[f32]| -> Vec<f32> {
+        m.chunks(224 * 224)
+            .flat_map(|img| {
+                (4..224)
+                    .step_by(8)
+                    .flat_map(move |y| (4..224).step_by(8).map(move |x| img[y * 224 + x]))
+            })
+            .collect()
+    };
+    for (file, method, layers, aug) in [
+        (
+            "gradcam_layer3+layer4_pred",
+            Method::GradCam,
+            "layer3,layer4",
+            false,
+        ),
+        ("gradcam_layer4_pred_aug", Method::GradCam, "layer4", true),
+        (
+            "layercam_layer3+layer4_pred_aug",
+            Method::LayerCam,
+            "layer3,layer4",
+            true,
+        ),
+    ] {
+        let got = every_8th(&finals(method, layers, aug));
+        let (want, wshape) = npy(fixtures().join(format!("resnet18/{file}.npy")));
+        assert_eq!(wshape, vec![n, 28, 28]);
+        let e = max_abs(&got, &want);
+        eprintln!("resnet18 {file}: final {e:.1e}");
+        assert!(e <= 1e-4, "resnet18 {file}: final {e}");
+    }
+}
+
 /// Max error relative to the peak, taking each sample's map with the sign that fits.
 fn signless(got: &[f32], want: &[f32], n: usize) -> (f32, usize) {
     let p = want.len() / n;

@@ -89,6 +89,55 @@ fn metrics_reproduce_pytorch_grad_cam_and_torchcam() {
     }
 }
 
+/// The same columns on torchvision's ResNet-18 at 224² (the shared seed-0 weights and
+/// photos, their Grad-CAM layer4 maps), by tests/fixtures/resnet18/make.py.
+#[test]
+fn metrics_match_on_resnet18() {
+    let Some(r) = common::reference_dir() else {
+        return;
+    };
+    let mut req = ModelRequest::new(common::source(std::path::Path::new("resnet18")));
+    req.weights = Some(r.join("models/resnet18_seed0.safetensors"));
+    let net = Network::load(&req, &Device::Cpu).unwrap();
+    let (x, shape) = npy(r.join("resnet18/input.npy"));
+    let (maps, _) = npy(r.join("resnet18/gradcam_layer4_pred_final.npy"));
+    let (want, wshape) = npy(fixtures().join("resnet18/metrics.npy"));
+    assert_eq!(wshape, vec![shape[0], 12]);
+    let per: usize = shape[1..].iter().product();
+    let p: usize = shape[2..].iter().product();
+    let zero = MetricsConfig {
+        noise: 0.0,
+        random_baseline: false,
+        ..MetricsConfig::default()
+    };
+    let blur = MetricsConfig {
+        baseline: Baseline::Blur,
+        ..zero.clone()
+    };
+    // One photo: ROAD's imputations at 224² cost ~30 s per map in a debug build.
+    for i in [0] {
+        let input = &x[i * per..(i + 1) * per];
+        let sample = Measured {
+            input,
+            shape: &shape[1..],
+            map: &maps[i * p..(i + 1) * p],
+            class: common::argmax_of(&net, input, &shape[1..]),
+        };
+        let a = measure(&net, sample, &zero).unwrap();
+        let b = measure(&net, sample, &blur).unwrap();
+        let mut got = columns(&a).to_vec();
+        got.extend([b.deletion_auc, b.insertion_auc]);
+        for (k, (g, w)) in got.iter().zip(&want[i * 12..(i + 1) * 12]).enumerate() {
+            let w = f64::from(*w);
+            eprintln!("resnet18 sample {i} column {k}: {g:.6} vs {w:.6}");
+            assert!(
+                (g - w).abs() < 1e-4,
+                "resnet18 sample {i} column {k}: {g} vs {w}"
+            );
+        }
+    }
+}
+
 /// The random-map baseline and the imputation noise are seeded: the same config gives
 /// the same numbers, and a map that follows the model beats a random one on ROAD.
 #[test]
