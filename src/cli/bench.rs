@@ -13,7 +13,7 @@ use camstream_core::cam::Needs;
 use camstream_core::cam::{upsample_to_source, Targets};
 use camstream_core::model::{resnet, ModelRequest, ModelSource, Network};
 use camstream_core::preprocess::prepare_image;
-use camstream_core::{Explainer, Method};
+use camstream_core::{CamConfig, ExplainOptions, Explainer, Input, Method};
 use camstream_media::render::{overlay, JET};
 
 #[derive(Args)]
@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// timed once, without warm-up
     #[arg(long)]
     pub method: Option<String>,
+    /// Time aug-smooth (six views) too; with several layers (`--layer a,b`) every
+    /// timing is of the combined final maps, as `image` computes them
+    #[arg(long)]
+    pub aug_smooth: bool,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -130,7 +134,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if matches!(source, ModelSource::Builtin(_)) {
         net.input.size = vec![a.size, a.size];
     }
-    let cam = Explainer::from_network(net.clone(), a.layer.as_deref())?;
+    let config = |method| CamConfig {
+        aug_smooth: a.aug_smooth,
+        ..CamConfig::new(method)
+    };
+    let cam = Explainer::from_network(net.clone(), a.layer.as_deref())?
+        .with_config(config(Method::GradCam));
     let layer = cam.layer().to_string();
     let mut shape = vec![a.batch, net.input.channels];
     shape.extend(&net.input.size);
@@ -139,8 +148,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         net.forward(&x)?.to_vec2::<f32>()?;
         Ok(())
     };
+    // Combined maps go through `explain`, on the same values as host inputs.
+    let host: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let per: usize = shape[1..].iter().product();
+    let inputs: Vec<Input> = host
+        .chunks(per)
+        .map(|c| Input::new(c, &shape[1..]))
+        .collect();
+    let options = ExplainOptions {
+        batch: a.batch,
+        final_map: false,
+        ..ExplainOptions::default()
+    };
     let run = |e: &Explainer| -> Result<()> {
-        e.run(&x, &Targets::TopOne)?;
+        if e.combines() {
+            e.explain(&inputs, &Targets::TopOne, &options)?;
+        } else {
+            e.run(&x, &Targets::TopOne)?;
+        }
         Ok(())
     };
     let mut jobs: Vec<Job> = vec![Box::new(forward), Box::new(|| run(&cam))];
@@ -153,7 +178,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .into_iter()
         .filter(|&m| a.method.is_some() && m != Method::GradCam)
     {
-        let e = cam.clone().with_method(m);
+        let e = cam.clone().with_config(config(m));
         let extra = matches!(m.needs(), Needs::MaskedInputs | Needs::Ablations);
         // A cheap method is timed against its own interleaved forward and Grad-CAM.
         let (t, f, g) = if extra {
@@ -210,7 +235,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "model": a.model, "layer": layer, "batch": a.batch, "input": &shape[1..],
+                "model": a.model, "layer": layer, "aug_smooth": a.aug_smooth, "batch": a.batch, "input": &shape[1..],
                 "device": format!("{:?}", device.location()), "threads": threads,
                 "forward": fwd, "gradcam": gc, "gradcam_over_forward": ratio,
                 "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
@@ -219,8 +244,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} layer {layer}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
-            a.model, a.batch, &shape[1..], device.location(), fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
+            "{} layer {layer}{}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
+            a.model, if a.aug_smooth { " (aug-smooth)" } else { "" }, a.batch, &shape[1..], device.location(), fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
             gc.median_ms, gc.min_ms, gc.max_ms, gc.frames_per_s
         );
         println!(

@@ -176,8 +176,9 @@ impl Explainer {
         &self.layers
     }
 
-    /// Explanations combine final maps (several layers or aug-smooth).
-    fn combines(&self) -> bool {
+    /// Explanations combine final maps (several layers or aug-smooth), which
+    /// [`Explainer::run`] alone does not compute.
+    pub fn combines(&self) -> bool {
         self.layers.len() > 1 || self.config.aug_smooth
     }
 
