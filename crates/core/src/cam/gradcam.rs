@@ -149,17 +149,17 @@ impl<'a> GradCam<'a> {
     /// before the cut), nothing, masked whole-network passes, or tail-only ablations.
     pub fn run(&self, x: &Tensor, targets: &Targets) -> Result<CamBatch> {
         let method = self.config.method;
-        let (a, host_logits, classes, weighted) = if method.needs() == Needs::Ablations {
+        let (a, scored, weighted) = if method.needs() == Needs::Ablations {
             self.ablated(x, targets)?
         } else {
             let (a, tail) = self.net.body.split(x, &self.layer)?;
             let a = a.detach();
-            let (host_logits, classes, g) = if method.needs() == Needs::Gradients {
-                self.backward(&a, &tail, targets)?
+            let (scored, g) = if method.needs() == Needs::Gradients {
+                let (scored, g) = self.backward(&a, &tail, targets)?;
+                (scored, Some(g))
             } else {
                 let logits = tail(&a)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-                let classes = targets.resolve(&logits, self.net.num_classes)?;
-                (logits, classes, None)
+                (Scored::new(logits, targets, self.net.num_classes)?, None)
             };
             let flat = a.flatten_from(2)?;
             let weighted = if method.needs() == Needs::MaskedInputs {
@@ -167,7 +167,7 @@ impl<'a> GradCam<'a> {
                     self.net.body.as_ref(),
                     x,
                     &a,
-                    &classes,
+                    &scored.classes,
                     self.config.batch(),
                 )?;
                 flat.broadcast_mul(&w)?
@@ -175,7 +175,7 @@ impl<'a> GradCam<'a> {
                 let g = g.map(|g| g.flatten_from(2)).transpose()?;
                 method.weighted(&flat, g.as_ref())?
             };
-            (a, host_logits, classes, weighted)
+            (a, scored, weighted)
         };
 
         let spatial = a.dims()[2..].to_vec();
@@ -195,8 +195,8 @@ impl<'a> GradCam<'a> {
             weighted.sum(1)?.flatten_all()?.to_vec1::<f32>()? // (N, K, P) -> (N, P)
         };
         Ok(CamBatch {
-            logits: host_logits,
-            classes,
+            logits: scored.logits,
+            classes: scored.classes,
             raw,
             spatial,
             multi_label: self.net.multi_label,
@@ -204,20 +204,17 @@ impl<'a> GradCam<'a> {
     }
 
     /// Logits, classes and G = d(Σ_n logit[n, c_n])/dA: one backward for the batch.
-    #[allow(clippy::type_complexity)]
-    fn backward(
-        &self,
-        a: &Tensor,
-        tail: &Tail,
-        targets: &Targets,
-    ) -> Result<(Vec<Vec<f32>>, Vec<usize>, Option<Tensor>)> {
+    fn backward(&self, a: &Tensor, tail: &Tail, targets: &Targets) -> Result<(Scored, Tensor)> {
         let leaf = Var::from_tensor(a)?;
         let logits = tail(leaf.as_tensor())?;
-        let host_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let classes = targets.resolve(&host_logits, self.net.num_classes)?;
-        let (n, k) = (host_logits.len(), self.net.num_classes);
+        let scored = Scored::new(
+            logits.to_dtype(DType::F32)?.to_vec2()?,
+            targets,
+            self.net.num_classes,
+        )?;
+        let (n, k) = (scored.logits.len(), self.net.num_classes);
         let mut onehot = vec![0f32; n * k];
-        for (i, &c) in classes.iter().enumerate() {
+        for (i, &c) in scored.classes.iter().enumerate() {
             onehot[i * k + c] = 1.0;
         }
         let onehot = Tensor::from_vec(onehot, (n, k), logits.device())?;
@@ -226,16 +223,12 @@ impl<'a> GradCam<'a> {
             Some(g) => g.clone(),
             None => a.zeros_like()?,
         };
-        Ok((host_logits, classes, Some(g)))
+        Ok((scored, g))
     }
 
     /// AblationCAM, one sample at a time: each sample's own tail runs its ablations.
-    #[allow(clippy::type_complexity)]
-    fn ablated(
-        &self,
-        x: &Tensor,
-        targets: &Targets,
-    ) -> Result<(Tensor, Vec<Vec<f32>>, Vec<usize>, Tensor)> {
+    /// Returns the activations, the scores and the weighted activations.
+    fn ablated(&self, x: &Tensor, targets: &Targets) -> Result<(Tensor, Scored, Tensor)> {
         let n = x.dim(0)?;
         if let Targets::PerSample(v) = targets {
             if v.len() != n {
@@ -245,24 +238,37 @@ impl<'a> GradCam<'a> {
                 });
             }
         }
-        let (mut acts, mut logits, mut classes, mut weighted) = (vec![], vec![], vec![], vec![]);
+        let (mut acts, mut weighted) = (vec![], vec![]);
+        let mut scored = Scored {
+            logits: vec![],
+            classes: vec![],
+        };
         for i in 0..n {
             let (a, tail) = self.net.body.split(&x.narrow(0, i, 1)?, &self.layer)?;
             let a = a.detach();
             let l = tail(&a)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let c = targets.of_sample(i).resolve(&l, self.net.num_classes)?[0];
-            let w = perturb::ablation_weights(&a, &tail, l[0][c], c, self.config.batch())?;
+            let one = Scored::new(l, &targets.of_sample(i), self.net.num_classes)?;
+            let c = one.classes[0];
+            let w = perturb::ablation_weights(&a, &tail, one.logits[0][c], c, self.config.batch())?;
             weighted.push(a.flatten_from(2)?.broadcast_mul(&w)?);
             acts.push(a);
-            logits.extend(l);
-            classes.push(c);
+            scored.logits.extend(one.logits);
+            scored.classes.push(c);
         }
-        Ok((
-            Tensor::cat(&acts, 0)?,
-            logits,
-            classes,
-            Tensor::cat(&weighted, 0)?,
-        ))
+        Ok((Tensor::cat(&acts, 0)?, scored, Tensor::cat(&weighted, 0)?))
+    }
+}
+
+/// A batch's logits on the host and the class each sample is explained for.
+struct Scored {
+    logits: Vec<Vec<f32>>,
+    classes: Vec<usize>,
+}
+
+impl Scored {
+    fn new(logits: Vec<Vec<f32>>, targets: &Targets, num_classes: usize) -> Result<Self> {
+        let classes = targets.resolve(&logits, num_classes)?;
+        Ok(Self { logits, classes })
     }
 }
 

@@ -38,10 +38,9 @@ pub(crate) fn score_weights(
         let channels: Vec<&[f32]> = (0..k)
             .map(|c| &host[(i * k + c) * p..(i * k + c + 1) * p])
             .collect();
-        let varying: Vec<usize> = (0..k)
-            .filter(|&c| channels[c].iter().any(|&v| v != channels[c][0]))
-            .collect();
-        for c in (0..k).filter(|c| !varying.contains(c)) {
+        let (varying, constant): (Vec<usize>, Vec<usize>) =
+            (0..k).partition(|&c| channels[c].iter().any(|&v| v != channels[c][0]));
+        for c in constant {
             if zero_score.is_none() {
                 zero_score = Some(score(body.forward(&xi.zeros_like()?)?)?[0]);
             }
