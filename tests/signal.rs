@@ -339,6 +339,28 @@ fn a_two_hour_record_streams_in_flat_memory() {
     let (short, long) = (&rss[0], &rss[1]);
     assert_eq!(long.1["windows"], 900);
     assert_eq!(long.1["input_frames"], 360 * 7200);
+    // Every stage counts what it handled: the read stage the input samples, the others
+    // the windows.
+    let stages: Vec<(String, u64, String)> = long.1["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            let f = |k: &str| st[k].as_str().unwrap().to_string();
+            (f("stage"), st["count"].as_u64().unwrap(), f("unit"))
+        })
+        .collect();
+    let want = [
+        ("read", 360 * 7200, "samples"),
+        ("window", 900, "windows"),
+        ("model", 900, "windows"),
+        ("write", 900, "windows"),
+    ];
+    let want: Vec<(String, u64, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), *b, c.to_string()))
+        .collect();
+    assert_eq!(stages, want);
     let (_, shape) = npy(tmp.path().join("out_long/long.relevance.npy"));
     assert_eq!(shape, [360 * 7200]);
     assert!(

@@ -262,9 +262,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let stages: Vec<String> = v
                 .stages
                 .iter()
-                .map(|s| format!("{} {:.1}", s.stage, s.fps))
+                .map(|s| format!("{} {:.1}", s.stage, s.per_s))
                 .collect();
-            let slowest = v.stages.iter().map(|s| s.fps).fold(f64::INFINITY, f64::min);
+            let slowest = v
+                .stages
+                .iter()
+                .map(|s| s.per_s)
+                .fold(f64::INFINITY, f64::min);
             println!(
                 "  video: {} frames, {:.1} frames/s end to end ({:.2} x the slowest stage); stage frames/s: {}",
                 v.frames,

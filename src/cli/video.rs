@@ -234,7 +234,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         let stages: Vec<String> = report
             .stages
             .iter()
-            .map(|s| format!("{} {:.0}", s.stage, s.fps))
+            .map(|s| format!("{} {:.0}", s.stage, s.per_s))
             .collect();
         eprintln!(
             "{}{} frames ({} explained) in {:.1} s: {:.1} frames/s end to end; stage frames/s: {}; peak memory {:.0} MB{}",

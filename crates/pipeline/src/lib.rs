@@ -103,14 +103,19 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// Busy time of one stage (time spent working, not waiting on channels).
+/// Busy time of one stage (time spent working, not waiting on channels) and what it
+/// handled.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageStat {
     pub stage: &'static str,
-    pub frames: u64,
+    /// How many `unit`s the stage handled.
+    pub count: u64,
+    /// What `count` counts: "frames" (video), "samples" (a signal's input frames) or
+    /// "windows".
+    pub unit: &'static str,
     pub busy_s: f64,
-    /// Frames per second of busy time: what this stage alone could sustain.
-    pub fps: f64,
+    /// `count` per second of busy time: what this stage alone could sustain.
+    pub per_s: f64,
 }
 
 /// The first error of any stage; later ones are consequences and are dropped. Once
@@ -160,18 +165,20 @@ impl Busy {
         self.nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
         self.frames.fetch_add(frames, Ordering::Relaxed);
     }
-    pub(crate) fn stat_named(&self, stage: &'static str, workers: usize) -> StageStat {
+    pub(crate) fn stat_named(
+        &self,
+        stage: &'static str,
+        unit: &'static str,
+        workers: usize,
+    ) -> StageStat {
         let busy = self.nanos.load(Ordering::Relaxed) as f64 / 1e9 / workers.max(1) as f64;
-        let frames = self.frames.load(Ordering::Relaxed);
+        let count = self.frames.load(Ordering::Relaxed);
         StageStat {
             stage,
-            frames,
+            count,
+            unit,
             busy_s: busy,
-            fps: if busy > 0.0 {
-                frames as f64 / busy
-            } else {
-                0.0
-            },
+            per_s: if busy > 0.0 { count as f64 / busy } else { 0.0 },
         }
     }
 }

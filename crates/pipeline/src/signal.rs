@@ -387,7 +387,12 @@ pub fn run_signal(
     }
     let wall = started.elapsed().as_secs_f64();
     let windows = windows_done.load(Ordering::Relaxed);
-    let names = ["read", "window", "model", "write"];
+    let names = [
+        ("read", "samples"),
+        ("window", "windows"),
+        ("model", "windows"),
+        ("write", "windows"),
+    ];
     Ok(SignalReport {
         input: info.path.display().to_string(),
         format: info.format.clone(),
@@ -403,7 +408,7 @@ pub fn run_signal(
         stages: names
             .iter()
             .zip(&busy)
-            .map(|(n, b)| b.stat_named(n, 1))
+            .map(|((n, unit), b)| b.stat_named(n, unit, 1))
             .collect(),
         peak_rss_mb: peak_rss_mb(),
         outputs: outputs.iter().map(|p| p.display().to_string()).collect(),
@@ -508,14 +513,14 @@ fn window_stage(
     let send = |cuts: &mut Vec<Cut>| {
         cuts.drain(..).all(|c| {
             let t = Instant::now();
-            let p = match c {
-                Cut::Trace { start, samples } => Prepared::Trace { start, samples },
+            let (p, windows) = match c {
+                Cut::Trace { start, samples } => (Prepared::Trace { start, samples }, 0),
                 Cut::Window(w) => {
                     let input = features.compute(&w);
-                    Prepared::Window(w, input)
+                    (Prepared::Window(w, input), 1)
                 }
             };
-            ctl.busy.add(t.elapsed(), 0);
+            ctl.busy.add(t.elapsed(), windows);
             tx.send(p).is_ok()
         })
     };
@@ -792,6 +797,7 @@ fn writer(
             return Ok(None);
         }
         let t = Instant::now();
+        let windows = u64::from(matches!(piece, Piece::Window(_)));
         match piece {
             Piece::Trace { start, samples } => sink.trace(start, samples),
             Piece::Window(x) => {
@@ -864,7 +870,7 @@ fn writer(
                 windows_done.fetch_add(1, Ordering::Relaxed);
             }
         }
-        ctl.busy.add(t.elapsed(), 0);
+        ctl.busy.add(t.elapsed(), windows);
     }
     if ctl.errors.failed() {
         return Ok(None);

@@ -254,7 +254,10 @@ fn run_stages(
         stages: Stage::ALL
             .iter()
             .zip(&busy)
-            .map(|(st, b)| b.stat_named(st.name(), if *st == Stage::Overlay { workers } else { 1 }))
+            .map(|(st, b)| {
+                let workers = if *st == Stage::Overlay { workers } else { 1 };
+                b.stat_named(st.name(), "frames", workers)
+            })
             .collect(),
         interrupted: cancel.load(Ordering::Relaxed),
         peak_rss_mb: peak_rss_mb(),
