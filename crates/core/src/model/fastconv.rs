@@ -77,6 +77,15 @@ fn band(ow: usize) -> usize {
     (256 / ow.max(1)).max(1)
 }
 
+/// How many groups of output channels (and how many channels each) to split `c_out`
+/// into so that `jobs` (images x bands) give every thread about two jobs. Groups keep at
+/// least 32 channels, so each gemm stays large enough to run at full speed.
+fn channel_groups(c_out: usize, jobs: usize, threads: usize) -> (usize, usize) {
+    let want = (2 * threads).div_ceil(jobs.max(1));
+    let groups = want.clamp(1, (c_out / 32).max(1));
+    (groups, c_out.div_ceil(groups))
+}
+
 /// Raw pointer that parallel jobs write through, each to its own region.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -249,51 +258,35 @@ impl CustomOp1 for ConvOp {
         let rows = band(ow);
         let bands = oh.div_ceil(rows);
         let ks = g.k_size();
-        (0..n * bands)
+        // Small batches of small maps (batch 1 at ResNet's layer3/layer4 is one band)
+        // would leave threads idle: split the output channels too.
+        let (groups, per) = channel_groups(g.c_out, n * bands, rayon::current_num_threads());
+        (0..n * bands * groups)
             .into_par_iter()
             .for_each_init(Vec::new, |col, job| {
-                let (b, t) = (job / bands, job % bands);
+                let (img_band, grp) = (job / groups, job % groups);
+                let (b, t) = (img_band / bands, img_band % bands);
+                let (co0, m) = (grp * per, per.min(g.c_out - grp * per));
                 let oy0 = t * rows;
                 let r = rows.min(oh - oy0);
                 let tp = r * ow;
                 let img = &x[b * c * h * w..(b + 1) * c * h * w];
-                // SAFETY: each job writes only its own band of rows of its own image; `out`
-                // outlives the parallel loop; gemm reads `img`/`col`/weights in bounds.
+                // SAFETY: each job writes only its own channels of its own band of rows of
+                // its own image; `out` outlives the parallel loop; gemm reads
+                // `img`/`col`/weights in bounds.
                 unsafe {
-                    let d = dst.get().add(b * g.c_out * plane + oy0 * ow);
+                    let d = dst.get().add(b * g.c_out * plane + co0 * plane + oy0 * ow);
+                    let wt = p.weight.as_ptr().add(co0 * ks);
                     if g.pointwise() {
-                        matmul(
-                            g.c_out,
-                            tp,
-                            ks,
-                            d,
-                            plane,
-                            p.weight.as_ptr(),
-                            ks,
-                            1,
-                            img.as_ptr().add(oy0 * ow),
-                            plane,
-                            false,
-                        );
+                        let src = img.as_ptr().add(oy0 * ow);
+                        matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false);
                     } else {
                         col.resize(ks * tp, 0.0);
                         im2col(g, img, (h, w), (oy0, r, ow), col);
-                        matmul(
-                            g.c_out,
-                            tp,
-                            ks,
-                            d,
-                            plane,
-                            p.weight.as_ptr(),
-                            ks,
-                            1,
-                            col.as_ptr(),
-                            tp,
-                            false,
-                        );
+                        matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false);
                     }
                     if let Some(bias) = &p.bias {
-                        for (co, bv) in bias.iter().enumerate() {
+                        for (co, bv) in bias[co0..co0 + m].iter().enumerate() {
                             let row = std::slice::from_raw_parts_mut(d.add(co * plane), tp);
                             for v in row {
                                 *v += bv;

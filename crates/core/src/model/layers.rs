@@ -887,16 +887,21 @@ mod tests {
     }
 
     /// The packed CPU conv against candle's own conv2d (forward), over the shapes
-    /// networks use: pointwise, strided pointwise, 3x3 and 7x7 with padding, odd sizes.
+    /// networks use: pointwise, strided pointwise, 3x3 and 7x7 with padding, odd sizes;
+    /// at batch 1 with many channels on a small map, the output channels are split
+    /// across jobs (100 = 34 + 34 + 32).
     #[test]
     fn packed_conv_equals_candles_conv2d() {
-        for (cin, cout, k, s, p, h, w) in [
-            (8, 12, 1, 1, 0, 9, 7),
-            (8, 12, 1, 2, 0, 9, 7),
-            (5, 6, 3, 1, 1, 11, 13),
-            (5, 6, 3, 2, 1, 11, 13),
-            (3, 4, 7, 2, 3, 20, 17),
-            (4, 4, 3, 1, 0, 40, 3),
+        for (n, cin, cout, k, s, p, h, w) in [
+            (3, 8, 12, 1, 1, 0, 9, 7),
+            (3, 8, 12, 1, 2, 0, 9, 7),
+            (3, 5, 6, 3, 1, 1, 11, 13),
+            (3, 5, 6, 3, 2, 1, 11, 13),
+            (3, 3, 4, 7, 2, 3, 20, 17),
+            (3, 4, 4, 3, 1, 0, 40, 3),
+            (1, 16, 100, 3, 1, 1, 7, 7),
+            (1, 16, 100, 1, 1, 0, 5, 6),
+            (2, 8, 64, 3, 2, 1, 9, 9),
         ] {
             let conv = Conv {
                 dims: Dims::Two,
@@ -909,7 +914,7 @@ mod tests {
                 tf_same: false,
                 packed: Default::default(),
             };
-            let x = rand(&[3, cin, h, w], 33);
+            let x = rand(&[n, cin, h, w], 33);
             let ours = conv.forward(&x).unwrap();
             let theirs = x
                 .conv2d(&conv.weight, p, s, 1, 1)
@@ -920,7 +925,7 @@ mod tests {
             let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
             assert!(
                 d.to_scalar::<f32>().unwrap() < 1e-5,
-                "{cin}->{cout} k{k} s{s} p{p}"
+                "n{n} {cin}->{cout} k{k} s{s} p{p}"
             );
         }
     }
