@@ -8,7 +8,11 @@ environment first:
     /tmp/peers/bin/python benches/peers/torch_peers.py --threads 2 --json > peers.json
 
 It times, per architecture and batch (median of --iters after --warmup):
-  * forward       : torchvision model(x) under torch.inference_mode()
+  * forward       : torchvision model(x) under torch.inference_mode(), in the default
+    (contiguous) layout and in channels_last
+  * cut Grad-CAM  : what a careful engineer writes for speed, in both layouts: the
+    backbone up to layer4 under no_grad, then backward only through the pooling and
+    the classifier, and the low-resolution map (what `camstream bench` times)
   * pytorch-grad-cam GradCAM(model, [model.layer4[-1]])(x) (top-1 targets), which
     back-propagates through the whole network
 and, with --video, an OpenCV + pytorch-grad-cam video loop (decode with cv2, resize,
@@ -19,6 +23,7 @@ OpenMP threads spin and torch collapses on a machine shared with other work.
 Weights are random (seed 0), as in `camstream bench`: speed does not depend on them.
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -38,6 +43,26 @@ def timed(fn, warmup, iters):
         ms.append((time.perf_counter() - t) * 1e3)
     ms.sort()
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1]}
+
+
+def backbone(model, x):
+    """torchvision ResNet up to layer4's output."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def cut_gradcam(model, x):
+    """Grad-CAM at layer4 with the backward from the logits to the cut only."""
+    import torch
+
+    with torch.no_grad():
+        a = backbone(model, x)
+    a = a.detach().requires_grad_(True)
+    logits = model.fc(torch.flatten(model.avgpool(a), 1))
+    target = logits.argmax(1)
+    logits.gather(1, target[:, None]).sum().backward()
+    w = a.grad.mean((2, 3), keepdim=True)
+    return torch.relu((w * a).sum(1)).detach().numpy()
 
 
 def main():
@@ -78,16 +103,31 @@ def main():
                 with torch.inference_mode():
                     model(x)
 
+            cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            xcl = x.contiguous(memory_format=torch.channels_last)
+
+            def fwd_cl():
+                with torch.inference_mode():
+                    cl(xcl)
+
             f = timed(fwd, a.warmup, a.iters)
+            fcl = timed(fwd_cl, a.warmup, a.iters)
+            cut = timed(lambda: cut_gradcam(model, x), a.warmup, a.iters)
+            cutcl = timed(lambda: cut_gradcam(cl, xcl), a.warmup, a.iters)
             cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
             g = timed(lambda: cam(input_tensor=x, targets=None), a.warmup, a.iters)
-            for t in (f, g):
+            for t in (f, fcl, cut, cutcl, g):
                 t["frames_per_s"] = b * 1e3 / t["median_ms"]
-            results["runs"].append({"arch": arch, "batch": b, "forward": f, "pytorch_grad_cam": g,
+            best = min((cut, "contiguous"), (cutcl, "channels_last"), key=lambda c: c[0]["median_ms"])
+            results["runs"].append({"arch": arch, "batch": b, "forward": f, "forward_channels_last": fcl,
+                                    "cut_gradcam": cut, "cut_gradcam_channels_last": cutcl,
+                                    "best_cut_gradcam": dict(best[0], layout=best[1]),
+                                    "pytorch_grad_cam": g,
                                     "gradcam_over_forward": g["median_ms"] / f["median_ms"]})
             if not a.json:
-                print(f"{arch} b{b}: forward {f['median_ms']:.1f} ms ({f['frames_per_s']:.1f}/s), "
-                      f"pytorch-grad-cam {g['median_ms']:.1f} ms ({g['frames_per_s']:.1f}/s)", file=sys.stderr)
+                print(f"{arch} b{b}: forward {f['frames_per_s']:.1f}/s (channels_last {fcl['frames_per_s']:.1f}/s), "
+                      f"cut Grad-CAM {cut['frames_per_s']:.1f}/s (channels_last {cutcl['frames_per_s']:.1f}/s), "
+                      f"pytorch-grad-cam {g['frames_per_s']:.1f}/s", file=sys.stderr)
 
     if a.video:
         import cv2
