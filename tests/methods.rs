@@ -122,10 +122,7 @@ fn resnet18_methods_match_pytorch_grad_cam() {
     let n = shape[0];
     let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
     for layer in ["layer4", "layer3"] {
-        let mut req = ModelRequest::new(common::source(Path::new("resnet18")));
-        req.weights = Some(weights.clone());
-        req.target = Some(layer.into());
-        let net = Network::load(&req, &Device::Cpu).unwrap();
+        let net = common::load(Path::new("resnet18"), Some(&weights), layer);
         for (method, file) in METHODS.iter().chain(&[("eigencam", "eigencam")]) {
             let cam = GradCam::new(&net, layer)
                 .unwrap()
@@ -148,10 +145,7 @@ fn resnet18_methods_match_pytorch_grad_cam() {
     // Final maps through the explain API (upsampled to 224², min-max normalised): one
     // stored in full, and several layers / aug_smooth from tests/fixtures/resnet18/make.py
     // (every 8th pixel of pytorch-grad-cam's output).
-    let mut req = ModelRequest::new(common::source(Path::new("resnet18")));
-    req.weights = Some(weights);
-    req.target = Some("layer3,layer4".into());
-    let net = Network::load(&req, &Device::Cpu).unwrap();
+    let net = common::load(Path::new("resnet18"), Some(&weights), "layer3,layer4");
     let (xs, shape) = npy(dir.join("input.npy"));
     let per = shape[1..].iter().product::<usize>();
     let inputs: Vec<Input> = xs.chunks(per).map(|c| Input::new(c, &shape[1..])).collect();

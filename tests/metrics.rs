@@ -43,66 +43,23 @@ fn metrics_reproduce_pytorch_grad_cam_and_torchcam() {
         let (maps, _) = npy(fixtures()
             .join(dir)
             .join("gradcam_features6_pred_final.npy"));
-        let (want, wshape) = npy(fixtures().join("metrics").join(format!("{dir}.npy")));
-        assert_eq!(wshape, vec![shape[0], 12]);
-        let per: usize = shape[1..].iter().product();
-        let p: usize = shape[2..].iter().product();
-        let zero = MetricsConfig {
-            noise: 0.0,
-            random_baseline: false,
-            ..MetricsConfig::default()
-        };
-        let blur = MetricsConfig {
-            baseline: Baseline::Blur,
-            ..zero.clone()
-        };
-        for i in 0..shape[0] {
-            let input = &x[i * per..(i + 1) * per];
-            let map = &maps[i * p..(i + 1) * p];
-            let class = common::argmax_of(&net, input, &shape[1..]);
-            let sample = Measured {
-                input,
-                shape: &shape[1..],
-                map,
-                class,
-            };
-            let got = measure(&net, sample, &zero).unwrap();
-            let row = &want[i * 12..(i + 1) * 12];
-            for (k, (g, w)) in columns(&got).iter().zip(row).enumerate() {
-                assert!(
-                    (g - f64::from(*w)).abs() < 1e-4,
-                    "{dir} sample {i} column {k}: {g} vs {w}"
-                );
-            }
-            let b = measure(&net, sample, &blur).unwrap();
-            for (k, (g, w)) in [b.deletion_auc, b.insertion_auc]
-                .iter()
-                .zip(&row[10..])
-                .enumerate()
-            {
-                assert!(
-                    (g - f64::from(*w)).abs() < 1e-4,
-                    "{dir} sample {i} blur column {k}: {g} vs {w}"
-                );
-            }
-        }
+        let (want, _) = npy(fixtures().join("metrics").join(format!("{dir}.npy")));
+        let all: Vec<usize> = (0..shape[0]).collect();
+        assert_rows(dir, &net, (&x, &shape), &maps, &want, &all);
     }
 }
 
-/// The same columns on torchvision's ResNet-18 at 224² (the shared seed-0 weights and
-/// photos, their Grad-CAM layer4 maps), by tests/fixtures/resnet18/make.py.
-#[test]
-fn metrics_match_on_resnet18() {
-    let Some(r) = common::reference_dir() else {
-        return;
-    };
-    let mut req = ModelRequest::new(common::source(std::path::Path::new("resnet18")));
-    req.weights = Some(r.join("models/resnet18_seed0.safetensors"));
-    let net = Network::load(&req, &Device::Cpu).unwrap();
-    let (x, shape) = npy(r.join("resnet18/input.npy"));
-    let (maps, _) = npy(r.join("resnet18/gradcam_layer4_pred_final.npy"));
-    let (want, wshape) = npy(fixtures().join("resnet18/metrics.npy"));
-    assert_eq!(wshape, vec![shape[0], 12]);
+/// Every column of each sample in `which` against the reference rows `want` (N, 12):
+/// columns 0-9 with the zero baseline and no ROAD noise, 10-11 with the blur baseline.
+fn assert_rows(
+    name: &str,
+    net: &Network,
+    (x, shape): (&[f32], &[usize]),
+    maps: &[f32],
+    want: &[f32],
+    which: &[usize],
+) {
+    assert_eq!(want.len(), shape[0] * 12);
     let per: usize = shape[1..].iter().product();
     let p: usize = shape[2..].iter().product();
     let zero = MetricsConfig {
@@ -114,28 +71,42 @@ fn metrics_match_on_resnet18() {
         baseline: Baseline::Blur,
         ..zero.clone()
     };
-    // One photo: ROAD's imputations at 224² cost ~30 s per map in a debug build.
-    for i in [0] {
+    for &i in which {
         let input = &x[i * per..(i + 1) * per];
         let sample = Measured {
             input,
             shape: &shape[1..],
             map: &maps[i * p..(i + 1) * p],
-            class: common::argmax_of(&net, input, &shape[1..]),
+            class: common::argmax_of(net, input, &shape[1..]),
         };
-        let a = measure(&net, sample, &zero).unwrap();
-        let b = measure(&net, sample, &blur).unwrap();
+        let a = measure(net, sample, &zero).unwrap();
+        let b = measure(net, sample, &blur).unwrap();
         let mut got = columns(&a).to_vec();
         got.extend([b.deletion_auc, b.insertion_auc]);
         for (k, (g, w)) in got.iter().zip(&want[i * 12..(i + 1) * 12]).enumerate() {
             let w = f64::from(*w);
-            eprintln!("resnet18 sample {i} column {k}: {g:.6} vs {w:.6}");
             assert!(
                 (g - w).abs() < 1e-4,
-                "resnet18 sample {i} column {k}: {g} vs {w}"
+                "{name} sample {i} column {k}: {g} vs {w}"
             );
         }
     }
+}
+
+/// The same columns on torchvision's ResNet-18 at 224² (the shared seed-0 weights and
+/// photos, their Grad-CAM layer4 maps), by tests/fixtures/resnet18/make.py.
+#[test]
+fn metrics_match_on_resnet18() {
+    let Some(r) = common::reference_dir() else {
+        return;
+    };
+    let weights = r.join("models/resnet18_seed0.safetensors");
+    let net = common::load(std::path::Path::new("resnet18"), Some(&weights), "layer4");
+    let (x, shape) = npy(r.join("resnet18/input.npy"));
+    let (maps, _) = npy(r.join("resnet18/gradcam_layer4_pred_final.npy"));
+    let (want, _) = npy(fixtures().join("resnet18/metrics.npy"));
+    // One photo: ROAD's imputations at 224² cost ~30 s per map in a debug build.
+    assert_rows("resnet18", &net, (&x, &shape), &maps, &want, &[0]);
 }
 
 /// The random-map baseline and the imputation noise are seeded: the same config gives

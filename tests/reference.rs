@@ -14,24 +14,11 @@ mod common;
 use std::path::Path;
 
 use camstream_core::cam::{heatmap, resize_linear, GradCam, Targets};
-use camstream_core::model::{ModelRequest, Network};
+use camstream_core::model::Network;
 use candle_core::{Device, Tensor};
-use common::{fixtures, max_abs, npy, npy_usize};
+use common::{fixtures, load, max_abs, npy, npy_usize};
 
 const TOL: f32 = 1e-4;
-
-fn load(model: &Path, weights: Option<&Path>, layer: &str) -> Network {
-    Network::load(
-        &ModelRequest {
-            source: common::source(model),
-            weights: weights.map(Path::to_path_buf),
-            target: Some(layer.to_string()),
-            labels: None,
-        },
-        &Device::Cpu,
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
-}
 
 /// Runs Grad-CAM and checks logits, classes, raw and final maps against `dir`.
 #[allow(clippy::too_many_arguments)]

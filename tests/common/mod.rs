@@ -110,6 +110,21 @@ pub fn source(model: &Path) -> camstream_core::ModelSource {
     }
 }
 
+/// A model (built-in name, ONNX or config) on the CPU, optionally with weights, kept
+/// intact at `layer` (a comma-separated list for several layers).
+pub fn load(model: &Path, weights: Option<&Path>, layer: &str) -> camstream_core::model::Network {
+    camstream_core::model::Network::load(
+        &camstream_core::ModelRequest {
+            source: source(model),
+            weights: weights.map(Path::to_path_buf),
+            target: Some(layer.to_string()),
+            labels: None,
+        },
+        &candle_core::Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
+}
+
 /// A network's logits for `x`, flattened.
 pub fn logits(net: &camstream_core::model::Network, x: &candle_core::Tensor) -> Vec<f32> {
     net.forward(x)
