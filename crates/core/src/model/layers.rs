@@ -1,6 +1,7 @@
 //! The building blocks of the networks, in eval mode, for 1D (N,C,L) and 2D (N,C,H,W)
 //! activations. BatchNorm is folded into the preceding convolution at load time.
 
+use super::fastconv::Act;
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
@@ -329,20 +330,40 @@ impl Conv {
         })
     }
 
-    fn fast(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn fast(&self, x: &Tensor, act: Act, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         use super::fastconv::ConvOp;
-        let packed = self.packed()?;
-        match self.dims {
-            Dims::One => x
-                .unsqueeze(2)?
-                .contiguous()?
-                .apply_op1(ConvOp(packed))?
-                .squeeze(2),
-            Dims::Two => x.contiguous()?.apply_op1(ConvOp(packed)),
+        let op = ConvOp {
+            packed: self.packed()?,
+            act,
+        };
+        let one = self.dims == Dims::One;
+        let x = if one { x.unsqueeze(2)? } else { x.clone() }.contiguous()?;
+        let y = match residual {
+            Some(r) => {
+                let r = if one { r.unsqueeze(2)? } else { r.clone() }.contiguous()?;
+                x.apply_op2(&r, op)?
+            }
+            None => x.apply_op1(op)?,
+        };
+        if one {
+            y.squeeze(2)
+        } else {
+            Ok(y)
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, Act::Identity, None)
+    }
+
+    /// act(conv(x) + bias + residual): on the CPU one pass (the epilogue of
+    /// `fastconv`), elsewhere candle ops.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let padded;
         let x = if self.tf_same {
             let mut t = x.clone();
@@ -368,8 +389,9 @@ impl Conv {
             && x.dtype() == candle_core::DType::F32
             && self.weight.dtype() == candle_core::DType::F32
         {
-            return self.fast(x);
+            return self.fast(x, act, residual);
         }
+        let cpu = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
         let y = if depthwise {
             let xp = if self.padding > 0 {
                 x.pad_with_zeros(2, self.padding, self.padding)?
@@ -377,19 +399,26 @@ impl Conv {
             } else {
                 x.clone()
             };
-            if xp.device().is_cpu() && xp.dtype() == candle_core::DType::F32 {
-                xp.contiguous()?
-                    .apply_op1(super::fastconv::DepthwiseOp(self.packed()?))?
-            } else {
-                depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
+            if cpu && residual.is_none() {
+                // Bias and activation are its epilogue.
+                return xp.contiguous()?.apply_op1(super::fastconv::DepthwiseOp {
+                    packed: self.packed()?,
+                    act,
+                });
             }
+            depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
         } else {
             self.dense(x)?
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape(channel_shape(y.rank(), b.dims1()?))?),
-            None => Ok(y),
-        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape(channel_shape(y.rank(), b.dims1()?))?)?,
+            None => y,
+        };
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        act.tensor(&y)
     }
 }
 
@@ -599,8 +628,8 @@ impl Op {
         match self {
             Op::Conv(c) => c.forward(x),
             Op::Affine(a) => a.forward(x),
-            Op::Relu => x.relu(),
-            Op::Relu6 => x.clamp(0f32, 6f32),
+            Op::Relu => Act::Relu.tensor(x),
+            Op::Relu6 => Act::Relu6.tensor(x),
             Op::LeakyRelu(slope) => {
                 let neg = (x.minimum(0f32)? * *slope)?;
                 x.relu()? + neg
@@ -620,8 +649,21 @@ impl Op {
             Op::Residual(b) => b.forward(x),
             Op::Chain(c) => {
                 let mut y = x.clone();
-                for op in &c.ops {
-                    y = op.forward(&y)?;
+                let mut ops = c.ops.iter().peekable();
+                while let Some(op) = ops.next() {
+                    // A conv and the activation after it run as one op.
+                    let act = match (op, ops.peek()) {
+                        (Op::Conv(_), Some(Op::Relu)) => Act::Relu,
+                        (Op::Conv(_), Some(Op::Relu6)) => Act::Relu6,
+                        _ => Act::Identity,
+                    };
+                    y = match op {
+                        Op::Conv(conv) => conv.forward_with(&y, act, None)?,
+                        _ => op.forward(&y)?,
+                    };
+                    if act != Act::Identity {
+                        ops.next();
+                    }
                 }
                 if c.residual {
                     y + x
@@ -642,19 +684,20 @@ pub struct ResidualBlock {
 
 impl ResidualBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward(&y)?;
-            if i < last {
-                y = y.relu()?;
-            }
-        }
         let identity = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        let (last, inner) = self
+            .convs
+            .split_last()
+            .ok_or_else(|| candle_core::Error::Msg("residual block without convs".into()))?;
+        let mut y = x.clone();
+        for c in inner {
+            y = c.forward_with(&y, Act::Relu, None)?;
+        }
+        // The shortcut's add and the block's ReLU are the last conv's epilogue.
+        last.forward_with(&y, Act::Relu, Some(&identity))
     }
 }
 
@@ -902,6 +945,8 @@ mod tests {
             (1, 16, 100, 3, 1, 1, 7, 7),
             (1, 16, 100, 1, 1, 0, 5, 6),
             (2, 8, 64, 3, 2, 1, 9, 9),
+            // Planes over 256 pixels: one product per image and band, not per batch.
+            (2, 3, 8, 3, 1, 1, 20, 20),
         ] {
             let conv = Conv {
                 dims: Dims::Two,
@@ -927,6 +972,75 @@ mod tests {
                 d.to_scalar::<f32>().unwrap() < 1e-5,
                 "n{n} {cin}->{cout} k{k} s{s} p{p}"
             );
+        }
+    }
+
+    /// act(conv(x) + bias + residual) fused on the CPU equals candle's ops one by one,
+    /// and so do the gradients to the input and to the residual.
+    #[test]
+    fn fused_epilogue_equals_separate_ops_forward_and_backward() {
+        use candle_core::Var;
+        let cases = [
+            (Dims::Two, vec![6, 5, 3, 3], vec![2, 5, 9, 7], 1, 2, 1),
+            (Dims::Two, vec![8, 8, 1, 1], vec![1, 8, 6, 5], 1, 1, 1),
+            (Dims::One, vec![4, 3, 5], vec![2, 3, 30], 1, 2, 1),
+            (Dims::Two, vec![6, 1, 3, 3], vec![2, 6, 11, 9], 6, 2, 1),
+            (Dims::Two, vec![6, 1, 3, 3], vec![1, 6, 12, 10], 6, 1, 2),
+        ];
+        for (dims, wshape, xshape, groups, stride, dilation) in cases {
+            let c = wshape[0];
+            let conv = Conv {
+                dims,
+                weight: rand(&wshape, 41),
+                bias: Some(rand(&[c], 42)),
+                stride,
+                padding: 1,
+                dilation,
+                groups,
+                tf_same: false,
+                packed: Default::default(),
+            };
+            // Scaled so that ReLU6 clips on both sides.
+            let x = Var::from_tensor(&(rand(&xshape, 43) * 20.0).unwrap()).unwrap();
+            let plain = conv.forward(x.as_tensor()).unwrap();
+            let r = Var::from_tensor(&(rand(plain.dims(), 44) * 8.0).unwrap()).unwrap();
+            for act in [Act::Identity, Act::Relu, Act::Relu6] {
+                // Depthwise convs fuse no residual (their blocks add none after them).
+                let res = (groups == 1).then_some(r.as_tensor());
+                let ours = conv.forward_with(x.as_tensor(), act, res).unwrap();
+                let sum = match res {
+                    Some(r) => (conv.forward(x.as_tensor()).unwrap() + r).unwrap(),
+                    None => conv.forward(x.as_tensor()).unwrap(),
+                };
+                let theirs = match act {
+                    Act::Identity => sum,
+                    Act::Relu => sum.relu().unwrap(),
+                    Act::Relu6 => sum.clamp(0f32, 6f32).unwrap(),
+                };
+                let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{act:?} {wshape:?}");
+                let g = rand(ours.dims(), 45);
+                let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = theirs
+                    .mul(&g)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let mut vars = vec![&x];
+                if res.is_some() {
+                    vars.push(&r);
+                }
+                for v in vars {
+                    let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+                    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                    assert!(
+                        d.to_scalar::<f32>().unwrap() < 1e-4,
+                        "grad {act:?} {wshape:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -50,8 +50,19 @@ fn conv(c: &Ctx) -> OpResult {
     let dilation = uniform(c.ints("dilations"), rank, "dilations")?;
     let groups = c.int("group").unwrap_or(1) as usize;
     let mut tf_same = false;
+    let mut padding = 0;
     let x = match c.string("auto_pad").as_deref() {
-        None | Some("") | Some("NOTSET") => pad_spatial(&x, &pads(c, rank)?, 0.0)?,
+        None | Some("") | Some("NOTSET") => {
+            let p = pads(c, rank)?;
+            match p.first() {
+                // Equal pads on every side are the conv's own (no padded copy of x).
+                Some(&(a, _)) if p.iter().all(|&s| s == (a, a)) => {
+                    padding = a;
+                    x
+                }
+                _ => pad_spatial(&x, &p, 0.0)?,
+            }
+        }
         Some("SAME_UPPER") => {
             tf_same = true;
             x
@@ -64,7 +75,7 @@ fn conv(c: &Ctx) -> OpResult {
         weight: w.clone(),
         bias: c.opt(2),
         stride,
-        padding: 0,
+        padding,
         dilation,
         groups,
         tf_same,
