@@ -5,7 +5,7 @@ pub mod melspec;
 mod spec;
 pub mod window;
 
-use image::{imageops::FilterType, RgbImage};
+use image::RgbImage;
 
 pub use spec::{InputKind, InputSpec, Resize};
 
@@ -77,12 +77,10 @@ pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
     let [sx, sy, sw, sh] = p.source;
     let [mx, my, mw, mh] = p.model;
     let [th, tw] = input_size(img.width(), img.height(), spec);
-    let view = image::imageops::crop_imm(img, sx, sy, sw, sh).to_image();
-    // Triangle = bilinear with PIL's antialiasing support when shrinking.
     let small = if (sw, sh) == (mw, mh) {
-        view
+        image::imageops::crop_imm(img, sx, sy, sw, sh).to_image()
     } else {
-        image::imageops::resize(&view, mw, mh, FilterType::Triangle)
+        resize_box(img, p.source, (mw, mh))
     };
     let small = if (mw, mh) == (tw, th) {
         small
@@ -106,6 +104,26 @@ pub fn prepare_image(img: &RgbImage, spec: &InputSpec) -> PreparedImage {
         size: [th as usize, tw as usize],
         placement: p,
     }
+}
+
+/// The `source` box (x, y, w, h) of `img` resized to `w` x `h`: bilinear with PIL's
+/// antialiasing support when shrinking (torchvision's `Resize` on a PIL picture), with
+/// fast_image_resize's SIMD kernels (AVX2 or SSE4.1, picked at run time). A 720p frame
+/// takes about a quarter of the image crate's time.
+pub fn resize_box(img: &RgbImage, [sx, sy, sw, sh]: [u32; 4], (w, h): (u32, u32)) -> RgbImage {
+    use fast_image_resize::{images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions};
+    // An RgbImage holds width*height*3 bytes and u8 needs no alignment; `placement`
+    // keeps the box inside the picture and both sizes non-zero.
+    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage is a U8x3 buffer");
+    let mut dst = fast_image_resize::images::Image::new(w, h, PixelType::U8x3);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(sx as f64, sy as f64, sw as f64, sh as f64);
+    fast_image_resize::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("same pixel type on both sides");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("w*h*3 bytes")
 }
 
 /// `x = (p / scale - mean) / std`, channels first; 1-channel models get luma.
