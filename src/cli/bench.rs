@@ -11,7 +11,7 @@ use clap::Args;
 
 use camstream_core::cam::Needs;
 use camstream_core::cam::{upsample_to_source, Targets};
-use camstream_core::model::{resnet, ModelRequest, ModelSource, Network};
+use camstream_core::model::{fastconv, resnet, ModelRequest, ModelSource, Network};
 use camstream_core::preprocess::prepare_image;
 use camstream_core::{CamConfig, ExplainOptions, Explainer, Input, Method};
 use camstream_media::render::{overlay, JET};
@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// stage's frames/s and the end-to-end rate
     #[arg(long)]
     pub video: Option<std::path::PathBuf>,
+    /// libx264 preset of the `--video` run, as `video --preset`
+    #[arg(long, default_value = camstream_media::encode::DEFAULT_PRESET)]
+    pub preset: String,
     /// Also time these CAM methods against forward-only and Grad-CAM on the same batch:
     /// comma-separated names or `all`. Each is timed interleaved with its own forward
     /// and Grad-CAM runs; methods with extra forward passes (scorecam, ablationcam) are
@@ -63,6 +66,15 @@ struct MethodTiming {
     timing: Timing,
     over_forward: f64,
     over_gradcam: f64,
+}
+
+/// The machine's GEMM rate (the `gemm` crate, 2048^2, all threads) and the forward's
+/// convolution rate.
+#[derive(serde::Serialize)]
+struct Ceiling {
+    gemm_gflops: f64,
+    forward_gflop: f64,
+    forward_gflops: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -173,6 +185,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("two timings"))?;
     let ratio = gc.median_ms / fwd.median_ms;
+    // The convolutions' work in one forward, against the GEMM kernels' own rate here.
+    let before = fastconv::conv_flops();
+    forward()?;
+    let gflop = (fastconv::conv_flops() - before) as f64 / 1e9;
+    let ceiling = Ceiling {
+        gemm_gflops: fastconv::gemm_ceiling(2048, 3),
+        forward_gflop: gflop,
+        forward_gflops: gflop * 1e3 / fwd.median_ms,
+    };
     let mut per_method = Vec::new();
     for m in Method::list(a.method.as_deref().unwrap_or("gradcam"))?
         .into_iter()
@@ -228,7 +249,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let video = match &a.video {
-        Some(v) => Some(super::video::bench(&cam, v, a.batch)?),
+        Some(v) => Some(super::video::bench(&cam, v, a.batch, &a.preset)?),
         None => None,
     };
     if a.json {
@@ -237,8 +258,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             serde_json::json!({
                 "model": a.model, "layer": layer, "aug_smooth": a.aug_smooth, "batch": a.batch, "input": &shape[1..],
                 "device": format!("{:?}", device.location()), "threads": threads,
-                "forward": fwd, "gradcam": gc, "gradcam_over_forward": ratio,
+                "forward": fwd, "gradcam": gc, "ceiling": ceiling, "gradcam_over_forward": ratio,
                 "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
+                "video_over_model": video.as_ref().map(|v| v.fps / gc.frames_per_s),
                 "methods": per_method,
             })
         );
@@ -247,6 +269,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "{} layer {layer}{}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
             a.model, if a.aug_smooth { " (aug-smooth)" } else { "" }, a.batch, &shape[1..], device.location(), fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
             gc.median_ms, gc.min_ms, gc.max_ms, gc.frames_per_s
+        );
+        println!(
+            "  convolutions: {:.2} GFLOP per batch, {:.1} GFLOP/s in the forward = {:.2} of the GEMM ceiling ({:.1} GFLOP/s on 2048^2, {threads} threads)",
+            ceiling.forward_gflop, ceiling.forward_gflops, ceiling.forward_gflops / ceiling.gemm_gflops, ceiling.gemm_gflops
         );
         println!(
             "  preprocess 720p: median {:.2} ms = {:.0} frames/s (one thread)\n  overlay 720p   : median {:.2} ms = {:.0} frames/s (one worker)",
@@ -259,21 +285,30 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             );
         }
         if let Some(v) = &video {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let wall = v.wall_s.max(1e-9);
             let stages: Vec<String> = v
                 .stages
                 .iter()
-                .map(|s| format!("{} {:.1}", s.stage, s.per_s))
+                .map(|s| {
+                    format!(
+                        "{} {:.1}/s busy {:.0} %",
+                        s.stage,
+                        s.per_s,
+                        100.0 * s.busy_s / wall
+                    )
+                })
                 .collect();
-            let slowest = v
-                .stages
-                .iter()
-                .map(|s| s.per_s)
-                .fold(f64::INFINITY, f64::min);
             println!(
-                "  video: {} frames, {:.1} frames/s end to end ({:.2} x the slowest stage); stage frames/s: {}",
+                "  video: {} frames, {:.1} frames/s end to end = {:.2} x the model alone (Grad-CAM at batch {}); CPU {:.0} % of {cores} cores",
                 v.frames,
                 v.fps,
-                v.fps / slowest,
+                v.fps / gc.frames_per_s,
+                a.batch,
+                100.0 * v.cpu_s / (wall * cores as f64),
+            );
+            println!(
+                "  stages (frames/s while busy, busy share of the wall time): {}",
                 stages.join(", ")
             );
         }

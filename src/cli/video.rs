@@ -81,7 +81,7 @@ pub struct VideoArgs {
     pub crf: u8,
 
     /// libx264 preset (ultrafast ... veryslow)
-    #[arg(long, default_value = "veryfast")]
+    #[arg(long, default_value = camstream_media::encode::DEFAULT_PRESET)]
     pub preset: String,
 
     /// Start of the section to process, in seconds
@@ -265,6 +265,7 @@ pub fn bench(
     explainer: &Explainer,
     input: &std::path::Path,
     batch: usize,
+    preset: &str,
 ) -> Result<camstream_pipeline::VideoReport> {
     // The file is thrown away: a hidden, per-run name in the temp folder.
     let output = camstream_media::io::temp_name(&std::env::temp_dir().join("camstream-bench.mp4"));
@@ -272,7 +273,10 @@ pub fn bench(
         input: input.to_path_buf(),
         output: output.clone(),
         section: Section::default(),
-        encode: EncodeOptions::default(),
+        encode: EncodeOptions {
+            preset: preset.into(),
+            ..EncodeOptions::default()
+        },
         frames_json: None,
         frames: FrameJob {
             explainer,

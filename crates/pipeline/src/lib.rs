@@ -183,17 +183,28 @@ impl Busy {
     }
 }
 
-/// Peak resident memory of this process so far.
-pub fn peak_rss_mb() -> f64 {
+/// This process's resource use so far (zeroed if the call fails).
+fn usage() -> libc::rusage {
     // SAFETY: getrusage fills the struct we pass; no other invariants.
     unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0 {
-            u.ru_maxrss as f64 / 1024.0
-        } else {
-            0.0
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
+            u = std::mem::zeroed();
         }
+        u
     }
+}
+
+/// Peak resident memory of this process so far.
+pub fn peak_rss_mb() -> f64 {
+    usage().ru_maxrss as f64 / 1024.0
+}
+
+/// CPU seconds (user + system, all threads) of this process so far.
+pub fn cpu_seconds() -> f64 {
+    let u = usage();
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    s(u.ru_utime) + s(u.ru_stime)
 }
 
 /// A fault to inject (test builds only): `CAMSTREAM_FAIL_AT=STAGE:N` makes that stage

@@ -25,6 +25,11 @@ pub enum EncodeError {
     Write { path: PathBuf, msg: String },
 }
 
+/// libx264's preset unless one is asked for: the fastest. At 720p on the 2-core EPYC,
+/// veryfast took 36 ms of a frame and left the video at 0.57 of the model's own rate;
+/// ultrafast takes 15 ms (0.70), for files about twice as large at the same CRF.
+pub const DEFAULT_PRESET: &str = "ultrafast";
+
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
     pub crf: u8,
@@ -37,7 +42,7 @@ impl Default for EncodeOptions {
     fn default() -> Self {
         Self {
             crf: 20,
-            preset: "veryfast".into(),
+            preset: DEFAULT_PRESET.into(),
             threads: 0,
         }
     }

@@ -25,7 +25,9 @@ pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, Reco
 pub use stages::{ModelConfig, OverlayConfig, Sinks};
 
 use crate::norm::Norm;
-use crate::{guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageCtl, StageStat};
+use crate::{
+    cpu_seconds, guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageCtl, StageStat,
+};
 
 /// What to do with each frame, whatever the frames' source and the results' sinks.
 pub struct FrameJob<'a> {
@@ -58,6 +60,9 @@ pub struct VideoReport {
     pub stages: Vec<StageStat>,
     pub interrupted: bool,
     pub peak_rss_mb: f64,
+    /// CPU seconds (user + system, all threads) of the process during the run: with
+    /// `wall_s` and the core count, how much of the machine the run used.
+    pub cpu_s: f64,
 }
 
 /// The container for an output name (the temporary name hides the extension).
@@ -78,6 +83,7 @@ fn container_for(output: &std::path::Path) -> &'static str {
 /// interrupted through `cancel`, as a valid file of the frames done so far).
 pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
     let started = Instant::now();
+    let cpu = cpu_seconds();
     let clip_scale = if job.frames.model.norm == Norm::Clip {
         // First pass: the clip's largest map value (the model runs twice).
         let mut source = VideoDecoder::open(&job.input, job.section)?;
@@ -126,6 +132,7 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
                 }
             })?;
             report.wall_s = started.elapsed().as_secs_f64();
+            report.cpu_s = cpu_seconds() - cpu;
             report.fps = report.frames as f64 / report.wall_s.max(1e-9);
             Ok(report)
         }
@@ -151,8 +158,10 @@ pub fn run_frames(
         });
     }
     let started = Instant::now();
+    let cpu = cpu_seconds();
     let mut report = run_stages(source, job, sinks, cancel, None, 0.0)?;
     report.wall_s = started.elapsed().as_secs_f64();
+    report.cpu_s = cpu_seconds() - cpu;
     report.fps = report.frames as f64 / report.wall_s.max(1e-9);
     Ok(report)
 }
@@ -261,5 +270,6 @@ fn run_stages(
             .collect(),
         interrupted: cancel.load(Ordering::Relaxed),
         peak_rss_mb: peak_rss_mb(),
+        cpu_s: 0.0,
     })
 }
