@@ -545,30 +545,19 @@ pub fn gemm_ceiling(n: usize, iters: usize) -> f64 {
         let t = std::time::Instant::now();
         // SAFETY: a, b and c are n x n and row-major.
         unsafe {
-            gemm::gemm(
+            matmul(
                 n,
                 n,
                 n,
                 c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
+                n,
                 a.as_ptr(),
+                n,
                 1,
-                n as isize,
                 b.as_ptr(),
-                1,
-                n as isize,
-                1.0f32,
-                1.0f32,
+                n,
                 false,
-                false,
-                false,
-                if threads > 1 {
-                    Parallelism::Rayon(threads)
-                } else {
-                    Parallelism::None
-                },
+                threads,
             );
         }
         best = best.min(t.elapsed().as_secs_f64());
