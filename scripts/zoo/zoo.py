@@ -174,18 +174,21 @@ def reference(model, model64, path, x, classes):
     return {"raw": raw, "final": final, "raw64": raw64, "final64": final64}
 
 
-def torch_fps(model, threads, batch=8, iters=5):
+def torch_fps(model, threads, device="cpu", batch=8, iters=5):
     torch.set_num_threads(threads)
-    m = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 224, 224).to(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    m = model.to(device, memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         m(x)
+        sync()
         ts = []
         for _ in range(iters):
             t = time.perf_counter()
             m(x)
+            sync()
             ts.append(time.perf_counter() - t)
-    model.to(memory_format=torch.contiguous_format)
+    model.to("cpu", memory_format=torch.contiguous_format)
     return batch / float(np.median(ts))
 
 
@@ -218,7 +221,7 @@ def check(cs, name, exporter, work, x, threads, refs, model, ref_model, target_m
     if tensor is None:
         row["load"] = "no ONNX tensor equals the module output (onnxruntime)"
         return row
-    rc, out, err = run([cs, "layers", "-m", path])
+    rc, out, err = run([*cs, "layers", "-m", path])
     if rc != 0:
         row["load"] = "refused: " + " ".join(err)
         return row
@@ -232,7 +235,7 @@ def check(cs, name, exporter, work, x, threads, refs, model, ref_model, target_m
     errs = {}
     for tag, cls in (("pred", None), ("fixed", FIXED)):
         o = os.path.join(d, tag)
-        cmd = [cs, "image", "-m", path, "-l", tensor, "--cam-npy", "-o", o, "-b", "4",
+        cmd = [*cs, "image", "-m", path, "-l", tensor, "--cam-npy", "-o", o, "-b", "4",
                "--threads", str(threads), os.path.join(d, "x.npy")]
         if cls is not None:
             cmd += ["-c", str(cls)]
@@ -276,7 +279,7 @@ def table(rows):
 
 
 def camstream_fps(cs, path, threads):
-    rc, out, _ = run([cs, "bench", "-m", path, "-b", "8", "--iters", "5", "--warmup", "1",
+    rc, out, _ = run([*cs, "bench", "-m", path, "-b", "8", "--iters", "5", "--warmup", "1",
                       "--threads", str(threads), "--json"])
     return json.loads(out)["forward"]["frames_per_s"] if rc == 0 else None
 
@@ -288,7 +291,8 @@ def write(rows, work):
     with open(os.path.join(work, "zoo.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(md)
-    print(f"\n{rows[0].get('threads')} threads; {cpu()}; torch {torch.__version__}")
+    gpu = f"; {torch.cuda.get_device_name()}" if rows[0].get("device", "cpu") != "cpu" else ""
+    print(f"\n{rows[0].get('threads')} threads; {cpu()}{gpu}; torch {torch.__version__}")
 
 
 def cpu():
@@ -309,13 +313,18 @@ def speed_only(a):
     fps = {}
     for r in rows:
         if r["model"] not in fps:
-            fps[r["model"]] = torch_fps(build(r["model"], torch.from_numpy(photos(root_dir()))), a.threads)
+            fps[r["model"]] = torch_fps(build(r["model"], torch.from_numpy(photos(root_dir()))), a.threads, a.device)
         r["torch_fps"] = fps[r["model"]]
         if r.get("load") == "ok":
-            r["camstream_fps"] = camstream_fps(a.camstream, os.path.join(a.work, r["model"], r["exporter"], "model.onnx"), a.threads)
+            r["camstream_fps"] = camstream_fps(camstream_cmd(a), os.path.join(a.work, r["model"], r["exporter"], "model.onnx"), a.threads)
         r["threads"] = a.threads
         print(json.dumps({k: r.get(k) for k in ("model", "exporter", "camstream_fps", "torch_fps")}), file=sys.stderr, flush=True)
     write(rows, a.work)
+
+
+def camstream_cmd(a):
+    """The camstream command line up to its subcommand."""
+    return [a.camstream, "--device", a.device]
 
 
 def root_dir():
@@ -329,6 +338,9 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--exporters", nargs="*", default=["torchscript", "dynamo"])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu",
+                    help="cuda: camstream runs with --device cuda and the PyTorch speed is on the GPU "
+                         "(the references stay PyTorch on the CPU)")
     ap.add_argument("--speed-only", action="store_true",
                     help="re-measure the speeds of an earlier run's exports (on a quiet machine)")
     a = ap.parse_args()
@@ -351,11 +363,12 @@ def main():
             classes = pred if cls is None else [cls] * len(x)
             refs[tag] = reference(ref_model, ref64, MODELS[name], x, classes)
         del ref64
-        fps = torch_fps(model, a.threads)
+        fps = torch_fps(model, a.threads, a.device)
         for exporter in a.exporters:
-            row = check(a.camstream, name, exporter, a.work, x, a.threads, refs, model, ref_model, target)
+            row = check(camstream_cmd(a), name, exporter, a.work, x, a.threads, refs, model, ref_model, target)
             row["torch_fps"] = fps
             row["threads"] = a.threads
+            row["device"] = a.device
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
             with open(done, "w") as f:
