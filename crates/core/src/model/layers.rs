@@ -553,6 +553,16 @@ fn windows(x: &Tensor, dims: Dims, k: usize, s: usize) -> candle_core::Result<Te
 
 impl Pool {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let cpu = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+        if cpu && self.kind == PoolKind::Max && self.dims == Dims::Two && !x.track_op() {
+            return x
+                .contiguous()?
+                .apply_op1_no_bwd(&super::fastconv::pool::MaxPoolOp {
+                    kernel: self.kernel,
+                    stride: self.stride,
+                    padding: self.padding,
+                });
+        }
         let x = if self.padding > 0 {
             // torch pads max-pool with -inf and average-pool with zeros (count_include_pad).
             let v = match self.kind {
@@ -929,6 +939,34 @@ mod tests {
         }
     }
 
+    /// The parallel CPU max pool (no gradient) against candle's kernel on a -inf padded
+    /// copy, as ResNet's stem and VGG-style nets use it, odd sizes included.
+    #[test]
+    fn cpu_max_pool_equals_candles() {
+        for (k, s, p, h, w) in [
+            (3, 2, 1, 112, 112),
+            (3, 2, 1, 9, 12),
+            (2, 2, 0, 7, 9),
+            (3, 1, 1, 5, 6),
+            (5, 3, 2, 11, 8),
+        ] {
+            let x = rand(&[2, 3, h, w], 51);
+            let pool = Pool {
+                kind: PoolKind::Max,
+                dims: Dims::Two,
+                kernel: k,
+                stride: s,
+                padding: p,
+            };
+            let ours = pool.forward(&x).unwrap();
+            let padded = pad_spatial(&x, &[(p, p), (p, p)], f32::NEG_INFINITY).unwrap();
+            let theirs = padded.max_pool2d_with_stride(k, s).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "k{k} s{s} p{p} {h}x{w}");
+            let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "k{k} s{s} p{p} {h}x{w}");
+        }
+    }
+
     /// The packed CPU conv against candle's own conv2d (forward), over the shapes
     /// networks use: pointwise, strided pointwise, 3x3 and 7x7 with padding, odd sizes;
     /// at batch 1 with many channels on a small map, the output channels are split
@@ -947,6 +985,14 @@ mod tests {
             (2, 8, 64, 3, 2, 1, 9, 9),
             // Planes over 256 pixels: one product per image and band, not per batch.
             (2, 3, 8, 3, 1, 1, 20, 20),
+            // Winograd F(2x2, 3x3) (3x3 stride 1, >= 16 channels): odd sizes (cut edge
+            // tiles), no padding and padding 2, one job over a batch of small maps, and
+            // bands of tile rows over a wide map.
+            (2, 16, 24, 3, 1, 1, 9, 11),
+            (1, 32, 16, 3, 1, 0, 8, 8),
+            (3, 16, 16, 3, 1, 2, 5, 6),
+            (4, 16, 20, 3, 1, 1, 7, 7),
+            (1, 16, 16, 3, 1, 1, 40, 70),
         ] {
             let conv = Conv {
                 dims: Dims::Two,
@@ -982,6 +1028,8 @@ mod tests {
         use candle_core::Var;
         let cases = [
             (Dims::Two, vec![6, 5, 3, 3], vec![2, 5, 9, 7], 1, 2, 1),
+            // Winograd.
+            (Dims::Two, vec![16, 16, 3, 3], vec![2, 16, 9, 7], 1, 1, 1),
             (Dims::Two, vec![8, 8, 1, 1], vec![1, 8, 6, 5], 1, 1, 1),
             (Dims::One, vec![4, 3, 5], vec![2, 3, 30], 1, 2, 1),
             (Dims::Two, vec![6, 1, 3, 3], vec![2, 6, 11, 9], 6, 2, 1),

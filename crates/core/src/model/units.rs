@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::fastconv::Act;
 use super::layers::{self, Op};
 use super::{Body, Tail};
 use crate::error::{Error, Result};
@@ -77,11 +78,27 @@ impl UnitNet {
         Ok(idx)
     }
 
-    /// Runs units `from..to` (exclusive end).
+    /// Runs units `from..to` (exclusive end). Only the last unit's output is kept, so a
+    /// conv and the ReLU after it (past folded BN units) run as one op.
     fn run(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
         let mut x = x.clone();
-        for u in &self.units[from..to] {
-            x = u.op.forward(&x)?;
+        let mut i = from;
+        while i < to {
+            if let Op::Conv(conv) = &self.units[i].op {
+                let next = (i + 1..to).find(|&j| !matches!(self.units[j].op, Op::Identity));
+                let act = next.and_then(|j| match self.units[j].op {
+                    Op::Relu => Some((j, Act::Relu)),
+                    Op::Relu6 => Some((j, Act::Relu6)),
+                    _ => None,
+                });
+                if let Some((j, act)) = act {
+                    x = conv.forward_with(&x, act, None)?;
+                    i = j + 1;
+                    continue;
+                }
+            }
+            x = self.units[i].op.forward(&x)?;
+            i += 1;
         }
         Ok(x)
     }

@@ -13,6 +13,9 @@
 //! 1D convolutions are 1-high 2D ones. The input gradient (what Grad-CAM needs below a
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
 
+pub mod pool;
+mod winograd;
+
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
@@ -48,12 +51,14 @@ impl Geometry {
     }
 }
 
-/// Weights packed once: (c_out, c_in*kh*kw) row-major, the im2col row order.
+/// Weights packed once: (c_out, c_in*kh*kw) row-major, the im2col row order; and for
+/// 3x3 stride-1 convolutions also Winograd-transformed (see `winograd`).
 #[derive(Debug)]
 pub struct Packed {
     pub geo: Geometry,
     weight: Vec<f32>,
     bias: Option<Vec<f32>>,
+    winograd: Option<Vec<f32>>,
 }
 
 impl Packed {
@@ -71,7 +76,14 @@ impl Packed {
         let bias = bias
             .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1())
             .transpose()?;
-        Ok(Self { geo, weight, bias })
+        let winograd = (winograd::eligible(&geo) && winograd::enabled())
+            .then(|| winograd::transform_weights(&geo, &weight));
+        Ok(Self {
+            geo,
+            weight,
+            bias,
+            winograd,
+        })
     }
 }
 
@@ -169,6 +181,49 @@ unsafe fn epilogue(
             }
         }
     }
+}
+
+/// Buffers each thread keeps across convolutions: allocating and zeroing them per job
+/// (fresh pages from the kernel each time) cost more than the transforms they hold.
+#[derive(Default)]
+struct Scratch([Vec<f32>; 3]);
+
+impl Scratch {
+    /// Three buffers of at least these lengths (grown, never shrunk; the contents are
+    /// whatever the last user left).
+    fn get(&mut self, lens: [usize; 3]) -> [&mut [f32]; 3] {
+        let [a, b, c] = &mut self.0;
+        [(a, lens[0]), (b, lens[1]), (c, lens[2])].map(|(v, n)| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            &mut v[..n]
+        })
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch buffers; with fresh ones if they are in use (a
+/// thread waiting inside a parallel gemm can pick up another job).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// A vector of `len` values that `fill` writes, every one, through the pointer before
+/// anything reads them: no zeroing pass over memory a convolution overwrites anyway (on
+/// a batch that pass was a serial memset of every output, on the calling thread).
+fn filled(len: usize, fill: impl FnOnce(SendPtr)) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(SendPtr(v.as_mut_ptr()));
+    // SAFETY: `fill` initialised all `len` values (its callers' contract).
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// Raw pointer that parallel jobs write through, each to its own region.
@@ -319,7 +374,7 @@ unsafe fn matmul(
     )
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("camstream conv: float32 only");
     };
@@ -357,20 +412,45 @@ impl ConvOp {
         if residual.is_some_and(|r| r.len() != n * g.c_out * plane) {
             candle_core::bail!("camstream conv: the residual is not shaped like the output");
         }
-        if n > 1 && plane <= BATCHED_PLANE {
-            return Ok(self.forward_batched(x, (n, c, h, w), residual));
+        count_flops(n * g.c_out * plane * g.k_size());
+        let shape = Shape::from((n, g.c_out, oh, ow));
+        if let Some(u) = &p.winograd {
+            let bias = p.bias.as_deref();
+            let out = filled(n * g.c_out * plane, |dst| {
+                winograd::forward(g, u, bias, x, (n, h, w), residual, self.act, dst)
+            });
+            return Ok((CpuStorage::F32(out), shape));
         }
-        let mut out = vec![0f32; n * g.c_out * plane];
-        let dst = SendPtr(out.as_mut_ptr());
+        if n > 1 && plane <= BATCHED_PLANE {
+            return Ok((self.forward_batched(x, (n, c, h, w), residual), shape));
+        }
+        let out = filled(n * g.c_out * plane, |dst| {
+            self.forward_bands(x, (n, c, h, w), residual, dst)
+        });
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    /// Each (image, band of output rows, group of output channels) as one
+    /// single-threaded product, written into `dst` (n, c_out, oh, ow).
+    fn forward_bands(
+        &self,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        residual: Option<&[f32]>,
+        dst: SendPtr,
+    ) {
+        let p = &self.packed;
+        let g = &p.geo;
+        let (oh, ow) = g.out(h, w);
+        let plane = oh * ow;
         let rows = band(ow);
         let bands = oh.div_ceil(rows);
         let ks = g.k_size();
         // Small batches of small maps (batch 1 at ResNet's layer3/layer4 is one band)
         // would leave threads idle: split the output channels too.
         let (groups, per) = channel_groups(g.c_out, n * bands, rayon::current_num_threads());
-        (0..n * bands * groups)
-            .into_par_iter()
-            .for_each_init(Vec::new, |col, job| {
+        (0..n * bands * groups).into_par_iter().for_each(|job| {
+            with_scratch(|scratch| {
                 let (img_band, grp) = (job / groups, job % groups);
                 let (b, t) = (img_band / bands, img_band % bands);
                 let (co0, m) = (grp * per, per.min(g.c_out - grp * per));
@@ -389,7 +469,7 @@ impl ConvOp {
                         let src = img.as_ptr().add(oy0 * ow);
                         matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
                     } else {
-                        col.resize(ks * tp, 0.0);
+                        let [col, _, _] = scratch.get([ks * tp, 0, 0]);
                         im2col(g, img, (h, w), (oy0, r, ow), col);
                         matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
                     }
@@ -397,9 +477,8 @@ impl ConvOp {
                     let res = residual.map(|r| r.as_ptr().add(at));
                     epilogue(d, (m, tp, plane), bias, res, self.act);
                 }
-            });
-        count_flops(n * g.c_out * plane * ks);
-        Ok((CpuStorage::F32(out), Shape::from((n, g.c_out, oh, ow))))
+            })
+        });
     }
 
     /// Small maps of a batch as one product over all images: k x (n*plane) columns,
@@ -411,7 +490,7 @@ impl ConvOp {
         x: &[f32],
         (n, c, h, w): (usize, usize, usize, usize),
         residual: Option<&[f32]>,
-    ) -> (CpuStorage, Shape) {
+    ) -> CpuStorage {
         let p = &self.packed;
         let g = &p.geo;
         let (oh, ow) = g.out(h, w);
@@ -456,8 +535,7 @@ impl ConvOp {
             // SAFETY: `o` and the residual's plane are one row of `plane` values.
             unsafe { epilogue(o.as_mut_ptr(), (1, plane, 0), bias, res, self.act) };
         });
-        count_flops(n * g.c_out * plane * ks);
-        (CpuStorage::F32(out), Shape::from((n, g.c_out, oh, ow)))
+        CpuStorage::F32(out)
     }
 
     fn input_grad(&self, arg: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
