@@ -985,6 +985,10 @@ mod tests {
             (2, 8, 64, 3, 2, 1, 9, 9),
             // Planes over 256 pixels: one product per image and band, not per batch.
             (2, 3, 8, 3, 1, 1, 20, 20),
+            // Strided im2col by phases (bands of one image): ResNet's stem, odd sizes.
+            (1, 3, 8, 7, 2, 3, 40, 38),
+            (2, 4, 8, 3, 2, 1, 35, 37),
+            (1, 4, 8, 3, 3, 0, 50, 49),
             // Winograd F(2x2, 3x3) (3x3 stride 1, >= 16 channels): odd sizes (cut edge
             // tiles), no padding and padding 2, one job over a batch of small maps, and
             // bands of tile rows over a wide map.

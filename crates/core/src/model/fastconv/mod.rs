@@ -154,6 +154,10 @@ impl Act {
 ///
 /// # Safety
 /// `d` and `res` must hold `m` rows of `tp` values, `plane` apart.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
 unsafe fn epilogue(
     d: *mut f32,
     (m, tp, plane): (usize, usize, usize),
@@ -165,11 +169,13 @@ unsafe fn epilogue(
         return;
     }
     for co in 0..m {
-        let row = std::slice::from_raw_parts_mut(d.add(co * plane), tp);
+        // SAFETY: the caller's contract.
+        let row = unsafe { std::slice::from_raw_parts_mut(d.add(co * plane), tp) };
         let b = bias.map_or(0.0, |b| b[co]);
         match res {
             Some(r) => {
-                let r = std::slice::from_raw_parts(r.add(co * plane), tp);
+                // SAFETY: the caller's contract.
+                let r = unsafe { std::slice::from_raw_parts(r.add(co * plane), tp) };
                 for (v, r) in row.iter_mut().zip(r) {
                     *v = act.apply(*v + b + r);
                 }
@@ -186,20 +192,27 @@ unsafe fn epilogue(
 /// Buffers each thread keeps across convolutions: allocating and zeroing them per job
 /// (fresh pages from the kernel each time) cost more than the transforms they hold.
 #[derive(Default)]
-struct Scratch([Vec<f32>; 3]);
+struct Scratch {
+    bufs: [Vec<f32>; 3],
+    /// For im2col's strided rows.
+    phases: Vec<f32>,
+}
 
 impl Scratch {
     /// Three buffers of at least these lengths (grown, never shrunk; the contents are
     /// whatever the last user left).
     fn get(&mut self, lens: [usize; 3]) -> [&mut [f32]; 3] {
-        let [a, b, c] = &mut self.0;
-        [(a, lens[0]), (b, lens[1]), (c, lens[2])].map(|(v, n)| {
-            if v.len() < n {
-                v.resize(n, 0.0);
-            }
-            &mut v[..n]
-        })
+        let [a, b, c] = &mut self.bufs;
+        [(a, lens[0]), (b, lens[1]), (c, lens[2])].map(|(v, n)| grown(v, n))
     }
+}
+
+/// The first `n` values of `v`, grown to hold them.
+fn grown(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 thread_local! {
@@ -240,22 +253,82 @@ impl SendPtr {
 }
 
 /// Fills `col` (k_size x (rows*ow)) with the im2col patch of output rows
-/// [oy0, oy0+rows) of one image `x` (c_in, h, w).
+/// [oy0, oy0+rows) of one image `x` (c_in, h, w). With a column stride, each input row
+/// is split into its stride phases once (in `phases`), so every kernel column is a
+/// contiguous copy rather than a strided, bounds-checked gather (ResNet's 7x7 stem).
 fn im2col(
     g: &Geometry,
     x: &[f32],
     hw: (usize, usize),
     band: (usize, usize, usize),
     col: &mut [f32],
+    phases: &mut Vec<f32>,
 ) {
     let tp = band.1 * band.2;
-    for (r, dst) in col.chunks_exact_mut(tp).take(g.k_size()).enumerate() {
-        im2col_row(g, x, hw, band, r, dst);
+    if g.sw == 1 {
+        for (r, dst) in col.chunks_exact_mut(tp).take(g.k_size()).enumerate() {
+            im2col_row(g, x, hw, band, r, dst);
+        }
+    } else {
+        im2col_strided(g, x, hw, band, col, phases);
+    }
+}
+
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn im2col_strided(
+    g: &Geometry,
+    x: &[f32],
+    (h, w): (usize, usize),
+    (oy0, rows, ow): (usize, usize, usize),
+    col: &mut [f32],
+    phases: &mut Vec<f32>,
+) {
+    let tp = rows * ow;
+    let (s, padded) = (g.sw, w + 2 * g.pw);
+    // Long enough for the last kernel column's phase to hold `ow` values.
+    let per = (padded.div_ceil(s)).max((g.kw - 1) * g.dw / s + ow);
+    phases.clear();
+    phases.resize(padded + s * per, 0.0);
+    let (row, ph) = phases.split_at_mut(padded);
+    for ci in 0..g.c_in {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for i in 0..g.kh {
+            let rows_of = |j: usize| ((ci * g.kh + i) * g.kw + j) * tp;
+            for t in 0..rows {
+                let iy = ((oy0 + t) * g.sh + i * g.dh)
+                    .checked_sub(g.ph)
+                    .filter(|&v| v < h);
+                let Some(iy) = iy else {
+                    for j in 0..g.kw {
+                        col[rows_of(j) + t * ow..rows_of(j) + (t + 1) * ow].fill(0.0);
+                    }
+                    continue;
+                };
+                row[g.pw..g.pw + w].copy_from_slice(&plane[iy * w..(iy + 1) * w]);
+                for (r, phase) in ph.chunks_exact_mut(per).enumerate() {
+                    for (d, v) in phase.iter_mut().zip(row[r..].iter().step_by(s)) {
+                        *d = *v;
+                    }
+                }
+                for j in 0..g.kw {
+                    let q = j * g.dw;
+                    let src = &ph[(q % s) * per + q / s..][..ow];
+                    col[rows_of(j) + t * ow..rows_of(j) + (t + 1) * ow].copy_from_slice(src);
+                }
+            }
+        }
     }
 }
 
 /// Row `r` (input channel, kernel row, kernel column) of the im2col patch: `dst` gets
 /// rows*ow values.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
 fn im2col_row(
     g: &Geometry,
     x: &[f32],
@@ -414,7 +487,7 @@ impl ConvOp {
         }
         count_flops(n * g.c_out * plane * g.k_size());
         let shape = Shape::from((n, g.c_out, oh, ow));
-        if let Some(u) = &p.winograd {
+        if let Some(u) = p.winograd.as_ref().filter(|_| winograd::worth(oh, ow)) {
             let bias = p.bias.as_deref();
             let out = filled(n * g.c_out * plane, |dst| {
                 winograd::forward(g, u, bias, x, (n, h, w), residual, self.act, dst)
@@ -469,8 +542,8 @@ impl ConvOp {
                         let src = img.as_ptr().add(oy0 * ow);
                         matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
                     } else {
-                        let [col, _, _] = scratch.get([ks * tp, 0, 0]);
-                        im2col(g, img, (h, w), (oy0, r, ow), col);
+                        let col = grown(&mut scratch.bufs[0], ks * tp);
+                        im2col(g, img, (h, w), (oy0, r, ow), col, &mut scratch.phases);
                         matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
                     }
                     let bias = p.bias.as_ref().map(|b| &b[co0..co0 + m]);
@@ -743,6 +816,10 @@ impl DepthwiseOp {
 
 /// One output plane of a depthwise convolution: `o` (oh x ow) from the padded plane
 /// `xp` (h x w) and the filter `f` (kh x kw); `phases` is scratch for strided rows.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
 fn depthwise_plane(
     g: &Geometry,
     (xp, w): (&[f32], usize),

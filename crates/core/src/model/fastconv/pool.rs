@@ -31,6 +31,50 @@ impl MaxPoolOp {
     }
 }
 
+/// One output plane: the window's rows reduced into a -inf padded row, which is
+/// split into its `stride` phases so that every column tap is a contiguous max.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn pool_plane(
+    op: &MaxPoolOp,
+    plane: &[f32],
+    (h, w): (usize, usize),
+    o: &mut [f32],
+    ow: usize,
+    buf: &mut Vec<f32>,
+) {
+    let (k, s, p) = (op.kernel, op.stride, op.padding);
+    let padded = w + 2 * p;
+    let per = padded.div_ceil(s);
+    buf.clear();
+    buf.resize(padded + s * per, f32::NEG_INFINITY);
+    let (vmax, phases) = buf.split_at_mut(padded);
+    for (oy, dst) in o.chunks_exact_mut(ow).enumerate() {
+        let rows = op.window(oy, h);
+        let inner = &mut vmax[p..p + w];
+        inner.copy_from_slice(&plane[rows.start * w..(rows.start + 1) * w]);
+        for iy in rows.start + 1..rows.end {
+            for (m, v) in inner.iter_mut().zip(&plane[iy * w..(iy + 1) * w]) {
+                *m = m.max(*v);
+            }
+        }
+        for (r, phase) in phases.chunks_exact_mut(per).enumerate() {
+            for (d, v) in phase.iter_mut().zip(vmax[r..].iter().step_by(s)) {
+                *d = *v;
+            }
+        }
+        dst.fill(f32::NEG_INFINITY);
+        for j in 0..k {
+            let tap = &phases[(j % s) * per + j / s..][..ow];
+            for (d, v) in dst.iter_mut().zip(tap) {
+                *d = d.max(*v);
+            }
+        }
+    }
+}
+
 impl CustomOp1 for MaxPoolOp {
     fn name(&self) -> &'static str {
         "camstream-max-pool"
@@ -55,26 +99,9 @@ impl CustomOp1 for MaxPoolOp {
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each_init(
-                || vec![0f32; w],
-                |vmax, (o, plane)| {
-                    for (oy, dst) in o.chunks_exact_mut(ow).enumerate() {
-                        // The window's rows reduced first (contiguous), then each column range.
-                        let rows = self.window(oy, h);
-                        vmax.copy_from_slice(&plane[rows.start * w..(rows.start + 1) * w]);
-                        for iy in rows.start + 1..rows.end {
-                            for (m, v) in vmax.iter_mut().zip(&plane[iy * w..(iy + 1) * w]) {
-                                *m = m.max(*v);
-                            }
-                        }
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            *d = vmax[self.window(ox, w)]
-                                .iter()
-                                .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                        }
-                    }
-                },
-            );
+            .for_each_init(Vec::new, |buf, (o, plane)| {
+                pool_plane(self, plane, (h, w), o, ow, buf)
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }

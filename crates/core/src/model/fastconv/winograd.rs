@@ -5,8 +5,9 @@
 //! is 16 independent matrix products (one per tile position ξ), so a convolution costs
 //! 16 multiply-adds per 2x2 outputs instead of 36: 2.25x fewer, for a few adds of
 //! transform per tile. oneDNN, which PyTorch runs on the CPU, convolves directly.
-//! F(2x2, 3x3) keeps float32 error at the level of the direct sum (its transforms only
-//! add, subtract and halve); F(4x4, 3x3) would save more but loses about a digit.
+//! F(2x2, 3x3) keeps float32 error near the direct sum's (its transforms only add,
+//! subtract and halve); F(4x4, 3x3) would save more products, but its transforms scale
+//! by up to 8 and 1/24 and lose accuracy, so it is not used.
 //!
 //! Jobs are bands of whole tile rows, across images when the maps are small, so every
 //! transform runs along contiguous rows and vectorises; the epilogue (bias, residual,
@@ -37,6 +38,16 @@ pub(super) fn eligible(g: &Geometry) -> bool {
         && g.c_in >= MIN_CHANNELS
         && g.c_out >= MIN_CHANNELS
 }
+
+/// Whether F(2x2, 3x3) beats the direct convolution on this output: not on small maps,
+/// where edge tiles waste up to a third and the 16 transformed weight matrices (16/9 of
+/// the direct ones) are packed for few tiles (ResNet's 7x7 layer4 ran 20 % slower).
+pub(super) fn worth(oh: usize, ow: usize) -> bool {
+    oh * ow >= MIN_PLANE
+}
+
+/// Output pixels below which the direct convolution runs.
+const MIN_PLANE: usize = 100;
 
 /// The transformed filters: 16 row-major (c_out x c_in) matrices, U_ξ = (G g Gᵀ)_ξ, from
 /// the (c_out, c_in, 3, 3) weights.
@@ -73,8 +84,7 @@ pub(super) fn forward(
     let (oh, ow) = g.out(h, w);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let all_rows = n * th;
-    let per_job = (TILES / tw).max(1);
-    let jobs = all_rows.div_ceil(per_job);
+    let (per_job, jobs) = bands(all_rows, (TILES / tw).max(1), rayon::current_num_threads());
     let (ci, co) = (g.c_in, g.c_out);
     let sink = Sink {
         out,
@@ -122,6 +132,18 @@ pub(super) fn forward(
     });
 }
 
+/// (tile rows per job, jobs) for `rows` tile rows and at most `most` per job: equal jobs,
+/// as many as a multiple of the threads when there are few (2 jobs of 36 and 20 rows
+/// left one of two threads idle for a third of the convolution).
+fn bands(rows: usize, most: usize, threads: usize) -> (usize, usize) {
+    let mut jobs = rows.div_ceil(most);
+    if jobs > 1 && jobs < 4 * threads {
+        jobs = jobs.next_multiple_of(threads).min(rows);
+    }
+    let per_job = rows.div_ceil(jobs);
+    (per_job, rows.div_ceil(per_job))
+}
+
 /// M_ξ = U_ξ V_ξ for the 16 tile positions.
 fn products(
     u: &[f32],
@@ -156,6 +178,10 @@ fn products(
 /// the input channels `chans`; a global tile row is (image, ty). `scratch` holds
 /// 24 * (tw + 1) values. Writes only the rows of V that belong to `chans`.
 #[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
 fn input_transform(
     g: &Geometry,
     x: &[f32],
@@ -216,6 +242,7 @@ fn input_transform(
 
 /// One input row's d B for every tile along it: out = [c0, c1, c2, c3], tw values each,
 /// where tile t reads padded columns 2t..2t+4 (padded column j is input column j - pw).
+#[inline(always)]
 fn columns(row: Option<&[f32]>, pw: usize, buf: &mut [f32], eo: &mut [f32], out: &mut [f32]) {
     let Some(row) = row else {
         out.fill(0.0);
@@ -258,6 +285,10 @@ struct Sink<'a> {
 
 /// Aᵀ M A for the output channels `chans` (of `co`) and every tile of the band, into
 /// the NCHW output, with the epilogue on each output row. `scratch` holds at least 14 * tw values.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
 fn output_transform(
     chans: std::ops::Range<usize>,
     co: usize,
