@@ -4,6 +4,9 @@
 # changing load falls on both alike. Prints one JSON line per run; compare the medians
 # of the two rounds. Needs a release build and the peers' virtualenv (see compare.sh):
 #   bash benches/peers/interleaved.sh [THREADS] [PYTHON] [ITERS] > interleaved.jsonl
+# With MOBILE=DIR, also the mobile-class models at batch 8 (mobile_peers.py): DIR holds
+# the ONNX exports (mobile_peers.py --arch A --export DIR/A.onnx); EfficientNet-Lite0 is
+# the bundled TOML.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${1:-2}
@@ -20,5 +23,16 @@ for arch in resnet18 resnet50; do
       $py benches/peers/torch_peers.py --threads "$threads" --iters "$iters" --archs "$arch" \
         --batches "$b" --json | $py -c "import json,sys; r=json.load(sys.stdin); r['who']='torch'; r['round']=$round; print(json.dumps(r))"
     done
+  done
+done
+[ -n "${MOBILE:-}" ] || exit 0
+for arch in mobilenet_v2 mobilenet_v3_large efficientnet_b0 efficientnet_lite0; do
+  model=$MOBILE/$arch.onnx
+  [ "$arch" = efficientnet_lite0 ] && model=samples/models/efficientnet_lite0.toml
+  for round in 1 2; do
+    $cs bench -m "$model" -b 8 --threads "$threads" --iters "$iters" --json |
+      sed "s/^{/{\"who\": \"camstream\", \"arch\": \"$arch\", \"round\": $round, /"
+    $py benches/peers/mobile_peers.py --arch "$arch" --threads "$threads" --iters "$iters" --batch 8 --json |
+      sed "s/^{/{\"who\": \"torch\", \"round\": $round, /"
   done
 done

@@ -364,15 +364,37 @@ impl Conv {
         act: Act,
         residual: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        // TF SAME pads (asymmetric with a stride), else the conv's own on every side.
+        let pads: Vec<(usize, usize)> = if self.tf_same {
+            let rank = self.weight.rank();
+            (2..x.rank())
+                .map(|d| {
+                    let k = self.weight.dim(rank - x.rank() + d)?;
+                    Ok(tf_same_pads(x.dim(d)?, k, self.stride, self.dilation))
+                })
+                .collect::<candle_core::Result<_>>()?
+        } else {
+            vec![(self.padding, self.padding); x.rank() - 2]
+        };
+        let depthwise = self.groups > 1
+            && self.dims == Dims::Two
+            && self.weight.dim(1)? == 1
+            && self.weight.dim(0)? == self.groups;
+        let cpu = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+        if depthwise && cpu && residual.is_none() {
+            // Padding, bias and activation are the op's own.
+            return x.contiguous()?.apply_op1(super::fastconv::DepthwiseOp {
+                packed: self.packed()?,
+                act,
+                pads: [pads[0], pads[1]],
+            });
+        }
         let padded;
         let x = if self.tf_same {
             let mut t = x.clone();
-            let rank = self.weight.rank();
-            for d in 2..x.rank() {
-                let k = self.weight.dim(rank - x.rank() + d)?;
-                let (a, b) = tf_same_pads(x.dim(d)?, k, self.stride, self.dilation);
+            for (d, &(a, b)) in pads.iter().enumerate() {
                 if a + b > 0 {
-                    t = t.pad_with_zeros(d, a, b)?;
+                    t = t.pad_with_zeros(d + 2, a, b)?;
                 }
             }
             padded = t;
@@ -380,10 +402,6 @@ impl Conv {
         } else {
             x
         };
-        let depthwise = self.groups > 1
-            && self.dims == Dims::Two
-            && self.weight.dim(1)? == 1
-            && self.weight.dim(0)? == self.groups;
         if self.groups == 1
             && x.device().is_cpu()
             && x.dtype() == candle_core::DType::F32
@@ -391,7 +409,6 @@ impl Conv {
         {
             return self.fast(x, act, residual);
         }
-        let cpu = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
         let y = if depthwise {
             let xp = if self.padding > 0 {
                 x.pad_with_zeros(2, self.padding, self.padding)?
@@ -399,13 +416,6 @@ impl Conv {
             } else {
                 x.clone()
             };
-            if cpu && residual.is_none() {
-                // Bias and activation are its epilogue.
-                return xp.contiguous()?.apply_op1(super::fastconv::DepthwiseOp {
-                    packed: self.packed()?,
-                    act,
-                });
-            }
             depthwise2d(&xp, &self.weight, self.stride, self.dilation)?
         } else {
             self.dense(x)?
@@ -823,10 +833,73 @@ mod tests {
         assert_eq!(tf_same_pads(7, 1, 1, 1), (0, 0));
     }
 
+    /// TF SAME depthwise convs (EfficientNet-Lite: asymmetric pads with a stride) pad
+    /// inside the op: against candle's grouped conv on an explicitly padded input,
+    /// forward and input gradient.
+    #[test]
+    fn tf_same_depthwise_pads_inside_the_op() {
+        use candle_core::Var;
+        for (stride, k, h, w) in [(2, 3, 10, 9), (2, 5, 11, 12), (1, 5, 7, 40)] {
+            let c = 4;
+            let conv = Conv {
+                dims: Dims::Two,
+                weight: rand(&[c, 1, k, k], 61),
+                bias: Some(rand(&[c], 62)),
+                stride,
+                padding: 0,
+                dilation: 1,
+                groups: c,
+                tf_same: true,
+                packed: Default::default(),
+            };
+            let x = Var::from_tensor(&rand(&[2, c, h, w], 63)).unwrap();
+            let ours = conv.forward_with(x.as_tensor(), Act::Relu6, None).unwrap();
+            let (t, b) = tf_same_pads(h, k, stride, 1);
+            let (l, r) = tf_same_pads(w, k, stride, 1);
+            let xp = x.as_tensor().pad_with_zeros(2, t, b).unwrap();
+            let xp = xp.pad_with_zeros(3, l, r).unwrap();
+            let theirs = xp
+                .conv2d(&conv.weight, 0, stride, 1, c)
+                .unwrap()
+                .broadcast_add(&conv.bias.clone().unwrap().reshape((1, c, 1, 1)).unwrap())
+                .unwrap()
+                .clamp(0f32, 6f32)
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "k{k} s{stride} {h}x{w}");
+            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-5,
+                "k{k} s{stride} {h}x{w}"
+            );
+            let g = rand(ours.dims(), 64);
+            let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = theirs
+                .mul(&g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-5,
+                "grad k{k} s{stride} {h}x{w}"
+            );
+        }
+    }
+
     #[test]
     fn depthwise_equals_grouped_conv_forward_and_backward() {
         use candle_core::Var;
-        for (stride, pad, k, h, w) in [(1, 1, 3, 9, 7), (2, 0, 3, 10, 8), (2, 2, 5, 11, 9)] {
+        // The last two are wider than the op's 32 lanes (a full run and a partial one).
+        for (stride, pad, k, h, w) in [
+            (1, 1, 3, 9, 7),
+            (2, 0, 3, 10, 8),
+            (2, 2, 5, 11, 9),
+            (1, 1, 3, 5, 70),
+            (2, 1, 3, 6, 74),
+        ] {
             let c = 6;
             let conv = Conv {
                 dims: Dims::Two,

@@ -13,8 +13,11 @@
 //! 1D convolutions are 1-high 2D ones. The input gradient (what Grad-CAM needs below a
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
 
+mod depthwise;
 pub mod pool;
 mod winograd;
+
+pub use depthwise::DepthwiseOp;
 
 use std::sync::Arc;
 
@@ -792,149 +795,5 @@ impl CustomOp1 for ConvInputGrad {
                 }
             });
         Ok((CpuStorage::F32(gx), Shape::from((n, g.c_in, h, w))))
-    }
-}
-
-/// Depthwise 2D convolution (one k x k filter per channel: packed with c_in = 1) on an
-/// already padded input, planes in parallel, with the bias and activation fused. Each
-/// output row is summed while it stays in L1; a strided row is split into its phases
-/// once, so every tap is a contiguous, vectorised multiply-add. Its input gradient
-/// scatters each output gradient back over the taps that read it.
-pub struct DepthwiseOp {
-    pub packed: Arc<Packed>,
-    pub act: Act,
-}
-
-impl DepthwiseOp {
-    fn out(&self, h: usize, w: usize) -> (usize, usize) {
-        let g = &self.packed.geo;
-        let sh = (g.kh - 1) * g.dh + 1;
-        let sw = (g.kw - 1) * g.dw + 1;
-        ((h - sh) / g.sh + 1, (w - sw) / g.sw + 1)
-    }
-}
-
-/// One output plane of a depthwise convolution: `o` (oh x ow) from the padded plane
-/// `xp` (h x w) and the filter `f` (kh x kw); `phases` is scratch for strided rows.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
-fn depthwise_plane(
-    g: &Geometry,
-    (xp, w): (&[f32], usize),
-    f: &[f32],
-    (o, ow): (&mut [f32], usize),
-    phases: &mut Vec<f32>,
-) {
-    let (kh, kw, st, d) = (g.kh, g.kw, g.sh, g.dh);
-    let pw = w.div_ceil(st);
-    for (oy, dst) in o.chunks_exact_mut(ow).enumerate() {
-        for i in 0..kh {
-            let row = &xp[(oy * st + i * d) * w..(oy * st + i * d + 1) * w];
-            // Phase q of the row holds columns q, q+st, ...: tap j reads phase (j*d) % st
-            // from (j*d) / st on.
-            let src: &[f32] = if st == 1 {
-                row
-            } else {
-                phases.clear();
-                phases.resize(st * pw, 0.0);
-                for (x, v) in row.iter().enumerate() {
-                    phases[(x % st) * pw + x / st] = *v;
-                }
-                phases
-            };
-            for j in 0..kw {
-                let wv = f[i * kw + j];
-                let (q, s0) = ((j * d) % st, (j * d) / st);
-                let tap = &src[q * pw + s0..q * pw + s0 + ow];
-                for (a, b) in dst.iter_mut().zip(tap) {
-                    *a += wv * b;
-                }
-            }
-        }
-    }
-}
-
-impl CustomOp1 for DepthwiseOp {
-    fn name(&self) -> &'static str {
-        "camstream-depthwise"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        let x = contiguous_f32(s, l)?;
-        let g = &self.packed.geo;
-        let (kh, kw, d) = (g.kh, g.kw, g.dh);
-        if g.c_in != 1 || g.c_out != c || h < (kh - 1) * d + 1 || w < (kw - 1) * d + 1 {
-            candle_core::bail!("depthwise conv: input {n}x{c}x{h}x{w} does not fit the filters");
-        }
-        let (oh, ow) = self.out(h, w);
-        let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each_init(Vec::new, |phases, (p, o)| {
-                let ch = p % c;
-                let f = &self.packed.weight[ch * kh * kw..(ch + 1) * kh * kw];
-                depthwise_plane(g, (&x[p * h * w..(p + 1) * h * w], w), f, (o, ow), phases);
-                let bias = self.packed.bias.as_ref().map(|b| &b[ch..ch + 1]);
-                // SAFETY: `o` is one plane: one row of oh*ow values.
-                unsafe { epilogue(o.as_mut_ptr(), (1, oh * ow, 0), bias, None, self.act) };
-            });
-        count_flops(n * c * oh * ow * kh * kw);
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (_, _, h, w) = arg.dims4()?;
-        let g = self.act.backward(res, grad)?.contiguous()?;
-        Ok(Some(g.apply_op1_no_bwd(&DepthwiseInputGrad {
-            packed: self.packed.clone(),
-            h,
-            w,
-        })?))
-    }
-}
-
-struct DepthwiseInputGrad {
-    packed: Arc<Packed>,
-    h: usize,
-    w: usize,
-}
-
-impl CustomOp1 for DepthwiseInputGrad {
-    fn name(&self) -> &'static str {
-        "camstream-depthwise-input-grad"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, oh, ow) = l.shape().dims4()?;
-        let gy = contiguous_f32(s, l)?;
-        let (h, w) = (self.h, self.w);
-        let geo = &self.packed.geo;
-        let (kh, kw, st, d) = (geo.kh, geo.kw, geo.sh, geo.dh);
-        let mut gx = vec![0f32; n * c * h * w];
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, g)| {
-            let ch = p % c;
-            let gyp = &gy[p * oh * ow..(p + 1) * oh * ow];
-            let f = &self.packed.weight[ch * kh * kw..(ch + 1) * kh * kw];
-            for i in 0..kh {
-                for j in 0..kw {
-                    let wv = f[i * kw + j];
-                    for oy in 0..oh {
-                        let base = (oy * st + i * d) * w + j * d;
-                        for (ox, v) in gyp[oy * ow..(oy + 1) * ow].iter().enumerate() {
-                            g[base + ox * st] += wv * v;
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
     }
 }
