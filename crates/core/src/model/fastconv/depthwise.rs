@@ -92,7 +92,7 @@ fn stage_plane(x: &[f32], st: Stage, buf: &mut [f32]) {
             // Input column x is padded column x + p: phase (x + p) % 2, index (x + p) / 2.
             let (ph0, ph1) = dst.split_at_mut(st.per);
             let (even, odd) = if p % 2 == 0 { (ph0, ph1) } else { (ph1, ph0) };
-            let (e0, o0) = (p / 2, (p + 1) / 2);
+            let (e0, o0) = (p / 2, p.div_ceil(2));
             for (m, pair) in src.chunks_exact(2).enumerate() {
                 even[e0 + m] = pair[0];
                 odd[o0 + m] = pair[1];
