@@ -302,3 +302,33 @@ fn readme_lists_every_operator() {
         assert!(words.contains(op), "README's operator table lacks {op}");
     }
 }
+
+/// Conv + activation pairs run fused except where a tensor they hide is wanted: cut at
+/// every target of graphs with ReLU6, HardSwish, SiLU (Sigmoid + Mul) and SE blocks, the
+/// target is computed and the logits from the part after the cut equal the plain
+/// forward's, so each cut (each set of fusions left out) is the same network.
+#[test]
+fn every_cut_of_a_fused_graph_is_the_same_network() {
+    for fam in ["hardswish", "se_block", "ceil_pool"] {
+        let dir = fixtures().join("families").join(fam);
+        let net = load(&dir.join("model.onnx"));
+        let (x, shape) = npy(dir.join("input.npy"));
+        let x = Tensor::from_vec(x, shape, &Device::Cpu).unwrap();
+        let forward: Vec<f32> = net.forward(&x).unwrap().to_vec2::<f32>().unwrap().concat();
+        let (want, _) = npy(dir.join("logits.npy"));
+        assert!(max_abs(&forward, &want) <= 1e-4, "{fam}: logits");
+        let shapes = net.layer_shapes().unwrap();
+        assert!(shapes.len() > 3, "{fam}: {} targets", shapes.len());
+        for (layer, per_sample) in shapes {
+            let out = GradCam::new(&net, &layer)
+                .unwrap()
+                .run(&x, &Targets::TopOne)
+                .unwrap();
+            let cut: Vec<f32> = out.logits.concat();
+            let e = max_abs(&cut, &forward);
+            assert!(e <= 1e-5, "{fam} cut at {layer}: logits differ by {e}");
+            let spatial: usize = per_sample[1..].iter().product();
+            assert_eq!(out.raw.len(), x.dim(0).unwrap() * spatial, "{fam} {layer}");
+        }
+    }
+}

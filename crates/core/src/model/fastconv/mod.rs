@@ -13,15 +13,17 @@
 //! 1D convolutions are 1-high 2D ones. The input gradient (what Grad-CAM needs below a
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
 
+mod act;
 mod depthwise;
 pub mod pool;
 mod winograd;
 
+pub use act::Act;
 pub use depthwise::DepthwiseOp;
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -106,50 +108,6 @@ fn channel_groups(c_out: usize, jobs: usize, threads: usize) -> (usize, usize) {
     let want = (2 * threads).div_ceil(jobs.max(1));
     let groups = want.clamp(1, (c_out / 32).max(1));
     (groups, c_out.div_ceil(groups))
-}
-
-/// The activation fused into a convolution's epilogue. HardSwish is not here: its
-/// gradient cannot be read back from its output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Act {
-    #[default]
-    Identity,
-    Relu,
-    Relu6,
-}
-
-impl Act {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Act::Identity => v,
-            Act::Relu => v.max(0.0),
-            Act::Relu6 => v.clamp(0.0, 6.0),
-        }
-    }
-
-    /// The activation as candle ops, where the fused op does not run.
-    pub fn tensor(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Act::Identity => Ok(x.clone()),
-            Act::Relu => x.relu(),
-            Act::Relu6 => x.clamp(0f32, 6f32),
-        }
-    }
-
-    /// The output gradient through the activation, from the activation's output `y`
-    /// (PyTorch's masks: y > 0 for ReLU, 0 < y < 6 for ReLU6).
-    fn backward(self, y: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Act::Identity => Ok(grad.clone()),
-            Act::Relu => grad.mul(&y.gt(0f32)?.to_dtype(DType::F32)?),
-            Act::Relu6 => {
-                let inside =
-                    (y.gt(0f32)?.to_dtype(DType::F32)? * y.lt(6f32)?.to_dtype(DType::F32)?)?;
-                grad.mul(&inside)
-            }
-        }
-    }
 }
 
 /// One job's epilogue: `m` output channels of `tp` values each, `plane` apart in `d`

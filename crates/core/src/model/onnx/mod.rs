@@ -8,6 +8,7 @@
 //! looked up at load, and a probe run at load evaluates every node once, so what the
 //! evaluator does not run is refused there, by node name.
 
+mod fuse;
 mod ops;
 mod scopes;
 
@@ -18,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_onnx::onnx;
 
 use crate::error::{Error, Result};
+use crate::model::fastconv::Act;
 use ops::{Ctx, Node};
 
 pub use ops::supported as supported_ops;
@@ -42,6 +44,10 @@ pub struct OnnxGraph {
     /// PyTorch module names recorded in node scopes, with the tensor each stands for.
     modules: Vec<(String, String)>,
     pub default_target: String,
+    /// Per node, the Conv + activation fusion that may start there.
+    fusions: Vec<Option<fuse::Fusion>>,
+    /// Per tensor, the last node that reads it.
+    last_read: HashMap<String, usize>,
 }
 
 fn err(path: &Path, msg: impl Into<String>) -> Error {
@@ -246,6 +252,8 @@ impl OnnxGraph {
             targets: Vec::new(),
             modules: Vec::new(),
             default_target: String::new(),
+            fusions: Vec::new(),
+            last_read: HashMap::new(),
         };
         g.probe(size, device)?;
         Ok(g)
@@ -279,7 +287,10 @@ impl OnnxGraph {
         let mut dims = vec![self.batch.unwrap_or(1)];
         dims.extend(self.sample_dims(size)?);
         let x = Tensor::zeros(dims, DType::F32, device)?;
-        let values = self.eval_all(&x)?;
+        // Every tensor kept and none fused: the probe records them all.
+        let values = self.eval_all(&x, None)?;
+        self.fusions = fuse::plan(&self.nodes, &values, &self.output);
+        self.last_read = fuse::last_reads(&self.nodes);
         let out = values.get(&self.output).ok_or_else(|| {
             err(
                 &self.path,
@@ -458,13 +469,75 @@ impl OnnxGraph {
         })
     }
 
-    fn eval_all(&self, x: &Tensor) -> Result<HashMap<String, Tensor>> {
+    /// Evaluates the whole graph. With `keep`, Conv + activation pairs whose hidden
+    /// tensors are not kept run fused, and values are dropped after their last reader
+    /// unless kept; without, every tensor is computed and kept (the probe).
+    fn eval_all(
+        &self,
+        x: &Tensor,
+        keep: Option<&HashSet<String>>,
+    ) -> Result<HashMap<String, Tensor>> {
         let mut values = self.consts.clone();
         values.insert(self.input.clone(), x.clone());
-        for n in &self.nodes {
-            self.eval_node(n, &mut values)?;
+        let mut skip = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if skip[i] {
+                continue;
+            }
+            match keep.and_then(|k| self.fusion(i, k, &values)) {
+                Some(f) => self.eval_fused(n, f, &mut values, &mut skip)?,
+                None => self.eval_node(n, &mut values)?,
+            }
+            if let Some(keep) = keep {
+                for t in &n.inputs {
+                    if self.last_read.get(t) == Some(&i)
+                        && !keep.contains(t)
+                        && !self.consts.contains_key(t)
+                    {
+                        values.remove(t);
+                    }
+                }
+            }
         }
         Ok(values)
+    }
+
+    /// The fusion that starts at node `i`, if it may run now.
+    fn fusion(
+        &self,
+        i: usize,
+        keep: &HashSet<String>,
+        values: &HashMap<String, Tensor>,
+    ) -> Option<&fuse::Fusion> {
+        let f = self.fusions.get(i)?.as_ref()?;
+        let input = self.nodes[i].inputs.first().and_then(|t| values.get(t));
+        f.allowed(keep, input).then_some(f)
+    }
+
+    /// A Conv with its activation as one op; the nodes it stands for are marked skipped.
+    fn eval_fused(
+        &self,
+        n: &Node,
+        f: &fuse::Fusion,
+        values: &mut HashMap<String, Tensor>,
+        skip: &mut [bool],
+    ) -> Result<()> {
+        let ctx = Ctx {
+            node: n,
+            values,
+            consts: &self.consts,
+            act: f.act,
+        };
+        let out = (n.run)(&ctx)
+            .map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| err(&self.path, format!("node {}: no output", n.describe())))?;
+        values.insert(f.out.clone(), out);
+        for &a in &f.absorbed {
+            skip[a] = true;
+        }
+        Ok(())
     }
 
     fn eval_node(&self, n: &Node, values: &mut HashMap<String, Tensor>) -> Result<()> {
@@ -472,6 +545,7 @@ impl OnnxGraph {
             node: n,
             values,
             consts: &self.consts,
+            act: Act::Identity,
         };
         let outs =
             (n.run)(&ctx).map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?;
@@ -481,6 +555,25 @@ impl OnnxGraph {
             }
         }
         Ok(())
+    }
+
+    /// The tensors computed before the cut at `target` that the nodes after it read,
+    /// with the target and the output: what an evaluation for a split must keep.
+    fn kept_for(&self, target: &str) -> HashSet<String> {
+        let mut dirty: HashSet<&str> = HashSet::from([target]);
+        let mut keep: HashSet<String> = HashSet::from([target.to_string(), self.output.clone()]);
+        for n in &self.nodes {
+            if n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
+                keep.extend(
+                    n.inputs
+                        .iter()
+                        .filter(|i| !dirty.contains(i.as_str()))
+                        .cloned(),
+                );
+                dirty.extend(n.outputs.iter().map(String::as_str));
+            }
+        }
+        keep
     }
 
     /// Re-evaluates only the nodes downstream of `target`, with `leaf` in its place and
@@ -496,10 +589,21 @@ impl OnnxGraph {
         }
         values.insert(target.to_string(), leaf.clone());
         let mut dirty: HashSet<&str> = HashSet::from([target]);
-        for n in &self.nodes {
-            if n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
-                self.eval_node(n, &mut values)?;
-                dirty.extend(n.outputs.iter().map(String::as_str));
+        let keep = HashSet::from([self.output.clone()]);
+        let mut skip = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if skip[i] || !n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
+                continue;
+            }
+            match self.fusion(i, &keep, &values) {
+                Some(f) => {
+                    self.eval_fused(n, f, &mut values, &mut skip)?;
+                    dirty.insert(f.out.as_str());
+                }
+                None => {
+                    self.eval_node(n, &mut values)?;
+                    dirty.extend(n.outputs.iter().map(String::as_str));
+                }
             }
         }
         if !dirty.contains(self.output.as_str()) {
@@ -600,8 +704,9 @@ impl crate::model::Body for OnnxGraph {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut outs = Vec::new();
+        let keep = HashSet::from([self.output.clone()]);
         for c in self.chunks(x.dim(0)?) {
-            let v = self.eval_all(&self.chunk_of(x, c)?)?;
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep))?;
             outs.push(self.output_of(&v, &self.output)?.narrow(0, 0, c.1)?);
         }
         Ok(Tensor::cat(&outs, 0)?)
@@ -612,8 +717,9 @@ impl crate::model::Body for OnnxGraph {
         let chunks = self.chunks(x.dim(0)?);
         let mut acts = Vec::with_capacity(chunks.len());
         let mut states = Vec::with_capacity(chunks.len());
+        let keep = self.kept_for(&target);
         for &c in &chunks {
-            let v = self.eval_all(&self.chunk_of(x, c)?)?;
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep))?;
             acts.push(self.output_of(&v, &target)?.narrow(0, 0, c.1)?);
             states.push(v);
         }

@@ -88,7 +88,7 @@ fn conv(c: &Ctx) -> OpResult {
         fresh = build();
         &fresh
     };
-    one(conv.forward(&x)?)
+    one(conv.forward_with(&x, c.act, None)?)
 }
 
 /// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,

@@ -107,6 +107,9 @@ pub(super) struct Ctx<'a> {
     pub node: &'a Node,
     pub values: &'a HashMap<String, Tensor>,
     pub consts: &'a HashMap<String, Tensor>,
+    /// The activation a Conv applies as it stores (a fusion, see `fuse`); Identity
+    /// elsewhere, and the other operators ignore it.
+    pub act: crate::model::fastconv::Act,
 }
 
 impl Ctx<'_> {

@@ -1,0 +1,120 @@
+//! The activation a CPU op applies as it stores its outputs (a convolution's epilogue).
+
+use candle_core::{DType, Tensor};
+
+/// An activation fused into an op. ReLU, ReLU6 and Sigmoid have gradients that can be
+/// read back from their outputs, so ops that fuse them keep their backward. SiLU and
+/// HardSwish do not: they are fused only where no gradient flows (the part of a network
+/// before its cut), and their backward is an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    Identity,
+    Relu,
+    Relu6,
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// x · sigmoid(x) (EfficientNet; torch exports it as Sigmoid and Mul)
+    Silu,
+    /// x · clamp(x / 6 + 1/2, 0, 1) (MobileNetV3)
+    HardSwish,
+}
+
+impl Act {
+    #[inline(always)]
+    pub(super) fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::Identity => v,
+            Act::Relu => v.max(0.0),
+            Act::Relu6 => v.clamp(0.0, 6.0),
+            Act::Sigmoid => sigmoid(v),
+            Act::Silu => v * sigmoid(v),
+            Act::HardSwish => v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
+        }
+    }
+
+    /// Whether the gradient through it can be computed from its output alone.
+    pub fn invertible(self) -> bool {
+        !matches!(self, Act::Silu | Act::HardSwish)
+    }
+
+    /// The activation as candle ops, where the fused op does not run.
+    pub fn tensor(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Act::Identity => Ok(x.clone()),
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.clamp(0f32, 6f32),
+            Act::Sigmoid => candle_nn::ops::sigmoid(x),
+            Act::Silu => x * candle_nn::ops::sigmoid(x)?,
+            Act::HardSwish => x * x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?,
+        }
+    }
+
+    /// The output gradient through the activation, from the activation's output `y`
+    /// (PyTorch's masks: y > 0 for ReLU, 0 < y < 6 for ReLU6; y (1 - y) for Sigmoid).
+    pub(super) fn backward(self, y: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Act::Identity => Ok(grad.clone()),
+            Act::Relu => grad.mul(&y.gt(0f32)?.to_dtype(DType::F32)?),
+            Act::Relu6 => {
+                let inside =
+                    (y.gt(0f32)?.to_dtype(DType::F32)? * y.lt(6f32)?.to_dtype(DType::F32)?)?;
+                grad.mul(&inside)
+            }
+            Act::Sigmoid => grad.mul(&(y * (1.0 - y)?)?),
+            Act::Silu | Act::HardSwish => candle_core::bail!(
+                "{self:?} was fused where a gradient flows; it is fused only where none does"
+            ),
+        }
+    }
+}
+
+/// 1 / (1 + e^-x), with [`exp`].
+#[inline(always)]
+pub(super) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// e^x to about 1 ulp, in plain arithmetic so that it vectorises inside the ops (libm's
+/// expf is a call per value: a tenth of an EfficientNet forward went to it). x = n ln 2 +
+/// r with |r| <= ln 2 / 2, e^r by its Taylor polynomial to r^7/7!, 2^n in the exponent
+/// bits. Saturates below -87.3 (to e^-87.3) and above 88.3 (to e^88.3).
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^10.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The polynomial exp against libm's over the range activations see, and at the ends.
+    #[test]
+    fn exp_is_within_two_ulps_of_libm() {
+        let mut worst = 0f32;
+        for i in -87_000..=88_000 {
+            let x = i as f32 * 1e-3 + 1.7e-4;
+            let (a, b) = (exp(x), x.exp());
+            worst = worst.max((a - b).abs() / b);
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+        assert!(exp(-200.0) < 1e-37 && exp(-200.0) > 0.0);
+        assert!(exp(200.0).is_finite());
+        assert!(sigmoid(-200.0) < 1e-38);
+        assert_eq!(sigmoid(200.0), 1.0);
+    }
+}

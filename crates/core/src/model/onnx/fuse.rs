@@ -1,0 +1,140 @@
+//! What the evaluator can skip: a Conv and the activation after it run as one op, and a
+//! value is dropped after its last reader.
+//!
+//! Every tensor of a graph can be a CAM target, so nothing is rewritten at load: a
+//! fusion is planned per Conv node and taken at run time only when none of the tensors
+//! it hides is wanted (the target, the output, or a value the part after the cut reads),
+//! and, for activations whose gradient needs their input (SiLU, HardSwish), only where no
+//! gradient flows. Dropping dead values keeps an evaluation's memory at the live set,
+//! so freed blocks are reused instead of fresh pages being faulted in for every tensor.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::Tensor;
+
+use super::ops::{scalar, Node};
+use crate::model::fastconv::Act;
+
+/// A Conv node (by index) with the nodes after it that its epilogue replaces.
+#[derive(Clone, Debug)]
+pub(super) struct Fusion {
+    pub act: Act,
+    /// Nodes the fused op stands for (skipped when it runs).
+    pub absorbed: Vec<usize>,
+    /// Tensors that do not exist when it runs: the conv's own output, and SiLU's sigmoid.
+    pub hidden: Vec<String>,
+    /// The tensor the fused op produces (the last absorbed node's output).
+    pub out: String,
+}
+
+impl Fusion {
+    /// Whether it may run, given the tensors wanted and the conv's input.
+    pub fn allowed(&self, keep: &HashSet<String>, input: Option<&Tensor>) -> bool {
+        let hidden_wanted = self.hidden.iter().any(|h| keep.contains(h));
+        let grad = input.is_none_or(|x| x.track_op());
+        !hidden_wanted && (self.act.invertible() || !grad)
+    }
+}
+
+/// Per node, the fusion that starts at it (Conv nodes only). `values` are a probe run's
+/// (Clip's bounds may come from Constant nodes).
+pub(super) fn plan(
+    nodes: &[Node],
+    values: &HashMap<String, Tensor>,
+    output: &str,
+) -> Vec<Option<Fusion>> {
+    let readers = readers(nodes);
+    let only = |t: &str| -> Option<usize> {
+        match readers.get(t).map(Vec::as_slice) {
+            Some([j]) if t != output => Some(*j),
+            _ => None,
+        }
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            let conv_out = n.outputs.first().filter(|_| n.op == "Conv")?;
+            let j = readers.get(conv_out.as_str())?;
+            let single = |act: Act, j: usize| Fusion {
+                act,
+                absorbed: vec![j],
+                hidden: vec![conv_out.clone()],
+                out: nodes[j].outputs[0].clone(),
+            };
+            match j.as_slice() {
+                [j] if conv_out != output => match nodes[*j].op.as_str() {
+                    "Relu" => Some(single(Act::Relu, *j)),
+                    "Sigmoid" => Some(single(Act::Sigmoid, *j)),
+                    "HardSwish" => Some(single(Act::HardSwish, *j)),
+                    "Clip" => match clip_bounds(&nodes[*j], values)? {
+                        (0.0, 6.0) => Some(single(Act::Relu6, *j)),
+                        (0.0, hi) if hi == f32::INFINITY => Some(single(Act::Relu, *j)),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                // SiLU as torch exports it: s = Sigmoid(c), Mul(c, s), s read only there.
+                [a, b] if conv_out != output => {
+                    let (sig, mul) = if nodes[*a].op == "Sigmoid" {
+                        (*a, *b)
+                    } else {
+                        (*b, *a)
+                    };
+                    let s = nodes[sig].outputs.first()?;
+                    let m = &nodes[mul];
+                    let pair = [m.inputs.first()?, m.inputs.get(1)?];
+                    let silu = nodes[sig].op == "Sigmoid"
+                        && m.op == "Mul"
+                        && m.inputs.len() == 2
+                        && pair.contains(&conv_out)
+                        && pair.contains(&s)
+                        && only(s) == Some(mul)
+                        && sig < mul;
+                    silu.then(|| Fusion {
+                        act: Act::Silu,
+                        absorbed: vec![sig, mul],
+                        hidden: vec![conv_out.clone(), s.clone()],
+                        out: m.outputs[0].clone(),
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Clip's bounds: inputs from opset 11, attributes before.
+fn clip_bounds(n: &Node, values: &HashMap<String, Tensor>) -> Option<(f32, f32)> {
+    let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
+        match n.inputs.get(i).filter(|s| !s.is_empty()) {
+            Some(name) => scalar(values.get(name)?).ok(),
+            None => Some(n.attrs.get(attr).map_or(default, |a| a.f)),
+        }
+    };
+    Some((
+        bound(1, "min", f32::NEG_INFINITY)?,
+        bound(2, "max", f32::INFINITY)?,
+    ))
+}
+
+/// Per tensor, the nodes that read it.
+fn readers(nodes: &[Node]) -> HashMap<&str, Vec<usize>> {
+    let mut r: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
+            let v = r.entry(input.as_str()).or_default();
+            if v.last() != Some(&i) {
+                v.push(i);
+            }
+        }
+    }
+    r
+}
+
+/// Per tensor, the index of the last node that reads it.
+pub(super) fn last_reads(nodes: &[Node]) -> HashMap<String, usize> {
+    readers(nodes)
+        .into_iter()
+        .filter_map(|(t, v)| Some((t.to_string(), *v.last()?)))
+        .collect()
+}
