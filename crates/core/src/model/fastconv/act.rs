@@ -33,6 +33,20 @@ impl Act {
         }
     }
 
+    /// The activation over a run of values, the variant chosen once per run (so that
+    /// each loop is a plain, vectorised one).
+    #[inline(always)]
+    pub(super) fn apply_all(self, v: &mut [f32]) {
+        match self {
+            Act::Identity => {}
+            Act::Relu => v.iter_mut().for_each(|x| *x = Act::Relu.apply(*x)),
+            Act::Relu6 => v.iter_mut().for_each(|x| *x = Act::Relu6.apply(*x)),
+            Act::Sigmoid => v.iter_mut().for_each(|x| *x = Act::Sigmoid.apply(*x)),
+            Act::Silu => v.iter_mut().for_each(|x| *x = Act::Silu.apply(*x)),
+            Act::HardSwish => v.iter_mut().for_each(|x| *x = Act::HardSwish.apply(*x)),
+        }
+    }
+
     /// Whether the gradient through it can be computed from its output alone.
     pub fn invertible(self) -> bool {
         !matches!(self, Act::Silu | Act::HardSwish)

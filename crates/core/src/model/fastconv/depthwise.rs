@@ -124,26 +124,97 @@ fn plane(
     act: Act,
     out: &mut [f32],
 ) {
+    // Where each tap of an output row starts in `buf`, relative to the row's first
+    // output; the same for every row but for the row offset.
+    let taps: Vec<usize> = (0..kh * kw)
+        .map(|t| {
+            let (i, q) = (t / kw, t % kw * d);
+            i * d * st.row + (q % st.s) * st.per + q / st.s
+        })
+        .collect();
+    let mut at = taps.clone();
     for (oy, orow) in out.chunks_exact_mut(st.ow).enumerate() {
+        for (a, t) in at.iter_mut().zip(&taps) {
+            *a = oy * st.s * st.row + t;
+        }
+        // Every tap of every run reads LANES values inside `buf` (it is staged with
+        // LANES spare values per phase).
+        let last = at
+            .iter()
+            .max()
+            .map_or(0, |m| m + st.ow.div_ceil(LANES) * LANES);
+        assert!(last <= buf.len(), "depthwise staging too short");
         for x0 in (0..st.ow).step_by(LANES) {
-            let mut acc = [0f32; LANES];
-            for i in 0..kh {
-                let base = (oy * st.s + i * d) * st.row + x0;
-                for j in 0..kw {
-                    let q = j * d;
-                    let tap = &buf[base + (q % st.s) * st.per + q / st.s..][..LANES];
-                    let wv = f[i * kw + j];
-                    for (a, v) in acc.iter_mut().zip(tap) {
-                        *a = wv.mul_add(*v, *a);
-                    }
-                }
-            }
+            let mut acc = sum_taps(buf, &at, f, x0);
+            acc.iter_mut().for_each(|a| *a += bias);
+            act.apply_all(&mut acc);
             let n = LANES.min(st.ow - x0);
-            for (o, a) in orow[x0..x0 + n].iter_mut().zip(&acc) {
-                *o = act.apply(*a + bias);
-            }
+            orow[x0..x0 + n].copy_from_slice(&acc[..n]);
         }
     }
+}
+
+/// Σ_t f[t] · buf[at[t] + x0 ..][..LANES], each term a fused multiply-add in tap order
+/// (so every version below gives the same bits). LLVM splits a 32-float array
+/// accumulator into odd pieces, so the x86 versions hold it in vector registers
+/// explicitly.
+#[inline(always)]
+fn sum_taps(buf: &[f32], at: &[usize], f: &[f32], x0: usize) -> [f32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; `plane` checked every read is inside `buf`.
+            return unsafe { sum_taps_avx512(buf, at, f, x0) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above, with AVX2 and FMA.
+            return unsafe { sum_taps_avx2(buf, at, f, x0) };
+        }
+    }
+    let mut acc = [0f32; LANES];
+    for (&a, &w) in at.iter().zip(f) {
+        for (l, v) in acc.iter_mut().enumerate() {
+            *v = w.mul_add(buf[a + x0 + l], *v);
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_taps_avx512(buf: &[f32], at: &[usize], f: &[f32], x0: usize) -> [f32; LANES] {
+    use std::arch::x86_64::*;
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for (&a, &w) in at.iter().zip(f) {
+        let p = buf.as_ptr().add(a + x0);
+        let w = _mm512_set1_ps(w);
+        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
+        a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
+    }
+    let mut acc = [0f32; LANES];
+    _mm512_storeu_ps(acc.as_mut_ptr(), a0);
+    _mm512_storeu_ps(acc.as_mut_ptr().add(16), a1);
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_taps_avx2(buf: &[f32], at: &[usize], f: &[f32], x0: usize) -> [f32; LANES] {
+    use std::arch::x86_64::*;
+    let mut a = [_mm256_setzero_ps(); 4];
+    for (&t, &w) in at.iter().zip(f) {
+        let p = buf.as_ptr().add(t + x0);
+        let w = _mm256_set1_ps(w);
+        for (k, a) in a.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8 * k)), *a);
+        }
+    }
+    let mut acc = [0f32; LANES];
+    for (k, a) in a.iter().enumerate() {
+        _mm256_storeu_ps(acc.as_mut_ptr().add(8 * k), *a);
+    }
+    acc
 }
 
 impl CustomOp1 for DepthwiseOp {
@@ -237,5 +308,43 @@ impl CustomOp1 for DepthwiseInputGrad {
             }
         });
         Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector versions of the tap sum give the portable one's bits (every term is
+    /// one fused multiply-add, in tap order), on whichever this CPU runs.
+    #[test]
+    fn tap_sums_agree_bit_for_bit() {
+        let buf: Vec<f32> = (0..400)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        let at = [0, 7, 33, 101, 250, 3, 64, 17, 90];
+        let f: Vec<f32> = (0..at.len()).map(|i| (i as f32 - 4.0) * 0.37).collect();
+        for x0 in [0, 32, 64] {
+            let mut want = [0f32; LANES];
+            for (&a, &w) in at.iter().zip(&f) {
+                for (l, v) in want.iter_mut().enumerate() {
+                    *v = w.mul_add(buf[a + x0 + l], *v);
+                }
+            }
+            assert_eq!(sum_taps(&buf, &at, &f, x0), want);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA; reads stay below 400.
+                    assert_eq!(unsafe { sum_taps_avx2(&buf, &at, &f, x0) }, want);
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: as above, with AVX-512F.
+                    assert_eq!(unsafe { sum_taps_avx512(&buf, &at, &f, x0) }, want);
+                }
+            }
+        }
     }
 }

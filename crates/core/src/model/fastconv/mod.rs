@@ -7,11 +7,13 @@
 //! copies of input rows, each (image, band of output rows) is one single-threaded gemm
 //! whose result lands directly in the NCHW output, bias added while it is in cache, and
 //! 1x1 stride-1 convolutions skip im2col altogether. Jobs run in parallel on rayon.
-//! The epilogue (bias, a residual added, ReLU or ReLU6) runs on each job's rows while
+//! The epilogue (bias, a residual added, an [`Act`]) runs on each job's rows while
 //! they are in cache, so a ResNet block or a MobileNet conv is one pass over memory,
 //! not three; its backward masks the gradient by the saved output.
 //! 1D convolutions are 1-high 2D ones. The input gradient (what Grad-CAM needs below a
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
+//! Submodules: `winograd` (3x3 stride-1 convolutions on larger maps), `depthwise`,
+//! `pool` (max pooling where no gradient flows), `act` (the fused activations).
 
 mod act;
 mod depthwise;
@@ -138,15 +140,13 @@ unsafe fn epilogue(
                 // SAFETY: the caller's contract.
                 let r = unsafe { std::slice::from_raw_parts(r.add(co * plane), tp) };
                 for (v, r) in row.iter_mut().zip(r) {
-                    *v = act.apply(*v + b + r);
+                    *v = *v + b + r;
                 }
             }
-            None => {
-                for v in row.iter_mut() {
-                    *v = act.apply(*v + b);
-                }
-            }
+            None if b != 0.0 => row.iter_mut().for_each(|v| *v += b),
+            None => {}
         }
+        act.apply_all(row);
     }
 }
 
