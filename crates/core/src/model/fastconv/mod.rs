@@ -98,6 +98,9 @@ impl Packed {
 /// for the whole batch in one product.
 const BATCHED_PLANE: usize = 256;
 
+/// Values (32 MB) up to which the batched path's buffers stay in a thread's scratch.
+const KEPT_SCRATCH: usize = 8 << 20;
+
 /// Output rows per job: about 256 output pixels, at least one row.
 fn band(ow: usize) -> usize {
     (256 / ow.max(1)).max(1)
@@ -529,46 +532,58 @@ impl ConvOp {
         let g = &p.geo;
         let (oh, ow) = g.out(h, w);
         let (plane, ks, cols) = (oh * ow, g.k_size(), n * oh * ow);
-        let mut col = vec![0f32; ks * cols];
-        col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-            for (b, dst) in row.chunks_exact_mut(plane).enumerate() {
-                im2col_row(
-                    g,
-                    &x[b * c * h * w..(b + 1) * c * h * w],
-                    (h, w),
-                    (0, oh, ow),
-                    r,
-                    dst,
+        let product = |col: &mut [f32], prod: &mut [f32]| {
+            col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                for (b, dst) in row.chunks_exact_mut(plane).enumerate() {
+                    let img = &x[b * c * h * w..(b + 1) * c * h * w];
+                    im2col_row(g, img, (h, w), (0, oh, ow), r, dst);
+                }
+            });
+            // SAFETY: prod is c_out x cols, the weights c_out x ks, col ks x cols.
+            unsafe {
+                matmul(
+                    g.c_out,
+                    cols,
+                    ks,
+                    prod.as_mut_ptr(),
+                    cols,
+                    p.weight.as_ptr(),
+                    ks,
+                    1,
+                    col.as_ptr(),
+                    cols,
+                    false,
+                    rayon::current_num_threads(),
                 );
             }
-        });
-        let mut prod = vec![0f32; g.c_out * cols];
-        // SAFETY: prod is c_out x cols, the weights c_out x ks, col ks x cols.
-        unsafe {
-            matmul(
-                g.c_out,
-                cols,
-                ks,
-                prod.as_mut_ptr(),
-                cols,
-                p.weight.as_ptr(),
-                ks,
-                1,
-                col.as_ptr(),
-                cols,
-                false,
-                rayon::current_num_threads(),
-            );
-        }
-        let mut out = vec![0f32; n * g.c_out * plane];
-        out.par_chunks_mut(plane).enumerate().for_each(|(bc, o)| {
-            let (b, co) = (bc / g.c_out, bc % g.c_out);
-            o.copy_from_slice(&prod[co * cols + b * plane..co * cols + (b + 1) * plane]);
-            let bias = p.bias.as_ref().map(|v| &v[co..co + 1]);
-            let res = residual.map(|r| r[bc * plane..].as_ptr());
-            // SAFETY: `o` and the residual's plane are one row of `plane` values.
-            unsafe { epilogue(o.as_mut_ptr(), (1, plane, 0), bias, res, self.act) };
-        });
+            // Back to NCHW, with the epilogue.
+            filled(n * g.c_out * plane, |dst| {
+                (0..n * g.c_out).into_par_iter().for_each(|bc| {
+                    let (b, co) = (bc / g.c_out, bc % g.c_out);
+                    let src = &prod[co * cols + b * plane..co * cols + (b + 1) * plane];
+                    let bias = p.bias.as_ref().map(|v| &v[co..co + 1]);
+                    let res = residual.map(|r| r[bc * plane..].as_ptr());
+                    // SAFETY: plane `bc` of the output is this task's alone; the residual
+                    // is shaped like the output.
+                    unsafe {
+                        let o = dst.get().add(bc * plane);
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), o, plane);
+                        epilogue(o, (1, plane, 0), bias, res, self.act);
+                    }
+                })
+            })
+        };
+        // The patch matrix and the product in this thread's reused buffers (no zeroing,
+        // no fresh pages per call), unless a large batch makes them big to keep.
+        let (col_len, prod_len) = (ks * cols, g.c_out * cols);
+        let out = if col_len + prod_len <= KEPT_SCRATCH {
+            with_scratch(|s| {
+                let [col, prod, _] = s.get([col_len, prod_len, 0]);
+                product(col, prod)
+            })
+        } else {
+            product(&mut vec![0f32; col_len], &mut vec![0f32; prod_len])
+        };
         CpuStorage::F32(out)
     }
 
