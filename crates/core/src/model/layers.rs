@@ -741,6 +741,25 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The largest difference between the gradients of sum(ours * g) and sum(theirs * g)
+    /// with respect to each of `vars` (g random): two computations of one function.
+    fn grad_gap(ours: &Tensor, theirs: &Tensor, vars: &[&candle_core::Var], seed: u64) -> f32 {
+        let g = rand(ours.dims(), seed);
+        let grads = |y: &Tensor| y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (grads(ours), grads(theirs));
+        vars.iter()
+            .map(|v| {
+                let d = (ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap();
+                d.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .fold(0.0, f32::max)
+    }
+
     #[test]
     fn folded_batchnorm_equals_conv_then_batchnorm() {
         for (dims, wshape, xshape) in [
@@ -871,21 +890,8 @@ mod tests {
                 d.to_scalar::<f32>().unwrap() < 1e-5,
                 "k{k} s{stride} {h}x{w}"
             );
-            let g = rand(ours.dims(), 64);
-            let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = theirs
-                .mul(&g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let (a, b) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(
-                d.to_scalar::<f32>().unwrap() < 1e-5,
-                "grad k{k} s{stride} {h}x{w}"
-            );
+            let gap = grad_gap(&ours, &theirs, &[&x], 64);
+            assert!(gap < 1e-5, "grad k{k} s{stride} {h}x{w}");
         }
     }
 
@@ -937,18 +943,8 @@ mod tests {
                 .unwrap();
             let d = (&taps - &theirs).unwrap().abs().unwrap().max_all().unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
-            let g = rand(ours.dims(), 14);
-            let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = theirs
-                .mul(&g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let (a, b) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "stride {stride}");
+            let gap = grad_gap(&ours, &theirs, &[&x], 14);
+            assert!(gap < 1e-5, "stride {stride}");
         }
     }
 
@@ -1167,27 +1163,12 @@ mod tests {
                     // Fused only where no gradient flows.
                     continue;
                 }
-                let g = rand(ours.dims(), 45);
-                let ga = ours.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-                let gb = theirs
-                    .mul(&g)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
                 let mut vars = vec![&x];
                 if res.is_some() {
                     vars.push(&r);
                 }
-                for v in vars {
-                    let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
-                    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-                    assert!(
-                        d.to_scalar::<f32>().unwrap() < 1e-4,
-                        "grad {act:?} {wshape:?}"
-                    );
-                }
+                let gap = grad_gap(&ours, &theirs, &vars, 45);
+                assert!(gap < 1e-4, "grad {act:?} {wshape:?}");
             }
         }
     }
