@@ -20,8 +20,25 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("camstream: error: {}", cli::in_flags(&format!("{e:#}")));
+            eprintln!("camstream: error: {}", cli::in_flags(&one_line(&e)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a library error that already
+/// quotes its source (`path: No such file or directory`) is not followed by it again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }

@@ -97,7 +97,7 @@ fn no_leftovers(dir: &Path) {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".part") || n.contains(".tmp"))
+        .filter(|n| n.starts_with(camstream_media::io::TEMP_PREFIX) || n.contains(".tmp"))
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
@@ -347,11 +347,11 @@ fn memory_stays_flat_for_a_longer_input() {
     assert!(peaks[1] <= peaks[0] * 1.10, "{peaks:?}");
 }
 
-#[test]
-fn ctrl_c_leaves_a_playable_file_of_the_frames_done() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (input, _) = clip(tmp.path(), "long.mp4", spec(160, 96, 500, true));
-    let out = tmp.path().join("cut.mp4");
+/// Starts `video` on a 500-frame clip, waits until it writes, sends `signals` (a short
+/// pause between them) and returns the exit code and the output's path.
+fn interrupted_video(tmp: &Path, signals: &[i32]) -> (Option<i32>, PathBuf, String) {
+    let (input, _) = clip(tmp, "long.mp4", spec(160, 96, 500, true));
+    let out = tmp.join("cut.mp4");
     let child = Command::new(bin())
         .args([
             "video",
@@ -365,45 +365,68 @@ fn ctrl_c_leaves_a_playable_file_of_the_frames_done() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until frames are being written (the temporary file exists), then interrupt.
-    // The child's temporary names start with `.<name>.<pid>-`.
-    let prefix = format!(
-        ".{}.{}-",
-        out.file_name().unwrap().to_string_lossy(),
-        child.id()
-    );
-    let dir = out.parent().unwrap().to_path_buf();
+    // Wait until frames are being written (the child's temporary file exists).
+    let marker = format!("-{}-", child.id());
     let part_exists = || {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        std::fs::read_dir(tmp).unwrap().flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(camstream_media::io::TEMP_PREFIX) && n.contains(&marker)
+        })
     };
     let start = Instant::now();
     while !part_exists() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(part_exists(), "the run never started writing");
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+    for sig in signals {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, *sig);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let o = child.wait_with_output().unwrap();
-    let code = o.status.code();
-    assert!(
-        code == Some(130) || code == Some(0),
-        "{code:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let (frames, w, h, _, audio) = probe(&out);
-    assert_eq!((w, h), (160, 96));
-    assert!(!frames.is_empty() && audio);
-    if code == Some(130) {
-        assert!(frames.len() < 500, "interrupted run has every frame");
+    (
+        o.status.code(),
+        out,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_and_sigterm_leave_a_playable_file_of_the_frames_done() {
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (got, out, err) = interrupted_video(tmp.path(), &[sig]);
+        assert!(got == Some(code) || got == Some(0), "{got:?}: {err}");
+        let (frames, w, h, _, audio) = probe(&out);
+        assert_eq!((w, h), (160, 96));
+        assert!(!frames.is_empty() && audio);
+        if got == Some(code) {
+            assert!(frames.len() < 500, "interrupted run has every frame");
+        }
+        eprintln!(
+            "signal {sig}: stopped after {} of 500 frames (exit {got:?})",
+            frames.len()
+        );
+        no_leftovers(tmp.path());
     }
-    eprintln!(
-        "interrupted after {} of 500 frames (exit {code:?})",
-        frames.len()
+}
+
+#[test]
+fn a_second_signal_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two different signals: two of one kind may merge into one in the kernel.
+    let (got, out, err) = interrupted_video(tmp.path(), &[libc::SIGINT, libc::SIGTERM]);
+    if got == Some(0) {
+        // Finished before the signals arrived: nothing to check.
+        return;
+    }
+    assert_eq!(got, Some(143), "{err}");
+    assert!(
+        !out.exists(),
+        "a second signal must not leave a partial output"
     );
     no_leftovers(tmp.path());
 }

@@ -12,8 +12,10 @@ use camstream_core::model::Network;
 use camstream_core::preprocess::InputKind;
 use camstream_core::record::{self, SampleRecord};
 use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input};
+use camstream_media::guard::{check_outputs, stem_clashes, Output};
 use camstream_media::inputs::read_inputs;
-use camstream_media::npy::write_npy;
+use camstream_media::io::Staged;
+use camstream_media::npy::stage_npy;
 use camstream_media::render::{overlay_like_show_cam_on_image, plot_signal, JET};
 
 use super::ExplainArgs;
@@ -25,7 +27,6 @@ pub enum Kind {
 }
 
 struct Sample {
-    file: usize,
     data: Vec<f32>,
     /// (C, spatial...) of this sample.
     shape: Vec<usize>,
@@ -33,33 +34,59 @@ struct Sample {
     view: Option<(RgbImage, [usize; 4])>,
 }
 
+/// An input file and what it will produce.
 struct InputFile {
     path: PathBuf,
     stem: String,
+    /// Its samples (1 for a picture, N for an (N,C,...) tensor), known from the header.
     count: usize,
 }
 
-fn load_inputs(paths: &[PathBuf], net: &Network) -> Result<(Vec<InputFile>, Vec<Sample>)> {
-    let mut files = Vec::new();
-    let mut samples = Vec::new();
-    for (fi, path) in paths.iter().enumerate() {
-        let read = read_inputs(path, &net.input)?;
-        files.push(InputFile {
-            path: path.clone(),
-            stem: path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("input{fi}")),
-            count: read.len(),
-        });
-        samples.extend(read.into_iter().map(|r| Sample {
-            file: fi,
-            data: r.data,
-            shape: r.shape,
-            view: r.view,
-        }));
+/// Samples a file holds, from its header only (the full read checks the rest).
+fn sample_count(path: &Path, net: &Network) -> Result<usize> {
+    let npy = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    if !npy {
+        return Ok(1);
     }
-    Ok((files, samples))
+    let h = camstream_media::npy::header(path)?;
+    let rank = camstream_media::inputs::spatial_rank(&net.input);
+    Ok(if h.shape.len() == rank + 2 {
+        h.shape[0]
+    } else {
+        1
+    })
+}
+
+fn plan_inputs(paths: &[PathBuf], net: &Network) -> Result<Vec<InputFile>> {
+    let clashes = stem_clashes(paths);
+    if !clashes.is_empty() {
+        let list: Vec<String> = clashes
+            .iter()
+            .map(|(stem, files)| {
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                format!("{stem}: {}", names.join(" "))
+            })
+            .collect();
+        bail!(
+            "inputs with the same name would overwrite each other's outputs ({}); give them distinct names or run them separately",
+            list.join("; ")
+        );
+    }
+    paths
+        .iter()
+        .map(|path| {
+            Ok(InputFile {
+                path: path.clone(),
+                stem: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "input".into()),
+                count: sample_count(path, net)?,
+            })
+        })
+        .collect()
 }
 
 /// `--class`: one value for all samples, or exactly one per sample.
@@ -89,7 +116,10 @@ pub fn run(args: &ExplainArgs, kind: Kind) -> Result<()> {
     run_with(&explainer, args, kind)
 }
 
-/// Explains the files of `args` with a loaded model.
+/// Explains the files of `args` with a loaded model, streamed: a reader thread loads
+/// files ahead through a bounded channel, samples are explained in batches, and each
+/// file's outputs are written as soon as its last sample is done. Memory holds one
+/// batch and the files it spans, however many inputs there are.
 pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result<()> {
     let net = explainer.network();
     match (kind, net.input.kind) {
@@ -107,58 +137,134 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
         bail!("--alpha must be within 0..1, got {}", args.alpha);
     }
     let metrics = args.metrics.config(args.batch)?;
-    let (files, samples) = load_inputs(&args.inputs, net)?;
-    let targets = parse_targets(args.class.as_deref(), net, samples.len())?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-
-    let inputs: Vec<Input> = samples
-        .iter()
-        .map(|s| Input::new(&s.data, &s.shape))
-        .collect();
+    let files = plan_inputs(&args.inputs, net)?;
+    let total: usize = files.iter().map(|f| f.count).sum();
+    let targets = parse_targets(args.class.as_deref(), net, total)?;
     let k = (args.top_k as usize).clamp(1, net.num_classes);
-    let options = ExplainOptions {
-        batch: args.batch as usize,
-        top_k: k,
-        final_map: true,
-    };
-    let explained = explainer
-        .explain(&inputs, &targets, &options)
-        .map_err(|e| match e {
-            Error::InputShape { sample, shape, msg } => anyhow::anyhow!(
-                "{}: input of shape {shape:?} does not fit the model: {msg}",
-                files[samples[sample].file].path.display(),
-            ),
-            other => other.into(),
-        })?;
-
     let outputs = Outputs {
         args,
         kind,
         explainer,
         metrics,
+        k,
     };
-    for r in 0..k {
-        // Explanations come sample by sample, each sample's ranks in order.
-        let ranked: Vec<&Explanation> = explained.iter().skip(r).step_by(k).collect();
-        let mut start = 0;
-        for file in &files {
-            let range = start..start + file.count;
-            start += file.count;
-            // With --top-k, each rank's outputs get their own name: <stem>.top2.png ...
-            let named = InputFile {
-                path: file.path.clone(),
-                stem: if k > 1 {
-                    format!("{}.top{}", file.stem, r + 1)
-                } else {
-                    file.stem.clone()
-                },
-                count: file.count,
-            };
-            let rank = (k > 1).then_some(r + 1);
-            let (samples, explained) = (&samples[range.clone()], &ranked[range]);
-            outputs.write(&named, rank, samples, explained)?;
+    outputs.check(&files)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    super::sweep(&args.out);
+
+    let options = ExplainOptions {
+        batch: args.batch as usize,
+        top_k: k,
+        final_map: true,
+    };
+    let batch = args.batch as usize;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Sample>>>(2);
+    std::thread::scope(|s| {
+        let spec = &net.input;
+        let files = &files;
+        s.spawn(move || {
+            for f in files {
+                let read = read_inputs(&f.path, spec)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| {
+                        if r.len() != f.count {
+                            bail!("{}: changed while being read", f.path.display());
+                        }
+                        Ok(r.into_iter()
+                            .map(|r| Sample {
+                                data: r.data,
+                                shape: r.shape,
+                                view: r.view,
+                            })
+                            .collect())
+                    });
+                let failed = read.is_err();
+                // A closed channel means the explaining side stopped: stop too.
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // Files read and not yet written, with their explanations so far.
+        let mut open: std::collections::VecDeque<(usize, Vec<Sample>, Vec<Explanation>)> =
+            Default::default();
+        let mut next_file = 0;
+        let mut first_sample = 0;
+        let mut queued = 0;
+        for read in rx {
+            open.push_back((next_file, read?, Vec::new()));
+            next_file += 1;
+            queued += open.back().map_or(0, |f| f.1.len());
+            // Explain whole batches as soon as they are there, and the rest at the end.
+            while queued >= batch || (next_file == files.len() && queued > 0) {
+                let n = queued.min(batch);
+                explain_next(
+                    explainer,
+                    files,
+                    &mut open,
+                    n,
+                    first_sample,
+                    &targets,
+                    &options,
+                )?;
+                first_sample += n;
+                queued -= n;
+                while open.front().is_some_and(|(_, s, e)| e.len() == s.len() * k) {
+                    let (fi, samples, explained) = open.pop_front().expect("front exists");
+                    outputs.write(&files[fi], &samples, &explained)?;
+                }
+            }
         }
+        Ok(())
+    })
+}
+
+/// Explains the next `n` samples waiting in `open` (the first `first` samples of the run
+/// are done) and appends the explanations to their files.
+fn explain_next(
+    explainer: &Explainer,
+    files: &[InputFile],
+    open: &mut std::collections::VecDeque<(usize, Vec<Sample>, Vec<Explanation>)>,
+    n: usize,
+    first: usize,
+    targets: &Targets,
+    options: &ExplainOptions,
+) -> Result<()> {
+    let k = options.top_k;
+    // (file slot, sample index in the file) of each sample of this batch.
+    let mut at = Vec::with_capacity(n);
+    for (slot, (_, samples, explained)) in open.iter().enumerate() {
+        let done = explained.len() / k;
+        at.extend((done..samples.len()).map(|i| (slot, i)));
+        if at.len() >= n {
+            break;
+        }
+    }
+    at.truncate(n);
+    let inputs: Vec<Input> = at
+        .iter()
+        .map(|&(slot, i)| {
+            let s = &open[slot].1[i];
+            Input::new(&s.data, &s.shape)
+        })
+        .collect();
+    let targets = match targets {
+        Targets::PerSample(v) => Targets::PerSample(v[first..first + n].to_vec()),
+        t => t.clone(),
+    };
+    let explained = explainer
+        .explain(&inputs, &targets, options)
+        .map_err(|e| match e {
+            Error::InputShape { sample, shape, msg } => anyhow::anyhow!(
+                "{}: input of shape {shape:?} does not fit the model: {msg}",
+                files[open[at[sample].0].0].path.display(),
+            ),
+            other => other.into(),
+        })?;
+    drop(inputs);
+    for (&(slot, _), e) in at.iter().zip(explained.chunks(k)) {
+        open[slot].2.extend(e.iter().cloned());
     }
     Ok(())
 }
@@ -169,27 +275,84 @@ struct Outputs<'a> {
     kind: Kind,
     explainer: &'a Explainer,
     metrics: Option<MetricsConfig>,
+    k: usize,
 }
 
 impl Outputs<'_> {
-    /// One input file's outputs: overlays or plots, `.cam.npy`/`.heatmap.npy`, JSON lines.
-    fn write(
+    /// The stem of rank `r`'s outputs: with --top-k, `<stem>.top2` ...
+    fn ranked_stem(&self, file: &InputFile, r: usize) -> String {
+        if self.k > 1 {
+            format!("{}.top{}", file.stem, r + 1)
+        } else {
+            file.stem.clone()
+        }
+    }
+
+    fn picture(&self, stem: &str, count: usize, i: usize) -> PathBuf {
+        self.args.out.join(if count > 1 {
+            format!("{stem}.{i}.png")
+        } else {
+            format!("{stem}.png")
+        })
+    }
+
+    /// Every file this run will write.
+    fn paths(&self, files: &[InputFile]) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for f in files {
+            for r in 0..self.k {
+                let stem = self.ranked_stem(f, r);
+                v.extend((0..f.count).map(|i| self.picture(&stem, f.count, i)));
+                if self.args.cam_npy {
+                    v.push(npy_path(&self.args.out, &stem, "cam"));
+                    v.push(npy_path(&self.args.out, &stem, "heatmap"));
+                }
+            }
+        }
+        v
+    }
+
+    /// Refuses, before any work, a run whose outputs would overwrite an input.
+    fn check(&self, files: &[InputFile]) -> Result<()> {
+        let inputs: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        let paths = self.paths(files);
+        let outputs: Vec<Output> = paths
+            .iter()
+            .map(|path| Output { param: "out", path })
+            .collect();
+        Ok(check_outputs(&inputs, &outputs)?)
+    }
+
+    /// One input file's outputs, every rank: overlays or plots, `.cam.npy` and
+    /// `.heatmap.npy`, renamed together when all are written; JSON lines on stdout.
+    fn write(&self, file: &InputFile, samples: &[Sample], explained: &[Explanation]) -> Result<()> {
+        let mut staged = Staged::default();
+        for r in 0..self.k {
+            // Explanations come sample by sample, each sample's ranks in order.
+            let ranked: Vec<&Explanation> = explained.iter().skip(r).step_by(self.k).collect();
+            let rank = (self.k > 1).then_some(r + 1);
+            let stem = self.ranked_stem(file, r);
+            self.write_rank(file, &stem, rank, samples, &ranked, &mut staged)?;
+        }
+        staged.commit()?;
+        Ok(())
+    }
+
+    fn write_rank(
         &self,
         file: &InputFile,
+        stem: &str,
         rank: Option<usize>,
         samples: &[Sample],
         explained: &[&Explanation],
+        staged: &mut Staged,
     ) -> Result<()> {
         let (args, kind, net) = (self.args, self.kind, self.explainer.network());
         let out = &args.out;
         let mut heatmaps = Vec::new();
         for (k, (sample, e)) in samples.iter().zip(explained).enumerate() {
             let input_size = &sample.shape[1..];
-            let png = out.join(if samples.len() > 1 {
-                format!("{}.{k}.png", file.stem)
-            } else {
-                format!("{}.png", file.stem)
-            });
+            let png = self.picture(stem, samples.len(), k);
             if args.cam_npy {
                 heatmaps.extend(&e.map);
             }
@@ -199,16 +362,23 @@ impl Outputs<'_> {
                 let mask = e.on_source(model, *rect, [h, w]);
                 let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
                 let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
-                camstream_media::io::write_png(&png, &img)?;
+                staged.push(camstream_media::io::stage_png(&png, &img)?);
             }
             if kind == Kind::Signal && net.input.kind == InputKind::Signal && sample.shape[0] >= 1 {
                 // The first channel, coloured by the final map.
                 let title = format!(
-                    "{} — {} ({:.2}), layer {}",
-                    file.stem, e.label, e.probability, e.layer
+                    "{stem} — {} ({:.2}), layer {}",
+                    e.label, e.probability, e.layer
                 );
                 let first = &sample.data[..input_size[0]];
-                plot_signal(&png, first, &e.map, net.input.sample_rate, &title, &JET)?;
+                staged.push(plot_signal(
+                    &png,
+                    first,
+                    &e.map,
+                    net.input.sample_rate,
+                    &title,
+                    &JET,
+                )?);
             }
             if args.json || self.metrics.is_some() {
                 let mut record = SampleRecord::new(
@@ -239,10 +409,14 @@ impl Outputs<'_> {
                 .iter()
                 .flat_map(|e| e.raw.iter().copied())
                 .collect();
-            write_npy(&npy_path(out, &file.stem, "cam"), &raw, &raw_shape)?;
+            staged.push(stage_npy(&npy_path(out, stem, "cam"), &raw, &raw_shape)?);
             let mut hm_shape = vec![samples.len()];
             hm_shape.extend(&samples[0].shape[1..]);
-            write_npy(&npy_path(out, &file.stem, "heatmap"), &heatmaps, &hm_shape)?;
+            staged.push(stage_npy(
+                &npy_path(out, stem, "heatmap"),
+                &heatmaps,
+                &hm_shape,
+            )?);
         }
         Ok(())
     }

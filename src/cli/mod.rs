@@ -2,6 +2,7 @@
 
 mod bench;
 mod explain;
+mod interrupt;
 mod layers;
 mod samples;
 mod signal;
@@ -278,11 +279,19 @@ pub struct ExplainArgs {
 /// Library parameters (named in messages as `` `rate` ``) and the flags that set them.
 const FLAGS: &[(&str, &str)] = &[
     ("channel", "--channel"),
+    ("crf", "--crf"),
     ("device", "--device"),
+    ("frames_json", "--frames-json"),
+    ("from", "--from"),
     ("hop", "--hop"),
     ("mix", "--mix"),
     ("norm", "--norm"),
+    ("out", "--out"),
+    ("output", "--output"),
+    ("preset", "--preset"),
     ("rate", "--rate"),
+    ("report", "--report"),
+    ("start", "--start"),
     ("top_k", "--top-k"),
     ("weights", "--weights"),
 ];
@@ -302,6 +311,18 @@ pub fn device() -> candle_core::Device {
     DEVICE.get().cloned().unwrap_or(candle_core::Device::Cpu)
 }
 
+/// Removes what killed earlier runs left in `dir`, and says so.
+pub(crate) fn sweep(dir: &std::path::Path) {
+    let n = camstream_media::io::sweep_stale(dir);
+    if n > 0 {
+        eprintln!(
+            "note: removed {n} temporary file{} left in {} by an earlier run that was killed",
+            if n == 1 { "" } else { "s" },
+            dir.display()
+        );
+    }
+}
+
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     configure_threads(cli.threads);
@@ -314,6 +335,7 @@ pub fn run() -> Result<()> {
         eprintln!("{said}");
     }
     let _ = DEVICE.set(dev);
+    interrupt::install();
     match cli.command {
         Command::Image(a) => explain::run(&a, explain::Kind::Image),
         Command::Signal(a) => signal::run(&a),

@@ -195,6 +195,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
+    super::sweep(&a.out);
     let opts = OpenOptions {
         rate: a.rate,
         column: a.column.clone(),
@@ -265,11 +266,18 @@ pub fn run(a: &SignalArgs) -> Result<()> {
                 .iter()
                 .map(|s| format!("{} {:.1} s", s.stage, s.busy_s))
                 .collect();
+            let classes: Vec<String> = report
+                .classes
+                .iter()
+                .take(3)
+                .map(|c| format!("{} ({} of {})", c.label, c.windows, report.windows))
+                .collect();
             eprintln!(
-                "{}: {:.1} s of signal, {} windows in {:.2} s ({:.0} windows/s; busy {}); wrote {}",
+                "{}: {:.1} s of signal, {} windows: {}; in {:.2} s ({:.0} windows/s; busy {}); wrote {}",
                 path.display(),
                 report.duration_s,
                 report.windows,
+                classes.join(", "),
                 report.wall_s,
                 report.windows_per_s,
                 stages.join(", "),

@@ -2,8 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -157,17 +156,12 @@ pub fn run(a: &VideoArgs) -> Result<()> {
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    super::sweep(match a.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    });
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: stop reading and finish the file; second: leave at once.
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let cancel = super::interrupt::graceful();
     let bar = if a.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -199,6 +193,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             threads: 0,
         },
         frames_json: a.frames_json.clone(),
+        report: a.report.clone(),
         frames: FrameJob {
             explainer: &explainer,
             model: ModelConfig {
@@ -219,17 +214,8 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         },
         progress: Some(&progress),
     };
-    let report = run_video(&job, &cancel)?;
+    let report = run_video(&job, cancel)?;
     bar.finish_and_clear();
-    if let Some(p) = &a.report {
-        camstream_media::io::write_atomic(p, |tmp| {
-            std::fs::write(
-                tmp,
-                serde_json::to_string_pretty(&report).unwrap_or_default(),
-            )
-            .map_err(|e| camstream_media::Error::io(tmp, e))
-        })?;
-    }
     if !a.quiet {
         let stages: Vec<String> = report
             .stages
@@ -252,9 +238,12 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             }
         );
     }
+    for w in &report.warnings {
+        eprintln!("camstream: warning: {w}");
+    }
     if report.interrupted {
         // The file is complete and playable; the exit status still says it was cut short.
-        std::process::exit(130);
+        std::process::exit(super::interrupt::exit_code());
     }
     Ok(())
 }
@@ -278,6 +267,7 @@ pub fn bench(
             ..EncodeOptions::default()
         },
         frames_json: None,
+        report: None,
         frames: FrameJob {
             explainer,
             model: ModelConfig {

@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod guard;
 pub mod inputs;
 pub mod io;
 pub mod npy;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::{write_atomic, StreamFile};
+use crate::io::{stage, StreamFile, TempPath};
 
 /// A `.npy` header: the dtype (`descr`, e.g. `<f4`), the order, the shape, and where
 /// the data starts.
@@ -125,8 +125,13 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
 
 /// Writes a whole float32 array (candle's writer: numpy's own header layout).
 pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
+    stage_npy(path, data, shape)?.persist().map(drop)
+}
+
+/// [`write_npy`], complete under its temporary name.
+pub fn stage_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<TempPath> {
     let t = candle_core::Tensor::from_slice(data, shape, &candle_core::Device::Cpu)?;
-    write_atomic(path, |tmp| {
+    stage(path, |tmp| {
         t.write_npy(tmp)
             .map_err(|e| Error::file(path, format!("cannot write: {e}")))
     })
@@ -182,17 +187,20 @@ impl NpyStream {
         self.file.write(&bytes)
     }
 
-    pub fn commit(mut self) -> Result<PathBuf> {
+    /// Writes the final shape into the header; the file stays under its temporary name.
+    pub fn finish_staged(mut self) -> Result<TempPath> {
         use std::io::{Seek, SeekFrom, Write};
         let mut shape = vec![self.rows];
         shape.extend(&self.row);
         let mut f = self.file.finish()?;
-        let path = self.file.path.clone();
         f.seek(SeekFrom::Start(0))
             .and_then(|_| f.write_all(&npy_header(&shape)))
             .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&path, e))?;
-        std::fs::rename(&self.file.tmp, &path).map_err(|e| Error::io(&path, e))?;
-        Ok(path)
+            .map_err(|e| Error::io(self.file.path(), e))?;
+        Ok(self.file.temp)
+    }
+
+    pub fn commit(self) -> Result<PathBuf> {
+        self.finish_staged()?.persist()
     }
 }

@@ -32,6 +32,20 @@ impl Resampler {
         if (rate_in - rate_out).abs() < 1e-9 {
             return Ok(None);
         }
+        // Beyond this, one side is almost surely a wrong rate (and FFT sizes explode).
+        const MAX_RATIO: f64 = 1000.0;
+        if rate_in > 0.0
+            && rate_out > 0.0
+            && (rate_in / rate_out).max(rate_out / rate_in) > MAX_RATIO
+        {
+            return Err(Error::Unsupported {
+                what: "resampling ratio",
+                name: format!("{rate_in} Hz -> {rate_out} Hz"),
+                supported: vec![format!(
+                    "rates within {MAX_RATIO}x of the model's (is the input rate right?)"
+                )],
+            });
+        }
         let (Some(ri), Some(ro)) = (whole(rate_in), whole(rate_out)) else {
             return Err(Error::Unsupported {
                 what: "resampling ratio",

@@ -46,6 +46,9 @@ pub enum PipelineError {
     Injected { stage: &'static str, frame: u64 },
     #[error("stage {0} stopped unexpectedly")]
     Panicked(&'static str),
+    /// A run that produced nothing to write.
+    #[error("{input}: no frames to write ({why})")]
+    NoFrames { input: PathBuf, why: String },
     /// The caller dropped the receiving end of a channel sink.
     #[error("the receiver of {0} went away")]
     ReceiverGone(&'static str),

@@ -16,11 +16,12 @@ use camstream_core::cam::relevance::{
 };
 use camstream_core::cam::Targets;
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
+use camstream_core::preprocess::melspec::MelConfig;
 use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::WindowRecord;
 use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::decode::signal::{SignalError, SignalInfo, SignalReader};
-use camstream_media::io::StreamFile;
+use camstream_media::io::{Staged, StreamFile};
 
 use crate::video::{JsonLines, RecordSink};
 use camstream_media::npy::NpyStream;
@@ -93,6 +94,16 @@ pub struct SignalReport {
     pub peak_rss_mb: f64,
     pub outputs: Vec<String>,
     pub notes: Vec<String>,
+    /// The explained classes, most windows first.
+    pub classes: Vec<ClassCount>,
+}
+
+/// How many windows were explained for one class.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClassCount {
+    pub class: usize,
+    pub label: String,
+    pub windows: u64,
 }
 
 /// A window's explanation, passed from the model stage to the writer.
@@ -187,6 +198,57 @@ fn channel_plan(
 
 const CHUNK: usize = 8192;
 
+/// The step between windows: the caller's, else one window (signal models) or the
+/// model's own patch hop (audio models; else the longest whole number of STFT hops in a
+/// window). Audio hops are whole STFT hops: another is rounded to the nearest, with a note.
+fn window_hop(
+    asked: Option<usize>,
+    len: usize,
+    mel: Option<&MelConfig>,
+    notes: &mut Vec<String>,
+) -> Result<usize, PipelineError> {
+    if asked == Some(0) {
+        return Err(PipelineError::BadOption {
+            name: "hop",
+            why: "must be positive".into(),
+        });
+    }
+    let Some(m) = mel else {
+        return Ok(asked.unwrap_or(len));
+    };
+    let step = m.hop.max(1);
+    let Some(h) = asked else {
+        return Ok(m.patch_hop.map_or((len / step).max(1), |p| p.max(1)) * step);
+    };
+    let rounded = ((h + step / 2) / step).max(1) * step;
+    if rounded != h {
+        notes.push(format!(
+            "hop {h} rounded to {rounded} samples, a whole number of the model's STFT hops ({step})"
+        ));
+    }
+    Ok(rounded)
+}
+
+/// Refuses a plot start at or past the end of a recording of `frames` samples.
+fn past_end(
+    from: Option<f64>,
+    frames: u64,
+    rate: f64,
+    path: &std::path::Path,
+) -> Result<(), PipelineError> {
+    let duration = frames as f64 / rate;
+    match from {
+        Some(from) if from >= duration => Err(PipelineError::BadOption {
+            name: "from",
+            why: format!(
+                "({from} s) is past the end of {} ({duration:.2} s)",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub fn run_signal(
     job: &SignalJob,
     mut reader: Box<dyn SignalReader>,
@@ -210,29 +272,17 @@ pub fn run_signal(
         (None, None) => 1.0,
     };
     let model_rate = model_rate.unwrap_or(input_rate);
+    // Known lengths are checked before the run, streamed ones after it (before any
+    // output is renamed into place).
+    if let Some(frames) = info.frames {
+        past_end(job.output.from_s, frames, input_rate, &info.path)?;
+    }
     let resampler = Resampler::new(input_rate, model_rate, plan.len())?;
     if resampler.is_some() {
         notes.push(format!("resampled {input_rate} Hz -> {model_rate} Hz"));
     }
     let len = features.window_len();
-    let mel_hop = features.mel().map(|m| m.config().hop);
-    let hop = job.hop.unwrap_or(len);
-    if hop == 0 {
-        return Err(PipelineError::BadOption {
-            name: "hop",
-            why: "must be positive".into(),
-        });
-    }
-    if let Some(h) = mel_hop {
-        if !hop.is_multiple_of(h) {
-            return Err(PipelineError::BadOption {
-                name: "hop",
-                why: format!(
-                    "must be a multiple of the model's STFT hop ({h} samples) for audio models"
-                ),
-            });
-        }
-    }
+    let hop = window_hop(job.hop, len, features.mel().map(|m| m.config()), &mut notes)?;
 
     let output = &job.output;
     let out = |ext: &str| output.out_dir.join(format!("{}.{ext}", output.stem));
@@ -341,19 +391,31 @@ pub fn run_signal(
     }
     let input_frames = frames_read.load(Ordering::Relaxed);
     debug_assert_eq!(written_frames, input_frames);
-    let mut outputs = vec![
-        files.windows.commit()?,
-        files.csv.commit()?,
-        files.npy.commit()?,
-    ];
+    past_end(job.output.from_s, input_frames, input_rate, &info.path)?;
+    let mut classes: Vec<ClassCount> = Vec::new();
+    for b in plot_state.iter().flat_map(|(_, _, bands)| bands) {
+        match classes.iter_mut().find(|c| c.class == b.class) {
+            Some(c) => c.windows += 1,
+            None => classes.push(ClassCount {
+                class: b.class,
+                label: net.label(b.class),
+                windows: 1,
+            }),
+        }
+    }
+    classes.sort_by(|a, b| b.windows.cmp(&a.windows).then(a.class.cmp(&b.class)));
+    // Every output is complete under its temporary name; they are renamed together, last.
+    let mut staged = Staged::default();
+    staged.push(files.windows.finish_staged()?);
+    staged.push(files.csv.finish_staged()?);
+    staged.push(files.npy.finish_staged()?);
     if let Some(tf) = files.tf {
-        outputs.push(tf.commit()?);
+        staged.push(tf.finish_staged()?);
     }
     if let Some(c) = files.cam {
-        outputs.push(c.commit()?);
+        staged.push(c.finish_staged()?);
     }
     if let Some((samples, frames, bands)) = plot_state.filter(|_| output.plot) {
-        let png = out("png");
         let labels: Vec<String> = (0..net.num_classes).map(|c| net.label(c)).collect();
         let title = format!(
             "{} — {} window{} of {:.2} s, layer {}, {}",
@@ -367,8 +429,8 @@ pub fn run_signal(
                 None => "top-1 class per window".into(),
             }
         );
-        plot_recording(
-            &png,
+        staged.push(plot_recording(
+            &out("png"),
             &RecordingPlot {
                 title: &title,
                 samples: &samples,
@@ -382,9 +444,9 @@ pub fn run_signal(
                     "signal"
                 },
             },
-        )?;
-        outputs.push(png);
+        )?);
     }
+    let outputs = staged.commit()?;
     let wall = started.elapsed().as_secs_f64();
     let windows = windows_done.load(Ordering::Relaxed);
     let names = [
@@ -413,6 +475,7 @@ pub fn run_signal(
         peak_rss_mb: peak_rss_mb(),
         outputs: outputs.iter().map(|p| p.display().to_string()).collect(),
         notes,
+        classes,
     })
 }
 

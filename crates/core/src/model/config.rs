@@ -42,6 +42,8 @@ pub struct InputSection {
     pub n_fft: Option<usize>,
     pub win_length: Option<usize>,
     pub hop: Option<usize>,
+    /// STFT frames between windows by default (audio models).
+    pub patch_hop: Option<usize>,
     pub n_mels: Option<usize>,
     pub fmin: Option<f32>,
     pub fmax: Option<f32>,
@@ -185,6 +187,7 @@ impl ModelFile {
                 mel_scale: inp.mel_scale.unwrap_or(d.mel_scale),
                 log_offset: inp.log_offset.unwrap_or(d.log_offset),
                 flavour: inp.frontend.unwrap_or_default(),
+                patch_hop: inp.patch_hop,
                 time_major: match inp.layout.as_deref() {
                     None | Some("mel_time") => false,
                     Some("time_mel") => true,

@@ -19,6 +19,11 @@ const STRIDES: [usize; 13] = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1];
 /// YAMNet's front end (yamnet/features.py): 25 ms Hann frames every 10 ms, |STFT| 512,
 /// 64 HTK mel bands 125-7500 Hz by tf.signal's weights, ln(mel + 0.001); patches of 96
 /// frames laid out (time, mel).
+/// YAMNet's 521 AudioSet class names in index order: the `display_name` column of
+/// tensorflow/models' `yamnet_class_map.csv` (Apache-2.0; names from the AudioSet
+/// ontology, CC-BY-4.0).
+const AUDIOSET_CLASSES: &str = include_str!("yamnet_classes.txt");
+
 pub fn input_spec() -> InputSpec {
     InputSpec {
         kind: InputKind::Audio,
@@ -41,6 +46,8 @@ pub fn input_spec() -> InputSpec {
             log_offset: 0.001,
             flavour: MelFlavour::Tf,
             time_major: true,
+            // tf-models' yamnet params: patch_hop_seconds 0.48.
+            patch_hop: Some(48),
         }),
     }
 }
@@ -77,7 +84,10 @@ pub fn build(w: &Weights, device: &Device) -> Result<Network> {
         name: "yamnet".into(),
         body: std::sync::Arc::new(crate::model::UnitNet::new(units)),
         input: input_spec(),
-        labels: None,
+        // Built in, so the default command reads `Speech`, not `class 0`; weights with
+        // another head keep numbers (`labels` overrides).
+        labels: (num_classes == AUDIOSET_CLASSES.lines().count())
+            .then(|| AUDIOSET_CLASSES.lines().map(String::from).collect()),
         num_classes,
         default_layer: "layer13".into(),
         device: device.clone(),

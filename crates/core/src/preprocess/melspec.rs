@@ -44,6 +44,10 @@ pub struct MelConfig {
     /// The model takes (frames, n_mels) rather than (n_mels, frames).
     #[serde(default)]
     pub time_major: bool,
+    /// STFT frames between the model's patches as it was trained (YAMNet: 48, 0.48 s):
+    /// the default step between windows of a recording.
+    #[serde(default)]
+    pub patch_hop: Option<usize>,
 }
 
 impl Default for MelConfig {
@@ -60,6 +64,7 @@ impl Default for MelConfig {
             log_offset: 1e-6,
             flavour: MelFlavour::Torch,
             time_major: false,
+            patch_hop: None,
         }
     }
 }

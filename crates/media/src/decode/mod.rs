@@ -23,6 +23,9 @@ pub enum DecodeError {
     NoVideo { path: PathBuf },
     #[error("{path}: cannot decode video ({msg})")]
     Codec { path: PathBuf, msg: String },
+    /// A section that lies outside the video.
+    #[error("{path}: {msg}")]
+    Section { path: PathBuf, msg: String },
     #[error(
         "{path}: unreadable after {read} packets ({msg}); the file may be truncated or corrupt"
     )]
@@ -158,6 +161,14 @@ impl VideoDecoder {
             0.0
         };
         let start_s = section.start.unwrap_or(0.0).max(0.0);
+        if duration_s > 0.0 && start_s >= duration_s {
+            return Err(DecodeError::Section {
+                path: path.into(),
+                msg: format!(
+                    "`start` ({start_s} s) is past the end of the video ({duration_s:.2} s)"
+                ),
+            });
+        }
         if start_s > 0.0 {
             // Seek to the keyframe at or before the start; frames before it are dropped.
             let ts = (start_s * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;

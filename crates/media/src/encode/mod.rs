@@ -23,6 +23,9 @@ pub enum EncodeError {
     Open { path: PathBuf, msg: String },
     #[error("encoding {path}: {msg}")]
     Write { path: PathBuf, msg: String },
+    /// An encoder option out of its range, found before anything is written.
+    #[error("`{name}` {why}")]
+    BadOption { name: &'static str, why: String },
 }
 
 /// libx264's preset unless one is asked for: the fastest. At 720p on the 2-core EPYC,
@@ -36,6 +39,43 @@ pub struct EncodeOptions {
     pub preset: String,
     /// libx264 threads; 0 = auto.
     pub threads: usize,
+}
+
+/// libx264's presets, fastest first.
+pub const PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
+
+impl EncodeOptions {
+    /// Refuses options libx264 would reject, before any file is opened.
+    pub fn check(&self) -> Result<(), EncodeError> {
+        if !PRESETS.contains(&self.preset.as_str()) {
+            return Err(EncodeError::BadOption {
+                name: "preset",
+                why: format!(
+                    "`{}` is not a libx264 preset; presets: {}",
+                    self.preset,
+                    PRESETS.join(", ")
+                ),
+            });
+        }
+        if self.crf > 51 {
+            return Err(EncodeError::BadOption {
+                name: "crf",
+                why: format!("must be within 0..=51, got {}", self.crf),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for EncodeOptions {

@@ -23,7 +23,8 @@ pub(crate) fn register_font() {
 }
 
 /// Writes a PNG of `signal` (sampled at `rate` Hz, or per sample when unknown) coloured
-/// by `relevance` in [0, 1].
+/// by `relevance` in [0, 1], complete under its temporary name (the caller renames it
+/// with the run's other outputs).
 pub fn plot_signal(
     path: &Path,
     signal: &[f32],
@@ -31,7 +32,7 @@ pub fn plot_signal(
     rate: Option<f32>,
     title: &str,
     cmap: &Colormap,
-) -> Result<()> {
+) -> Result<crate::io::TempPath> {
     let (rate, x_desc) = match rate {
         Some(r) if r > 0.0 => (r, "time (s)"),
         _ => (1.0, "sample"),
@@ -48,7 +49,7 @@ pub fn plot_signal(
         });
     let pad = ((hi - lo) * 0.08).max(1e-3);
     let dur = signal.len() as f32 / rate;
-    crate::io::write_atomic(path, |tmp| {
+    crate::io::stage(path, |tmp| {
         let root = BitMapBackend::new(tmp, (1400, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)

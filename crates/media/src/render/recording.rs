@@ -189,7 +189,9 @@ fn draw_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     move |e| Error::file(path, format!("cannot draw plot: {e}"))
 }
 
-pub fn plot_recording(path: &Path, p: &RecordingPlot) -> Result<()> {
+/// Draws the recording plot, complete under its temporary name (renamed with the run's
+/// other outputs).
+pub fn plot_recording(path: &Path, p: &RecordingPlot) -> Result<crate::io::TempPath> {
     register_font();
     if p.samples.is_empty() {
         return Err(Error::file(
@@ -207,7 +209,7 @@ pub fn plot_recording(path: &Path, p: &RecordingPlot) -> Result<()> {
         .fold(0.0f32, f32::max)
         .max(1e-12);
     let height = if p.frames.is_some() { 980 } else { 720 };
-    crate::io::write_atomic(path, |tmp| {
+    crate::io::stage(path, |tmp| {
         let root = BitMapBackend::new(tmp, (1600, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let root = root

@@ -7,7 +7,7 @@ use image::RgbImage;
 
 use camstream_media::decode::{DecodedFrame, VideoDecoder, VideoInfo};
 use camstream_media::encode::VideoEncoder;
-use camstream_media::io::StreamFile;
+use camstream_media::io::{StreamFile, TempPath};
 
 use crate::PipelineError;
 
@@ -143,28 +143,37 @@ impl FrameSink for Sender<(i64, RgbImage)> {
 /// Where per-item records go, in order.
 pub trait RecordSink<R>: Send {
     fn record(&mut self, record: &R) -> Result<(), PipelineError>;
-    /// Completes the output (a file appears under its name only now).
+    /// Completes the output (a file's caller renames it into place).
     fn finish(&mut self) -> Result<(), PipelineError>;
 }
 
-/// Records as JSON lines in a file, written under a temporary name until finished.
+/// Records as JSON lines in a file, written under a temporary name until committed.
 pub struct JsonLines {
     file: Option<StreamFile>,
-    path: std::path::PathBuf,
+    done: Option<TempPath>,
 }
 
 impl JsonLines {
     pub fn create(path: &std::path::Path) -> Result<Self, PipelineError> {
         Ok(Self {
             file: Some(StreamFile::create(path)?),
-            path: path.to_path_buf(),
+            done: None,
         })
     }
 
-    /// Completes the file (if `finish` has not) and returns its path.
-    pub fn commit(mut self) -> Result<std::path::PathBuf, PipelineError> {
+    /// The complete file, still under its temporary name (for a [`Staged`] set).
+    ///
+    /// [`Staged`]: camstream_media::io::Staged
+    pub fn finish_staged(mut self) -> Result<TempPath, PipelineError> {
         RecordSink::<()>::finish(&mut self)?;
-        Ok(self.path)
+        self.done
+            .take()
+            .ok_or(PipelineError::ReceiverGone("records"))
+    }
+
+    /// Completes the file and renames it into place.
+    pub fn commit(self) -> Result<std::path::PathBuf, PipelineError> {
+        Ok(self.finish_staged()?.persist()?)
     }
 }
 
@@ -179,7 +188,7 @@ impl<R: serde::Serialize> RecordSink<R> for JsonLines {
     }
     fn finish(&mut self) -> Result<(), PipelineError> {
         if let Some(f) = self.file.take() {
-            f.commit()?;
+            self.done = Some(f.finish_staged()?);
         }
         Ok(())
     }

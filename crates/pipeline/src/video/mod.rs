@@ -20,6 +20,8 @@ use camstream_core::record::FrameRecord;
 use camstream_core::Explainer;
 use camstream_media::decode::{Section, VideoDecoder};
 use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
+use camstream_media::guard::{check_outputs, Output};
+use camstream_media::io::{Staged, TempPath};
 
 pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, RecordSink};
 pub use stages::{ModelConfig, OverlayConfig, Sinks};
@@ -45,6 +47,8 @@ pub struct VideoJob<'a> {
     pub encode: EncodeOptions,
     /// Also write one [`FrameRecord`] per frame as JSON lines here.
     pub frames_json: Option<PathBuf>,
+    /// Also write the [`VideoReport`] as JSON here.
+    pub report: Option<PathBuf>,
     pub frames: FrameJob<'a>,
     /// Called with (frames done, frames expected) as frames are written.
     pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
@@ -63,27 +67,61 @@ pub struct VideoReport {
     /// CPU seconds (user + system, all threads) of the process during the run: with
     /// `wall_s` and the core count, how much of the machine the run used.
     pub cpu_s: f64,
+    /// What went wrong without stopping the run (a stream shorter than it declares).
+    pub warnings: Vec<String>,
 }
 
-/// The container for an output name (the temporary name hides the extension).
-fn container_for(output: &std::path::Path) -> &'static str {
-    match output
+/// The muxer for an output name, chosen by its extension.
+fn container_for(output: &std::path::Path) -> Result<&'static str, PipelineError> {
+    let ext = output
         .extension()
         .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("mkv") => "matroska",
-        Some("mov") => "mov",
-        _ => "mp4",
+        .map(|e| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("mp4" | "m4v") => Ok("mp4"),
+        Some("mov") => Ok("mov"),
+        Some("mkv") => Ok("matroska"),
+        other => Err(PipelineError::BadOption {
+            name: "output",
+            why: format!(
+                "{}: unknown container {}; name it .mp4, .mov or .mkv",
+                output.display(),
+                other.map_or("(no extension)".into(), |e| format!("`.{e}`"))
+            ),
+        }),
     }
 }
 
-/// Runs the file job. The output appears under its name only when complete (or when
-/// interrupted through `cancel`, as a valid file of the frames done so far).
+/// Refuses, before any work, outputs that would overwrite the input or each other.
+fn check_paths(job: &VideoJob) -> Result<(), PipelineError> {
+    let mut outputs = vec![Output {
+        param: "output",
+        path: &job.output,
+    }];
+    if let Some(p) = &job.frames_json {
+        outputs.push(Output {
+            param: "frames_json",
+            path: p,
+        });
+    }
+    if let Some(p) = &job.report {
+        outputs.push(Output {
+            param: "report",
+            path: p,
+        });
+    }
+    Ok(check_outputs(&[&job.input], &outputs)?)
+}
+
+/// Runs the file job. The outputs (video, records, report) appear under their names
+/// together, only when complete (or when interrupted through `cancel`, as a valid file
+/// of the frames done so far); a run that writes no frame is an error and leaves none.
 pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, PipelineError> {
     let started = Instant::now();
     let cpu = cpu_seconds();
+    check_paths(job)?;
+    let container = container_for(&job.output)?;
+    job.encode.check()?;
     let clip_scale = if job.frames.model.norm == Norm::Clip {
         // First pass: the clip's largest map value (the model runs twice).
         let mut source = VideoDecoder::open(&job.input, job.section)?;
@@ -103,44 +141,57 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
     } else {
         AudioSource::None
     };
-    let tmp = camstream_media::io::temp_name(&job.output);
-    let result = (|| {
-        let encoder =
-            VideoEncoder::create(&tmp, container_for(&job.output), &info, &job.encode, audio)?;
-        let mut video = EncodedVideo::new(encoder);
-        let mut records = job
-            .frames_json
-            .as_deref()
-            .map(JsonLines::create)
-            .transpose()?;
-        let sinks = Sinks {
-            frames: Some(&mut video),
-            records: records
-                .as_mut()
-                .map(|r| r as &mut dyn RecordSink<FrameRecord>),
-            progress: job.progress,
-        };
-        run_stages(&mut source, &job.frames, sinks, cancel, None, clip_scale)
-    })();
-    match result {
-        Ok(mut report) => {
-            std::fs::rename(&tmp, &job.output).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                PipelineError::Output {
-                    path: job.output.clone(),
-                    source: e,
-                }
-            })?;
-            report.wall_s = started.elapsed().as_secs_f64();
-            report.cpu_s = cpu_seconds() - cpu;
-            report.fps = report.frames as f64 / report.wall_s.max(1e-9);
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+    let video_tmp = TempPath::new(&job.output);
+    let encoder = VideoEncoder::create(video_tmp.tmp(), container, &info, &job.encode, audio)?;
+    let mut video = EncodedVideo::new(encoder);
+    let mut records = job
+        .frames_json
+        .as_deref()
+        .map(JsonLines::create)
+        .transpose()?;
+    let sinks = Sinks {
+        frames: Some(&mut video),
+        records: records
+            .as_mut()
+            .map(|r| r as &mut dyn RecordSink<FrameRecord>),
+        progress: job.progress,
+    };
+    let mut report = run_stages(&mut source, &job.frames, sinks, cancel, None, clip_scale)?;
+    if report.frames == 0 {
+        return Err(PipelineError::NoFrames {
+            input: job.input.clone(),
+            why: if job.section.start.is_some() {
+                "nothing at or after `start`".into()
+            } else {
+                "the stream is empty or unreadable".into()
+            },
+        });
+    }
+    if let Some(hint) = info.frames_hint.filter(|_| !report.interrupted) {
+        if report.frames < hint && hint - report.frames > (hint / 100).max(2) {
+            report.warnings.push(format!(
+                "{}: the stream ended after {} of its {hint} declared frames (truncated file?)",
+                job.input.display(),
+                report.frames
+            ));
         }
     }
+    report.wall_s = started.elapsed().as_secs_f64();
+    report.cpu_s = cpu_seconds() - cpu;
+    report.fps = report.frames as f64 / report.wall_s.max(1e-9);
+    let mut staged = Staged::default();
+    staged.push(video_tmp);
+    if let Some(r) = records {
+        staged.push(r.finish_staged()?);
+    }
+    if let Some(p) = &job.report {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        staged.push(camstream_media::io::stage(p, |tmp| {
+            std::fs::write(tmp, &json).map_err(|e| camstream_media::Error::io(p, e))
+        })?);
+    }
+    staged.commit()?;
+    Ok(report)
 }
 
 /// Runs the pipeline from any source into any sinks (`Norm::Clip` needs a second pass
@@ -271,5 +322,6 @@ fn run_stages(
         interrupted: cancel.load(Ordering::Relaxed),
         peak_rss_mb: peak_rss_mb(),
         cpu_s: 0.0,
+        warnings: Vec::new(),
     })
 }

@@ -138,6 +138,11 @@ impl CsvReader {
                 let row = reader.row(&rec)?;
                 reader.pending.push_back(row);
             }
+            if reader.pending.is_empty() {
+                return Err(SignalError::Empty {
+                    path: path.to_path_buf(),
+                });
+            }
             if times.len() < 2 || times[times.len() - 1] <= times[0] {
                 if opts.rate.is_none() {
                     return Err(SignalError::Options {

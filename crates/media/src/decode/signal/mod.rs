@@ -98,6 +98,20 @@ pub struct OpenOptions {
 /// Opens a recording by its extension (`.hea`, `.dat` or an extension-less record path
 /// are WFDB).
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn SignalReader>, SignalError> {
+    let options = |msg: String| SignalError::Options {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if let Some(r) = opts.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(options(format!(
+            "`rate` must be a positive number of Hz, got {r}"
+        )));
+    }
+    if path.is_dir() {
+        return Err(options(
+            "is a folder; give the recordings themselves (a WFDB record as its .hea file)".into(),
+        ));
+    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
