@@ -423,3 +423,28 @@ fn a_live_writer_is_refused_and_a_dead_ones_temp_is_swept() {
     assert!(!dir.join(&name).exists());
     assert!(dir.join("o.mp4").exists());
 }
+
+/// Inputs the fuzzers (`fuzz/`) found crashing a parser, named `<target>-<what>.<ext>`:
+/// each must now give an error or a value, never a panic.
+#[test]
+fn fuzz_crashes_stay_fixed() {
+    let dir = repo("tests/fixtures/fuzz");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = e.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let target = name.split('-').next().unwrap().to_string();
+        let parsed = std::panic::catch_unwind(|| match target.as_str() {
+            "csv" | "wav" | "npy" => {
+                let opts = camstream_media::decode::signal::OpenOptions::default();
+                if let Ok(mut r) = camstream_media::decode::signal::open(&path, &opts) {
+                    let _ = camstream_media::decode::signal::read_all(r.as_mut());
+                }
+            }
+            other => panic!("{name}: no parser for target `{other}`"),
+        });
+        assert!(parsed.is_ok(), "{name} panics the {target} parser again");
+        seen += 1;
+    }
+    assert!(seen > 0, "no regression inputs in {}", dir.display());
+}

@@ -128,6 +128,8 @@ impl CsvReader {
                 let Some(rec) = reader.next_record()? else {
                     break;
                 };
+                // The row's width is checked first: a short row has no time field.
+                let row = reader.row(&rec)?;
                 let t = parse(&rec[tc]).ok_or_else(|| {
                     SignalError::format(
                         path,
@@ -135,7 +137,6 @@ impl CsvReader {
                     )
                 })?;
                 times.push(t);
-                let row = reader.row(&rec)?;
                 reader.pending.push_back(row);
             }
             if reader.pending.is_empty() {
