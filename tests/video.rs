@@ -430,3 +430,71 @@ fn a_second_signal_leaves_nothing() {
     );
     no_leftovers(tmp.path());
 }
+
+/// Sets the display matrix of an MP4's first track to a quarter turn clockwise, as a
+/// phone writes it for portrait video (ISO 14496-12 `tkhd`: a, b, u, c, d, v, x, y, w;
+/// 16.16 fixed point, w in 2.30).
+fn turn_quarter_clockwise(mp4: &Path) {
+    let mut b = std::fs::read(mp4).unwrap();
+    let pos = b.windows(4).position(|w| w == b"tkhd").expect("tkhd box");
+    let version = b[pos + 4];
+    let matrix = pos + if version == 1 { 56 } else { 44 };
+    let m: [i32; 9] = [0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x4000_0000];
+    for (i, v) in m.iter().enumerate() {
+        b[matrix + 4 * i..matrix + 4 * i + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    std::fs::write(mp4, b).unwrap();
+}
+
+#[test]
+fn a_portrait_phone_video_is_turned_upright_before_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, truth) = clip(tmp.path(), "phone.mp4", spec(160, 96, 40, false));
+    turn_quarter_clockwise(&input);
+    let d = VideoDecoder::open(&input, Section::default()).unwrap();
+    assert_eq!(
+        (d.info().width, d.info().height, d.info().rotation),
+        (96, 160, 90)
+    );
+    let out = tmp.path().join("upright.mp4");
+    let json = tmp.path().join("frames.jsonl");
+    let (o, _) = run(
+        &[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&shapes_model()),
+            "-q",
+            "--frames-json",
+            s(&json),
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (frames, w, h, _, _) = probe(&out);
+    assert_eq!((w, h, frames.len()), (96, 160, 40), "written upright");
+    // The model saw upright frames: the heat's peak is on the shape where it is after
+    // the turn, (x, y) -> (H - 1 - y, x) with H = 96.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hits = lines
+        .iter()
+        .zip(&truth)
+        .filter(|(l, t)| {
+            let (x, y) = (
+                l["peak_x"].as_u64().unwrap() as u32,
+                l["peak_y"].as_u64().unwrap() as u32,
+            );
+            let [x0, y0, x1, y1] = t[0].1;
+            (96 - y1..96 - y0 + 1).contains(&x) && (x0..x1).contains(&y)
+        })
+        .count();
+    let rate = hits as f32 / truth.len() as f32;
+    eprintln!("pointing on the turned frames: {:.1} %", rate * 100.0);
+    assert!(rate >= 0.75, "pointing game {rate}");
+}

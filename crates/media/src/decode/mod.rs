@@ -50,6 +50,9 @@ pub struct VideoInfo {
     /// From the container, when it says; used for progress only.
     pub frames_hint: Option<u64>,
     pub has_audio: bool,
+    /// Clockwise degrees the decoder turns each frame by, from the display matrix
+    /// (`width` and `height` are after the turn).
+    pub rotation: u32,
 }
 
 impl VideoInfo {
@@ -103,6 +106,43 @@ pub fn init() {
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
 }
 
+/// Clockwise degrees (0, 90, 180, 270) that turn the stored frames upright, from the
+/// stream's display matrix (what phones write for portrait video), as FFmpeg's own
+/// autorotate reads it (`av_display_rotation_get`, negated and snapped).
+fn display_rotation(st: &ffmpeg::format::stream::Stream) -> u32 {
+    let Some(sd) = st
+        .side_data()
+        .find(|s| s.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix)
+    else {
+        return 0;
+    };
+    let m: Vec<f64> = sd
+        .data()
+        .chunks_exact(4)
+        .take(9)
+        .map(|b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])) / 65536.0)
+        .collect();
+    if m.len() < 9 {
+        return 0;
+    }
+    let (s0, s1) = (m[0].hypot(m[3]), m[1].hypot(m[4]));
+    if s0 == 0.0 || s1 == 0.0 {
+        return 0;
+    }
+    let deg = (m[1] / s1).atan2(m[0] / s0).to_degrees();
+    ((deg / 90.0).round() as i64).rem_euclid(4) as u32 * 90
+}
+
+/// `rgb` turned `degrees` clockwise.
+fn upright(rgb: RgbImage, degrees: u32) -> RgbImage {
+    match degrees {
+        90 => image::imageops::rotate90(&rgb),
+        180 => image::imageops::rotate180(&rgb),
+        270 => image::imageops::rotate270(&rgb),
+        _ => rgb,
+    }
+}
+
 fn rational(r: ffmpeg::Rational) -> (i32, i32) {
     (r.numerator(), r.denominator())
 }
@@ -117,7 +157,7 @@ impl VideoDecoder {
             path: path.into(),
             msg: e.to_string(),
         })?;
-        let (stream, params, tb, rate, frames, stream_dur) = {
+        let (stream, params, tb, rate, frames, stream_dur, rotation) = {
             let st = ictx
                 .streams()
                 .best(Type::Video)
@@ -129,6 +169,7 @@ impl VideoDecoder {
                 st.rate(),
                 st.frames(),
                 st.duration(),
+                display_rotation(&st),
             )
         };
         let has_audio = ictx.streams().best(Type::Audio).is_some();
@@ -197,8 +238,10 @@ impl VideoDecoder {
             path: path.into(),
             info: VideoInfo {
                 path: path.into(),
-                width: w,
-                height: h,
+                // Frames come out upright: a quarter turn swaps the sides.
+                width: if rotation % 180 == 90 { h } else { w },
+                height: if rotation % 180 == 90 { w } else { h },
+                rotation,
                 rate,
                 time_base: rational(tb),
                 duration_s,
@@ -235,27 +278,25 @@ impl VideoDecoder {
         (self.start_s / self.tb).round() as i64
     }
 
+    /// The frame as stored (before the display rotation), in RGB at the first frame's size.
     fn convert_rgb(&mut self, f: &AvFrame) -> Result<RgbImage, DecodeError> {
         let (w, h) = (f.width(), f.height());
+        let (sw, sh) = match self.info.rotation {
+            90 | 270 => (self.info.height, self.info.width),
+            _ => (self.info.width, self.info.height),
+        };
         let stale = self.scaler.as_ref().is_none_or(|s| {
             s.input().width != w || s.input().height != h || s.input().format != f.format()
         });
         if stale {
             // The output keeps the first frame's size if the stream changes resolution.
             self.scaler = Some(
-                Scaler::get(
-                    f.format(),
-                    w,
-                    h,
-                    Pixel::RGB24,
-                    self.info.width,
-                    self.info.height,
-                    Flags::BILINEAR,
-                )
-                .map_err(|e| DecodeError::Codec {
-                    path: self.path.clone(),
-                    msg: format!("no conversion to RGB: {e}"),
-                })?,
+                Scaler::get(f.format(), w, h, Pixel::RGB24, sw, sh, Flags::BILINEAR).map_err(
+                    |e| DecodeError::Codec {
+                        path: self.path.clone(),
+                        msg: format!("no conversion to RGB: {e}"),
+                    },
+                )?,
             );
         }
         let mut rgb = AvFrame::empty();
@@ -266,7 +307,7 @@ impl VideoDecoder {
             })?;
         }
         // Rows are padded to the stride: copy row by row.
-        let (ow, oh) = (self.info.width as usize, self.info.height as usize);
+        let (ow, oh) = (sw as usize, sh as usize);
         let stride = rgb.stride(0);
         let data = rgb.data(0);
         let mut out = Vec::with_capacity(ow * oh * 3);
@@ -290,7 +331,7 @@ impl VideoDecoder {
                 return Ok(None);
             }
             let base = *self.start_pts.get_or_insert(self.start_pts());
-            let rgb = self.convert_rgb(&f)?;
+            let rgb = upright(self.convert_rgb(&f)?, self.info.rotation);
             let frame = DecodedFrame {
                 index: self.next_index,
                 pts: pts - base,

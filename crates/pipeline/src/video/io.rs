@@ -55,6 +55,7 @@ impl<I: Iterator<Item = RgbImage> + Send> MemoryFrames<I> {
             duration_s: 0.0,
             frames_hint: None,
             has_audio: false,
+            rotation: 0,
         };
         Self {
             info,

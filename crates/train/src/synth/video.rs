@@ -90,6 +90,7 @@ pub fn write_clip(
         duration_s: spec.frames as f64 / spec.fps as f64,
         frames_hint: Some(spec.frames as u64),
         has_audio: spec.audio,
+        rotation: 0,
     };
     let audio = if spec.audio {
         AudioSource::Pcm {
