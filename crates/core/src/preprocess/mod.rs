@@ -26,6 +26,11 @@ pub struct PreparedImage {
     pub placement: Placement,
 }
 
+/// The longest side `keep_aspect` makes, in multiples of the short one: a 3000x16 strip
+/// would otherwise become a 12000x64 input (1.5 GB of activations for one frame).
+/// Beyond it the picture is squeezed along its long side.
+pub const MAX_KEEP_ASPECT: f64 = 4.0;
+
 /// (H, W) of the model input for a `w` x `h` picture.
 pub fn input_size(w: u32, h: u32, spec: &InputSpec) -> [u32; 2] {
     let (th, tw) = (spec.size[0] as u32, spec.size[1] as u32);
@@ -33,10 +38,8 @@ pub fn input_size(w: u32, h: u32, spec: &InputSpec) -> [u32; 2] {
         Resize::KeepAspect => {
             let short = th.min(tw) as f64;
             let s = short / w.min(h) as f64;
-            [
-                ((h as f64 * s).round() as u32).max(1),
-                ((w as f64 * s).round() as u32).max(1),
-            ]
+            let cap = |v: f64| v.min(short * MAX_KEEP_ASPECT).round().max(1.0) as u32;
+            [cap(h as f64 * s), cap(w as f64 * s)]
         }
         _ => [th, tw],
     }
@@ -179,6 +182,19 @@ mod tests {
             sample_rate: None,
             frontend: None,
         }
+    }
+
+    #[test]
+    fn keep_aspect_keeps_ratios_up_to_its_cap() {
+        let s = InputSpec {
+            size: vec![64, 64],
+            resize: Resize::KeepAspect,
+            ..spec()
+        };
+        // 16:9 is kept; a 3000x16 strip is capped at 4:1, not 12000x64.
+        assert_eq!(input_size(320, 180, &s), [64, 114]);
+        assert_eq!(input_size(3000, 16, &s), [64, 256]);
+        assert_eq!(input_size(16, 3000, &s), [256, 64]);
     }
 
     #[test]

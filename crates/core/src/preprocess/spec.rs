@@ -23,6 +23,7 @@ pub enum Resize {
     /// Shorter side to the model's shorter side, aspect kept, nothing cropped or padded:
     /// the input grows with the picture's aspect ratio (for fully convolutional models
     /// with global pooling, where objects then keep the scale they were trained at).
+    /// Up to [`MAX_KEEP_ASPECT`](super::MAX_KEEP_ASPECT):1; longer sides are squeezed.
     KeepAspect,
 }
 

@@ -234,6 +234,18 @@ fn scan_max(
     Ok(f32::from_bits(max.load(Ordering::Relaxed)))
 }
 
+/// Bytes of frames the four channels between stages may hold together. Each item
+/// carries about one RGB frame, so at 4K (25 MB a frame) the queues shrink to a couple
+/// of frames instead of growing memory to gigabytes; small frames keep the full depth.
+const CHANNEL_BYTES: usize = 256 << 20;
+
+/// Items per channel: enough to keep a batch flowing, bounded by [`CHANNEL_BYTES`].
+fn channel_capacity(width: u32, height: u32, batch: usize, every: usize) -> usize {
+    let by_count = batch.max(1) * every.max(1) + 2;
+    let frame = (width as usize * height as usize * 3).max(1);
+    by_count.min((CHANNEL_BYTES / (4 * frame)).max(2))
+}
+
 /// Starts every stage and waits for all of them. With `scan`, runs decode → preprocess
 /// → model only and records the largest map value; `clip_scale` is that value for the
 /// second pass.
@@ -251,7 +263,8 @@ fn run_stages(
     let explained = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     let workers = job.overlay_workers.max(1);
-    let cap = job.model.batch.max(1) * job.model.every.max(1) + 2;
+    let info = source.info();
+    let cap = channel_capacity(info.width, info.height, job.model.batch, job.model.every);
     let (dec_tx, dec_rx) = bounded(cap);
     let (pre_tx, pre_rx) = bounded(cap);
     let (cam_tx, cam_rx) = bounded(cap);
@@ -324,4 +337,15 @@ fn run_stages(
         cpu_s: 0.0,
         warnings: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queues_hold_a_batch_of_small_frames_and_few_large_ones() {
+        // 720p: the full depth (batch 8 + 2); 4K: two frames a queue, 50 MB each.
+        assert_eq!(super::channel_capacity(1280, 720, 8, 1), 10);
+        assert_eq!(super::channel_capacity(3840, 2160, 8, 1), 2);
+        assert_eq!(super::channel_capacity(2560, 1440, 8, 1), 6);
+    }
 }
