@@ -448,3 +448,112 @@ fn fuzz_crashes_stay_fixed() {
     }
     assert!(seen > 0, "no regression inputs in {}", dir.display());
 }
+
+/// Peak RSS (MB) of one `camstream` run, from the kernel's accounting of the child.
+fn peak_rss_mb(dir: &Path, args: &[String]) -> f64 {
+    let child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: waiting for our own child; rusage is plain data filled in by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "run failed"
+    );
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// `image` streams: memory does not grow with the number of inputs (it held every
+/// result until the end: 60 MB for 1 picture, 352 MB for 1000), and each output is on
+/// disk when its input is done.
+#[test]
+fn image_memory_is_flat_in_the_number_of_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let png = read("samples/images/circle.png");
+    let shapes = repo("samples/models/shapes.toml");
+    let mut peaks = Vec::new();
+    // From 60 on, the allocator and the thread pools are warm: growth past it is per input.
+    for n in [60, 240] {
+        let inputs: Vec<String> = (0..n)
+            .map(|i| {
+                let name = format!("in{n}/p{i}.png");
+                std::fs::create_dir_all(dir.join(format!("in{n}"))).unwrap();
+                std::fs::write(dir.join(&name), &png).unwrap();
+                name
+            })
+            .collect();
+        let mut cmd = args(&format!("image -m {} --out out{n}", shapes.display()));
+        cmd.extend(inputs);
+        peaks.push(peak_rss_mb(dir, &cmd));
+        let written = std::fs::read_dir(dir.join(format!("out{n}")))
+            .unwrap()
+            .count();
+        assert_eq!(written, n, "one overlay per input, nothing else");
+    }
+    eprintln!(
+        "peak RSS: 60 pictures {:.0} MB, 240 pictures {:.0} MB",
+        peaks[0], peaks[1]
+    );
+    // Holding every result took about 0.25 MB per 256x256 picture: +45 MB here.
+    assert!(peaks[1] < peaks[0] + 15.0, "{peaks:?}");
+}
+
+/// `signal` stopped by SIGTERM (a scheduler's stop) or Ctrl-C leaves nothing: no temporary
+/// file, no output under its final name; the exit status says which signal.
+#[test]
+fn a_stopped_signal_run_leaves_nothing() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Two hours of a 250 Hz trace: long enough to be stopped half way.
+        let n = 2 * 3600 * 250;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin()).collect();
+        camstream_media::npy::write_npy(&dir.join("long.npy"), &x, &[n]).unwrap();
+        let ecg = repo("samples/models/ecg.toml");
+        let child = Command::new(bin())
+            .args(args(&format!(
+                "signal long.npy -m {} -o out -q",
+                ecg.display()
+            )))
+            .current_dir(dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = dir.join("out");
+        let start = Instant::now();
+        let writing = || std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
+        while !writing() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        let o = child.wait_with_output().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        eprintln!("signal {sig}: exit {:?}, left {left:?}", o.status.code());
+        if o.status.code() == Some(0) {
+            continue; // finished before the signal: nothing to check
+        }
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
