@@ -450,6 +450,8 @@ fn fuzz_crashes_stay_fixed() {
 }
 
 /// Peak RSS (MB) of one `camstream` run, from the kernel's accounting of the child.
+// The child is reaped by wait4, which `Child` does not know about.
+#[allow(clippy::zombie_processes)]
 fn peak_rss_mb(dir: &Path, args: &[String]) -> f64 {
     let child = Command::new(bin())
         .args(args)
