@@ -440,6 +440,9 @@ fn fuzz_crashes_stay_fixed() {
                 if let Ok(mut r) = camstream_media::decode::signal::open(&path, &opts) {
                     let _ = camstream_media::decode::signal::read_all(r.as_mut());
                 }
+                if target == "npy" {
+                    let _ = camstream_media::npy::read_npy(&path);
+                }
             }
             other => panic!("{name}: no parser for target `{other}`"),
         });

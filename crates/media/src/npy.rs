@@ -2,7 +2,7 @@
 //! arrays, streamed recordings and the shape checks, and writers for whole and growing
 //! float32 arrays.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -87,7 +87,7 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let h = Header::read(&mut f)
         .map_err(|m| Error::file(path, format!("not a readable .npy array ({m})")))?;
-    let size = match h.descr.as_str() {
+    let size: usize = match h.descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
         d => {
@@ -100,16 +100,31 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     if h.fortran && h.shape.len() > 1 {
         return Err(Error::file(path, "is in Fortran order; save it in C order"));
     }
-    let n: usize = h.shape.iter().product();
-    let mut bytes = Vec::with_capacity(n * size);
+    // The header's shape is untrusted: compare it with the bytes on disk before
+    // allocating anything (a shape of 10^15 values must be an error, not an abort).
+    let want = h
+        .shape
+        .iter()
+        .try_fold(size, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::file(path, format!("shape {:?} is too large", h.shape)))?;
+    let n = want / size;
+    let at = f.stream_position().map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let have = len.saturating_sub(at);
+    if have < want as u64 {
+        return Err(Error::file(
+            path,
+            format!("not a readable .npy array (data cut short: {have} of {want} bytes)"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(want);
     f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-    if bytes.len() < n * size {
+    if bytes.len() < want {
         return Err(Error::file(
             path,
             format!(
-                "not a readable .npy array (data cut short: {} of {} bytes)",
-                bytes.len(),
-                n * size
+                "not a readable .npy array (data cut short: {} of {want} bytes)",
+                bytes.len()
             ),
         ));
     }
