@@ -33,7 +33,7 @@ Examples:
   camstream signal --model samples/models/audio.toml samples/audio/chirp.wav --out out/
   camstream video samples/video/shapes.mp4 -o out/shapes_cam.mp4 --model samples/models/shapes.toml
   camstream image --model samples/models/efficientnet_lite0.toml samples/photos/coffee.png --top-k 3
-  camstream signal --model yamnet --weights yamnet.safetensors --labels yamnet_classes.txt speech.wav --hop 7680
+  camstream signal --model yamnet --weights yamnet.safetensors speech.wav
   camstream layers --model model.onnx";
 
 #[derive(Parser)]
