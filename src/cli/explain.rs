@@ -1,5 +1,6 @@
 //! `camstream image` and `camstream signal`: explain files sample by sample, in batches.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -186,16 +187,19 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
                 }
             }
         });
-        // Files read and not yet written, with their explanations so far.
-        let mut open: std::collections::VecDeque<(usize, Vec<Sample>, Vec<Explanation>)> =
-            Default::default();
+        let mut open: VecDeque<Pending> = VecDeque::new();
         let mut next_file = 0;
         let mut first_sample = 0;
         let mut queued = 0;
         for read in rx {
-            open.push_back((next_file, read?, Vec::new()));
+            let samples = read?;
+            queued += samples.len();
+            open.push_back(Pending {
+                file: next_file,
+                samples,
+                explained: Vec::new(),
+            });
             next_file += 1;
-            queued += open.back().map_or(0, |f| f.1.len());
             // Explain whole batches as soon as they are there, and the rest at the end.
             while queued >= batch || (next_file == files.len() && queued > 0) {
                 let n = queued.min(batch);
@@ -210,9 +214,12 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
                 )?;
                 first_sample += n;
                 queued -= n;
-                while open.front().is_some_and(|(_, s, e)| e.len() == s.len() * k) {
-                    let (fi, samples, explained) = open.pop_front().expect("front exists");
-                    outputs.write(&files[fi], &samples, &explained)?;
+                while open
+                    .front()
+                    .is_some_and(|p| p.explained.len() == p.samples.len() * k)
+                {
+                    let p = open.pop_front().expect("front exists");
+                    outputs.write(&files[p.file], &p.samples, &p.explained)?;
                 }
             }
         }
@@ -220,12 +227,19 @@ pub fn run_with(explainer: &Explainer, args: &ExplainArgs, kind: Kind) -> Result
     })
 }
 
+/// A file read and not yet written, with the explanations of its samples so far.
+struct Pending {
+    file: usize,
+    samples: Vec<Sample>,
+    explained: Vec<Explanation>,
+}
+
 /// Explains the next `n` samples waiting in `open` (the first `first` samples of the run
 /// are done) and appends the explanations to their files.
 fn explain_next(
     explainer: &Explainer,
     files: &[InputFile],
-    open: &mut std::collections::VecDeque<(usize, Vec<Sample>, Vec<Explanation>)>,
+    open: &mut VecDeque<Pending>,
     n: usize,
     first: usize,
     targets: &Targets,
@@ -234,9 +248,9 @@ fn explain_next(
     let k = options.top_k;
     // (file slot, sample index in the file) of each sample of this batch.
     let mut at = Vec::with_capacity(n);
-    for (slot, (_, samples, explained)) in open.iter().enumerate() {
-        let done = explained.len() / k;
-        at.extend((done..samples.len()).map(|i| (slot, i)));
+    for (slot, p) in open.iter().enumerate() {
+        let done = p.explained.len() / k;
+        at.extend((done..p.samples.len()).map(|i| (slot, i)));
         if at.len() >= n {
             break;
         }
@@ -245,7 +259,7 @@ fn explain_next(
     let inputs: Vec<Input> = at
         .iter()
         .map(|&(slot, i)| {
-            let s = &open[slot].1[i];
+            let s = &open[slot].samples[i];
             Input::new(&s.data, &s.shape)
         })
         .collect();
@@ -258,13 +272,13 @@ fn explain_next(
         .map_err(|e| match e {
             Error::InputShape { sample, shape, msg } => anyhow::anyhow!(
                 "{}: input of shape {shape:?} does not fit the model: {msg}",
-                files[open[at[sample].0].0].path.display(),
+                files[open[at[sample].0].file].path.display(),
             ),
             other => other.into(),
         })?;
     drop(inputs);
     for (&(slot, _), e) in at.iter().zip(explained.chunks(k)) {
-        open[slot].2.extend(e.iter().cloned());
+        open[slot].explained.extend(e.iter().cloned());
     }
     Ok(())
 }
