@@ -237,6 +237,51 @@ fn rows() -> Vec<Row> {
             says: vec!["fake.wav"],
         },
     ];
+    // Malformed files of every parser (these already worked; they must keep working).
+    let circle = repo("samples/images/circle.png");
+    let circle = circle.display();
+    let mut st_bomb = (1u64 << 62).to_le_bytes().to_vec();
+    st_bomb.extend(b"{}");
+    rows.extend([
+        Row {
+            name: "TOML config that is not TOML",
+            files: vec![("m.toml", b"[input\nkind = ".to_vec())],
+            args: args(&format!("image {circle} -m m.toml -o out")),
+            says: vec!["m.toml"],
+        },
+        Row {
+            name: "ONNX file of junk",
+            files: vec![("m.onnx", b"\x08\x07junk that is not protobuf".to_vec())],
+            args: args(&format!("image {circle} -m m.onnx -o out")),
+            says: vec!["m.onnx"],
+        },
+        Row {
+            name: "safetensors header of 2^62 bytes",
+            files: vec![("w.safetensors", st_bomb)],
+            args: args(&format!(
+                "image {circle} -m resnet18 -w w.safetensors -o out"
+            )),
+            says: vec!["w.safetensors"],
+        },
+        Row {
+            name: "pth that is not a zip",
+            files: vec![("w.pth", b"PK\x03\x04 broken".to_vec())],
+            args: args(&format!("image {circle} -m resnet18 -w w.pth -o out")),
+            says: vec!["w.pth"],
+        },
+        Row {
+            name: "WFDB header with a bad format",
+            files: vec![
+                (
+                    "rec.hea",
+                    b"rec 1 360 100\nrec.dat 999 200 11 1024 0 0 0 MLII\n".to_vec(),
+                ),
+                ("rec.dat", vec![0; 300]),
+            ],
+            args: args(&format!("signal rec.hea -m {ecg} -o out")),
+            says: vec!["rec"],
+        },
+    ]);
     for bad in ["0", "-250", "NaN"] {
         rows.push(Row {
             name: "rate not a positive number",
