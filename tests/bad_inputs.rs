@@ -207,6 +207,12 @@ fn rows() -> Vec<Row> {
             says: vec!["rec", "is a folder"],
         },
         Row {
+            name: "two recordings with one stem",
+            files: vec![("a/ecg.csv", csv.clone()), ("b/ecg.npy", ecg_npy.clone())],
+            args: args(&format!("signal a/ecg.csv b/ecg.npy -m {ecg} -o out")),
+            says: vec!["a/ecg.csv", "b/ecg.npy", "same name"],
+        },
+        Row {
             name: "header-only CSV",
             files: vec![("h.csv", header_only_csv)],
             args: args(&format!("signal h.csv -m {ecg} -o out")),

@@ -13,7 +13,7 @@ use camstream_core::model::Network;
 use camstream_core::preprocess::InputKind;
 use camstream_core::record::{self, SampleRecord};
 use camstream_core::{Error, ExplainOptions, Explainer, Explanation, Input};
-use camstream_media::guard::{check_outputs, stem_clashes, Output};
+use camstream_media::guard::{check_outputs, Output};
 use camstream_media::inputs::read_inputs;
 use camstream_media::io::Staged;
 use camstream_media::npy::stage_npy;
@@ -61,20 +61,7 @@ fn sample_count(path: &Path, net: &Network) -> Result<usize> {
 }
 
 fn plan_inputs(paths: &[PathBuf], net: &Network) -> Result<Vec<InputFile>> {
-    let clashes = stem_clashes(paths);
-    if !clashes.is_empty() {
-        let list: Vec<String> = clashes
-            .iter()
-            .map(|(stem, files)| {
-                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                format!("{stem}: {}", names.join(" "))
-            })
-            .collect();
-        bail!(
-            "inputs with the same name would overwrite each other's outputs ({}); give them distinct names or run them separately",
-            list.join("; ")
-        );
-    }
+    super::refuse_clashes(paths)?;
     paths
         .iter()
         .map(|path| {

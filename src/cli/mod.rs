@@ -311,6 +311,25 @@ pub fn device() -> candle_core::Device {
     DEVICE.get().cloned().unwrap_or(candle_core::Device::Cpu)
 }
 
+/// Refuses inputs whose outputs would share a name in the output folder, listing them.
+pub(crate) fn refuse_clashes(paths: &[PathBuf]) -> Result<()> {
+    let clashes = camstream_media::guard::stem_clashes(paths);
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = clashes
+        .iter()
+        .map(|(stem, files)| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            format!("{stem}: {}", names.join(" "))
+        })
+        .collect();
+    anyhow::bail!(
+        "inputs with the same name would overwrite each other's outputs ({}); give them distinct names or run them separately",
+        list.join("; ")
+    )
+}
+
 /// Removes what killed earlier runs left in `dir`, and says so.
 pub(crate) fn sweep(dir: &std::path::Path) {
     let n = camstream_media::io::sweep_stale(dir);

@@ -193,6 +193,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
     if rec.is_empty() {
         return Ok(());
     }
+    super::refuse_clashes(&rec)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     super::sweep(&a.out);

@@ -21,6 +21,7 @@ use camstream_core::preprocess::window::{Cut, Features, Window, Windower};
 use camstream_core::record::WindowRecord;
 use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::decode::signal::{SignalError, SignalInfo, SignalReader};
+use camstream_media::guard::{check_outputs, Output};
 use camstream_media::io::{Staged, StreamFile};
 
 use crate::video::{JsonLines, RecordSink};
@@ -286,6 +287,22 @@ pub fn run_signal(
 
     let output = &job.output;
     let out = |ext: &str| output.out_dir.join(format!("{}.{ext}", output.stem));
+    let names: Vec<PathBuf> = [
+        "windows.jsonl",
+        "relevance.csv",
+        "relevance.npy",
+        "relevance_tf.npy",
+        "cam.npy",
+        "png",
+    ]
+    .iter()
+    .map(|e| out(e))
+    .collect();
+    let planned: Vec<Output> = names
+        .iter()
+        .map(|path| Output { param: "out", path })
+        .collect();
+    check_outputs(&[info.path.as_path()], &planned)?;
     let mut files = Outputs {
         windows: JsonLines::create(&out("windows.jsonl"))?,
         csv: StreamFile::create(&out("relevance.csv"))?,
