@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of fuzz/ for SECONDS each (default 20, as CI does; the closing
 # runs of issue 16 used 600). New inputs go to a scratch corpus; fuzz/corpus/<target> is
-# read as the seeds. A crash stops the script with the fuzzer's report.
+# read as the seeds. A crash stops the script with the fuzzer's report. FUZZ_SEED fixes
+# libFuzzer's random seed (CI sets 1, so a run is repeatable; 0, the default, draws one).
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
@@ -19,7 +20,8 @@ for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t"
     log="$scratch/$t.log"
     if ! cargo +nightly fuzz run "$t" "$scratch/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+        -max_total_time="$secs" -seed="${FUZZ_SEED:-0}" -rss_limit_mb=4096 \
+        -print_final_stats=1 >"$log" 2>&1; then
         tail -n 80 "$log"
         echo "fuzz $t: CRASH (input under fuzz/artifacts/$t)"
         exit 1
