@@ -495,6 +495,9 @@ fn fuzz_crashes_stay_fixed() {
                     let _ = camstream_media::npy::read_npy(&path);
                 }
             }
+            "pth" | "safetensors" => {
+                let _ = camstream_core::model::Weights::load(&path, &candle_core::Device::Cpu);
+            }
             other => panic!("{name}: no parser for target `{other}`"),
         });
         assert!(parsed.is_ok(), "{name} panics the {target} parser again");
