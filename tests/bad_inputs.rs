@@ -495,6 +495,12 @@ fn fuzz_crashes_stay_fixed() {
                     let _ = camstream_media::npy::read_npy(&path);
                 }
             }
+            "onnx" => {
+                let req = camstream_core::ModelRequest::new(camstream_core::ModelSource::Onnx(
+                    path.clone(),
+                ));
+                let _ = camstream_core::Network::load(&req, &candle_core::Device::Cpu);
+            }
             "pth" | "safetensors" => {
                 let _ = camstream_core::model::Weights::load(&path, &candle_core::Device::Cpu);
             }

@@ -93,7 +93,11 @@ impl NpyReader {
                 path: path.to_path_buf(),
             });
         }
-        let need = data_at + (channels * frames * dtype.size()) as u64;
+        let need = channels
+            .checked_mul(frames)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .and_then(|n| data_at.checked_add(n as u64))
+            .ok_or_else(|| SignalError::format(path, format!("shape {shape:?} is too large")))?;
         let len = f.metadata().map_err(|e| SignalError::io(path, e))?.len();
         if len < need {
             return Err(SignalError::format(

@@ -44,11 +44,19 @@ fn uniform(v: Option<Vec<i64>>, rank: usize, what: &str) -> Result<usize, OpErro
 fn conv(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
     let w = c.input(1)?;
-    let rank = w.rank() - 2;
+    // Untrusted graphs: a weight of rank < 3 or a group count < 1 is an error, not an
+    // underflow.
+    let rank = w
+        .rank()
+        .checked_sub(2)
+        .ok_or_else(|| unsupported(format!("weight of rank {}", w.rank())))?;
     let dims = dims_of(rank)?;
     let stride = uniform(c.ints("strides"), rank, "strides")?;
     let dilation = uniform(c.ints("dilations"), rank, "dilations")?;
-    let groups = c.int("group").unwrap_or(1) as usize;
+    let groups = match c.int("group").unwrap_or(1) {
+        g if g >= 1 => g as usize,
+        g => return Err(unsupported(format!("group {g}"))),
+    };
     let mut tf_same = false;
     let mut padding = 0;
     let x = match c.string("auto_pad").as_deref() {
