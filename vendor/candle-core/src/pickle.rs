@@ -613,7 +613,11 @@ impl Stack {
                 let mut v = 0;
                 // Decode the next n bytes in little endian
                 for i in 0..n_bytes {
-                    v |= (r.read_u8()? as i64) << (i * 8);
+                    let b = r.read_u8()? as i64;
+                    // camstream: bytes past the 8th do not fit an i64 (no shift overflow).
+                    if i < 8 {
+                        v |= b << (i * 8);
+                    }
                 }
                 self.push(Object::Long(v))
             }

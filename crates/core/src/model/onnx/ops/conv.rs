@@ -78,6 +78,19 @@ fn conv(c: &Ctx) -> OpResult {
         Some("VALID") => x,
         Some(o) => return Err(unsupported(format!("auto_pad {o}"))),
     };
+    // The packed kernels read weights and bias by the shapes: check them against each
+    // other and the input first (an untrusted graph may disagree).
+    let (w_dims, x_dims) = (w.dims(), x.dims());
+    let bias_len = c.opt(2).map(|b| b.elem_count());
+    if x_dims.len() != rank + 2
+        || w_dims[0] % groups != 0
+        || x_dims[1] != w_dims[1] * groups
+        || bias_len.is_some_and(|n| n != w_dims[0])
+    {
+        return Err(unsupported(format!(
+            "Conv of input {x_dims:?}, weight {w_dims:?}, group {groups}, bias of {bias_len:?} values: shapes disagree"
+        )));
+    }
     let build = || Conv {
         dims,
         weight: w.clone(),
