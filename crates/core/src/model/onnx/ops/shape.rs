@@ -30,6 +30,12 @@ fn identity(c: &Ctx) -> OpResult {
 }
 
 fn tensor(t: &candle_onnx::onnx::TensorProto, name: &str) -> Result<Tensor, OpError> {
+    if super::super::elem_count(&t.dims).is_none() {
+        return Err(OpError::Unsupported(format!(
+            "tensor `{name}` has dims {:?}: negative or too large",
+            t.dims
+        )));
+    }
     Ok(candle_onnx::eval::get_tensor(t, name)?)
 }
 
