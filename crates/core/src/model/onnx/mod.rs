@@ -69,8 +69,9 @@ fn show_dims(d: &[Option<usize>]) -> String {
 /// The number of values of a tensor with these dims; `None` for a negative dim or a
 /// product past `usize`, which candle-onnx would multiply out unchecked.
 pub(crate) fn elem_count(dims: &[i64]) -> Option<usize> {
-    dims.iter()
-        .try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)))
+    dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    })
 }
 
 /// Initialisers, with external data (`m.onnx.data`, as torch's dynamo exporter writes)
