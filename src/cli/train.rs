@@ -14,6 +14,7 @@ use camstream_core::{CamConfig, Method};
 use super::MetricsArgs;
 use camstream_train::dataset::Dataset;
 use camstream_train::eval::{evaluate, EvalOptions, Report, TaskSamples};
+use camstream_train::synth::shapes;
 use camstream_train::tasks::{self, Task};
 use camstream_train::train::{self, TrainOptions};
 
@@ -36,6 +37,10 @@ pub struct TrainArgs {
     /// Folder for <task>.toml and <task>.safetensors
     #[arg(long, short = 'o', default_value = "samples/models")]
     pub out: PathBuf,
+    /// shapes only: the backgrounds to train on (see `eval --backgrounds`); `mix`
+    /// randomises them, the default `textured` is what the sample model learned
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(shapes::Backgrounds::NAMES))]
+    pub backgrounds: Option<String>,
     /// Hide the progress bar
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -75,6 +80,12 @@ pub struct EvalArgs {
     /// Seed of a task's held-out samples
     #[arg(long, default_value_t = HELDOUT_SEED)]
     pub seed: u64,
+    /// shapes only: the backgrounds to draw on. `textured`: the sample model's own;
+    /// `mix`: noise of every scale, gradients, stripes, photo crops, under pixel noise;
+    /// `held-out`: a generator no training uses (a rotated colour mosaic under strong
+    /// noise); `noise`: strong per-pixel colour noise
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(shapes::Backgrounds::NAMES))]
+    pub backgrounds: Option<String>,
     /// CAM methods to compare, comma-separated, or `all`: one table row each
     #[arg(long, default_value = "gradcam")]
     pub method: String,
@@ -85,13 +96,19 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-fn task(name: &str) -> Result<Box<dyn Task>> {
-    tasks::by_name(name).ok_or_else(|| {
+/// The task `name`, drawn on `backgrounds` (shapes only).
+fn task(name: &str, backgrounds: Option<&str>) -> Result<Box<dyn Task>> {
+    let t = tasks::by_name(name).ok_or_else(|| {
         anyhow!(
             "unknown task `{name}`; tasks: {}",
             camstream_train::synth::TASKS.join(", ")
         )
-    })
+    })?;
+    match backgrounds.and_then(shapes::Backgrounds::by_name) {
+        None => Ok(t),
+        Some(backgrounds) if t.name() == "shapes" => Ok(Box::new(tasks::Shapes { backgrounds })),
+        Some(_) => bail!("--backgrounds applies to the shapes task only"),
+    }
 }
 
 fn progress(n: u64, quiet: bool) -> ProgressBar {
@@ -107,7 +124,7 @@ fn progress(n: u64, quiet: bool) -> ProgressBar {
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<()> {
-    let t = task(&a.task)?;
+    let t = task(&a.task, a.backgrounds.as_deref())?;
     let pb = progress(a.steps as u64, a.quiet);
     let started = std::time::Instant::now();
     let trained = train::train(
@@ -128,7 +145,7 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f32();
     let header = format!(
         "# Sample model for the synthetic `{}` task, trained by camstream itself:\n\
-         #   camstream train {} --steps {} --batch {} --lr {} --seed {}\n\
+         #   camstream train {} --steps {} --batch {} --lr {} --seed {}{}\n\
          # ({} fresh samples, {:.0} s on this machine).\n",
         t.name(),
         t.name(),
@@ -136,6 +153,9 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
         a.batch,
         a.lr,
         a.seed,
+        a.backgrounds
+            .as_deref()
+            .map_or(String::new(), |b| format!(" --backgrounds {b}")),
         a.steps * a.batch,
         secs
     );
@@ -158,7 +178,11 @@ pub fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
-    let t = a.task.as_deref().map(task).transpose()?;
+    let t = a
+        .task
+        .as_deref()
+        .map(|n| task(n, a.backgrounds.as_deref()))
+        .transpose()?;
     let data = a.data.as_deref().map(Dataset::open).transpose()?;
     let model = match (&a.model, &t) {
         (Some(m), _) => m.clone(),

@@ -73,7 +73,19 @@ fn blocks(spec: &[(usize, usize, usize, bool)]) -> Vec<BlockSpec> {
         .collect()
 }
 
-pub struct Shapes;
+/// The shapes task; `backgrounds` picks the family its pictures are drawn on (by default
+/// the textured one the sample model learned).
+pub struct Shapes {
+    pub backgrounds: shapes::Backgrounds,
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Self {
+            backgrounds: shapes::Backgrounds::Textured,
+        }
+    }
+}
 
 impl Shapes {
     pub fn input_spec() -> InputSpec {
@@ -118,7 +130,7 @@ impl Task for Shapes {
         "[input]\nkind = \"image\"\nchannels = 3\nsize = [64, 64]\nmean = [0.5]\nstd = [0.25]\nscale = 255.0\nresize = \"keep_aspect\"\n".into()
     }
     fn sample(&self, rng: &mut Rng) -> TaskSample {
-        let s = shapes::sample(rng);
+        let s = shapes::sample_on(rng, self.backgrounds);
         let [x0, y0, x1, y1] = s.bbox.map(|v| v as usize);
         TaskSample {
             input: normalise(&s.image, &Self::input_spec()),
@@ -264,7 +276,7 @@ impl Task for AudioEvents {
 
 pub fn by_name(name: &str) -> Option<Box<dyn Task>> {
     match name {
-        "shapes" => Some(Box::new(Shapes)),
+        "shapes" => Some(Box::new(Shapes::default())),
         "ecg" => Some(Box::new(Ecg)),
         "audio" => Some(Box::new(AudioEvents::default())),
         _ => None,

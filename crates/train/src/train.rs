@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn loss_falls_on_a_fixed_batch() {
-        let task = tasks::Shapes;
+        let task = tasks::Shapes::default();
         let device = Device::Cpu;
         let varmap = VarMap::new();
         let net = TrainNet::new(

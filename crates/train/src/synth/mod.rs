@@ -3,6 +3,7 @@
 //! platforms and versions).
 
 pub mod audio;
+pub mod backgrounds;
 pub mod ecg;
 pub mod shapes;
 pub mod video;

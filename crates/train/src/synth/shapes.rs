@@ -1,10 +1,11 @@
-//! Shapes: one circle, square or triangle on a noisy textured background; the ground
+//! Shapes: one circle, square or triangle on a background from `backgrounds`; the ground
 //! truth is the object's bounding box.
 
 use image::{Rgb, RgbImage};
 use rand::Rng as _;
 use rand_distr::{Distribution, Normal};
 
+pub use super::backgrounds::Backgrounds;
 use super::Rng;
 
 pub const LABELS: [&str; 3] = ["circle", "square", "triangle"];
@@ -201,10 +202,15 @@ pub fn random_shape(
     }
 }
 
-/// One training/evaluation picture, SIZE x SIZE, class chosen uniformly.
+/// One picture, SIZE x SIZE, class chosen uniformly, on the textured background.
 pub fn sample(rng: &mut Rng) -> ShapeSample {
+    sample_on(rng, Backgrounds::Textured)
+}
+
+/// One picture on a background from the given family.
+pub fn sample_on(rng: &mut Rng, backgrounds: Backgrounds) -> ShapeSample {
     let class = rng.random_range(0..LABELS.len());
-    let mut canvas = Canvas::textured(rng, SIZE, SIZE);
+    let mut canvas = backgrounds.canvas(rng, SIZE, SIZE);
     let shape = random_shape(rng, class, SIZE, SIZE, 12.0, 30.0, canvas.mean());
     let bbox = canvas.draw(&shape);
     ShapeSample {
