@@ -31,14 +31,10 @@ pub enum Backgrounds {
 impl Backgrounds {
     pub const NAMES: [&'static str; 4] = ["textured", "mix", "held-out", "noise"];
 
+    const ALL: [Self; 4] = [Self::Textured, Self::Mix, Self::HeldOut, Self::Noise];
+
     pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "textured" => Some(Self::Textured),
-            "mix" => Some(Self::Mix),
-            "held-out" => Some(Self::HeldOut),
-            "noise" => Some(Self::Noise),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|b| b.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -265,6 +261,7 @@ mod tests {
 
     #[test]
     fn every_family_fills_the_canvas_in_range_and_repeats_by_seed() {
+        assert_eq!(Backgrounds::NAMES.len(), Backgrounds::ALL.len());
         for name in Backgrounds::NAMES {
             let b = Backgrounds::by_name(name).unwrap();
             assert_eq!(b.name(), name);
