@@ -66,14 +66,6 @@ fn show_dims(d: &[Option<usize>]) -> String {
     format!("[{}]", v.join(", "))
 }
 
-/// The number of values of a tensor with these dims; `None` for a negative dim or a
-/// product past `usize`, which candle-onnx would multiply out unchecked.
-pub(crate) fn elem_count(dims: &[i64]) -> Option<usize> {
-    dims.iter().try_fold(1usize, |n, &d| {
-        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
-    })
-}
-
 /// Initialisers, with external data (`m.onnx.data`, as torch's dynamo exporter writes)
 /// read from the files the model names, relative to its own folder.
 fn initialisers(
@@ -130,14 +122,10 @@ fn initialisers(
         } else {
             t
         };
-        // Checked before candle-onnx multiplies the dims itself (a negative or huge dim
-        // overflowed there: found by the onnx fuzzer).
-        let want = elem_count(&t.dims)
-            .ok_or_else(|| bad(format!("dims {:?} are negative or too large", t.dims)))?;
-        let v = candle_onnx::eval::get_tensor(proto, &t.name)
-            .and_then(|v| v.to_device(device))
-            .map_err(|e| bad(e.to_string().lines().next().unwrap_or("").to_string()))?;
-        if v.elem_count() != want {
+        let v = ops::tensor(proto, &t.name)
+            .and_then(|v| Ok(v.to_device(device)?))
+            .map_err(|e| bad(e.to_string()))?;
+        if Some(v.elem_count()) != ops::elem_count(&t.dims) {
             return Err(bad(format!(
                 "{} values for dims {:?} (a missing external data file?)",
                 v.elem_count(),

@@ -52,6 +52,26 @@ pub(super) fn unsupported(what: impl Into<String>) -> OpError {
     OpError::Unsupported(what.into())
 }
 
+/// The number of values of a tensor with these dims; `None` for a negative dim or a
+/// product past `usize`.
+pub(super) fn elem_count(dims: &[i64]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    })
+}
+
+/// A tensor stored in the graph (initialiser or `Constant`), its dims checked before
+/// candle-onnx multiplies them out unchecked (the onnx fuzzer overflowed it there).
+pub(super) fn tensor(t: &candle_onnx::onnx::TensorProto, name: &str) -> Result<Tensor, OpError> {
+    if elem_count(&t.dims).is_none() {
+        return Err(unsupported(format!(
+            "dims {:?}: negative or too large",
+            t.dims
+        )));
+    }
+    Ok(candle_onnx::eval::get_tensor(t, name)?)
+}
+
 const FAMILIES: &[&[(&str, OpFn)]] = &[
     activation::OPS,
     arith::OPS,

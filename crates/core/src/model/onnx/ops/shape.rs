@@ -3,7 +3,7 @@
 //! Reshape, as in ShuffleNet's channel shuffle). Float data moves through candle's
 //! differentiable views; the integer tensors carry no gradient.
 
-use super::{axis, i64s, one, unsupported, Ctx, OpError, OpFn, OpResult};
+use super::{axis, i64s, one, tensor, unsupported, Ctx, OpFn, OpResult};
 use candle_core::{DType, Tensor};
 
 pub(super) const OPS: &[(&str, OpFn)] = &[
@@ -27,16 +27,6 @@ pub(super) const OPS: &[(&str, OpFn)] = &[
 
 fn identity(c: &Ctx) -> OpResult {
     one(c.input(0)?)
-}
-
-fn tensor(t: &candle_onnx::onnx::TensorProto, name: &str) -> Result<Tensor, OpError> {
-    if super::super::elem_count(&t.dims).is_none() {
-        return Err(OpError::Unsupported(format!(
-            "tensor `{name}` has dims {:?}: negative or too large",
-            t.dims
-        )));
-    }
-    Ok(candle_onnx::eval::get_tensor(t, name)?)
 }
 
 fn constant(c: &Ctx) -> OpResult {
