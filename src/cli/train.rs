@@ -37,8 +37,8 @@ pub struct TrainArgs {
     /// Folder for <task>.toml and <task>.safetensors
     #[arg(long, short = 'o', default_value = "samples/models")]
     pub out: PathBuf,
-    /// shapes only: the backgrounds to train on (see `eval --backgrounds`); `mix`
-    /// randomises them, the default `textured` is what the sample model learned
+    /// shapes only: the backgrounds to train on (see `eval --backgrounds`); the default
+    /// `mix` randomises them, as the sample model learned
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(shapes::Backgrounds::NAMES))]
     pub backgrounds: Option<String>,
     /// Hide the progress bar
@@ -80,8 +80,9 @@ pub struct EvalArgs {
     /// Seed of a task's held-out samples
     #[arg(long, default_value_t = HELDOUT_SEED)]
     pub seed: u64,
-    /// shapes only: the backgrounds to draw on. `textured`: the sample model's own;
-    /// `mix`: noise of every scale, gradients, stripes, photo crops, under pixel noise;
+    /// shapes only: the backgrounds to draw on. `mix` (default): noise of every scale,
+    /// gradients, stripes, photo crops, under pixel noise, as the sample model learned;
+    /// `textured`: soft gratings only, as the first sample model learned;
     /// `held-out`: a generator no training uses (a rotated colour mosaic under strong
     /// noise); `noise`: strong per-pixel colour noise
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(shapes::Backgrounds::NAMES))]

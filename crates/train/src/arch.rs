@@ -20,6 +20,8 @@ pub struct ArchSpec {
     pub dims: Dims,
     pub in_channels: usize,
     pub blocks: Vec<BlockSpec>,
+    /// The block whose output is the default Grad-CAM layer; None: the last.
+    pub target: Option<usize>,
     pub num_classes: usize,
 }
 
@@ -42,12 +44,11 @@ impl ArchSpec {
             .collect()
     }
 
-    /// The default Grad-CAM layer: the last block's output.
+    /// The default Grad-CAM layer: the output of block `target`, else of the last block.
     pub fn target_layer(&self) -> String {
-        self.block_names()
-            .last()
-            .map(|(c, _)| c.clone())
-            .unwrap_or_default()
+        let names = self.block_names();
+        let i = self.target.unwrap_or(names.len().saturating_sub(1));
+        names.get(i).map(|(c, _)| c.clone()).unwrap_or_default()
     }
 
     /// The `[[layer]]` entries of the sequential config.

@@ -4,6 +4,7 @@
 use camstream_core::model::layers::Dims;
 use camstream_core::preprocess::melspec::{LogMel, MelConfig};
 use camstream_core::preprocess::{normalise, InputKind, InputSpec, Resize};
+use rand::Rng as _;
 
 use crate::arch::{ArchSpec, BlockSpec};
 use crate::synth::{audio, ecg, shapes, Rng};
@@ -60,6 +61,15 @@ pub trait Task {
     /// The `[input]` section of the model config.
     fn input_toml(&self) -> String;
     fn sample(&self, rng: &mut Rng) -> TaskSample;
+    /// Classes the trainer's head has: the labels, then any class the task uses only in
+    /// training (dropped from the saved model).
+    fn train_classes(&self) -> usize {
+        self.labels().len()
+    }
+    /// A training sample, possibly of a training-only class.
+    fn train_sample(&self, rng: &mut Rng) -> TaskSample {
+        self.sample(rng)
+    }
 }
 
 fn blocks(spec: &[(usize, usize, usize, bool)]) -> Vec<BlockSpec> {
@@ -74,7 +84,7 @@ fn blocks(spec: &[(usize, usize, usize, bool)]) -> Vec<BlockSpec> {
 }
 
 /// The shapes task; `backgrounds` picks the family its pictures are drawn on (by default
-/// the textured one the sample model learned).
+/// the randomised mix the sample model learned).
 pub struct Shapes {
     pub backgrounds: shapes::Backgrounds,
 }
@@ -82,7 +92,7 @@ pub struct Shapes {
 impl Default for Shapes {
     fn default() -> Self {
         Self {
-            backgrounds: shapes::Backgrounds::Textured,
+            backgrounds: shapes::Backgrounds::Mix,
         }
     }
 }
@@ -120,6 +130,9 @@ impl Task for Shapes {
                 (64, 3, 1, true),
                 (64, 3, 1, false),
             ]),
+            // The last 16x16 block: at the 8x8 one the peak fell beside the shape
+            // (README, the shapes task).
+            target: Some(2),
             num_classes: 3,
         }
     }
@@ -136,6 +149,24 @@ impl Task for Shapes {
             input: normalise(&s.image, &Self::input_spec()),
             class: s.class,
             region: Some(Region::Box { x0, y0, x1, y1 }),
+        }
+    }
+    /// A fourth class, "no shape", a quarter of the training pictures: without it a
+    /// triangle is whatever is neither circle nor square, and the triangle's Grad-CAM lit
+    /// the background (39 % pointing on held-out backgrounds, against 89 % for circles).
+    fn train_classes(&self) -> usize {
+        shapes::LABELS.len() + 1
+    }
+    fn train_sample(&self, rng: &mut Rng) -> TaskSample {
+        if rng.random_range(0..self.train_classes()) < shapes::LABELS.len() {
+            return self.sample(rng);
+        }
+        let mut canvas = self.backgrounds.canvas(rng, shapes::SIZE, shapes::SIZE);
+        self.backgrounds.finish(rng, &mut canvas);
+        TaskSample {
+            input: normalise(&canvas.to_image(), &Self::input_spec()),
+            class: shapes::LABELS.len(),
+            region: None,
         }
     }
 }
@@ -159,6 +190,7 @@ impl Task for Ecg {
                 (64, 5, 1, true),
                 (64, 5, 1, false),
             ]),
+            target: None,
             num_classes: 2,
         }
     }
@@ -231,6 +263,7 @@ impl Task for AudioEvents {
                 (48, 3, 1, true),
                 (64, 3, 1, false),
             ]),
+            target: None,
             num_classes: audio::LABELS.len(),
         }
     }

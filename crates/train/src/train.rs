@@ -97,15 +97,23 @@ impl TrainNet {
         let x = x.flatten_from(2)?.mean(D::Minus1)?;
         Ok(x.apply(&self.fc)?)
     }
+
+    /// Eval-mode logits of the task's labels only, as the saved model gives them.
+    pub fn logits(&self, task: &dyn Task, x: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .forward_t(x, false)?
+            .narrow(D::Minus1, 0, task.labels().len())?)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Training("the variable map lock is poisoned".into())
 }
 
 /// Deterministic initialisation from our own RNG (candle's is not seedable): Kaiming
 /// normal for convs, PyTorch's uniform for the linear layer, identity BatchNorm.
 fn init_vars(varmap: &VarMap, rng: &mut Rng) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::Training("the variable map lock is poisoned".into()))?;
+    let data = varmap.data().lock().map_err(|_| poisoned())?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for name in names {
@@ -149,17 +157,23 @@ pub struct Trained {
     pub batch_accuracy: Vec<f32>,
 }
 
-/// A batch of fresh samples as (inputs, labels).
+/// A batch of fresh samples as (inputs, labels): training samples (training-only classes
+/// included) or held-out ones.
 pub fn batch(
     task: &dyn Task,
     rng: &mut Rng,
     n: usize,
+    training: bool,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let mut xs = Vec::new();
     let mut ys = Vec::with_capacity(n);
     for _ in 0..n {
-        let s = task.sample(rng);
+        let s = if training {
+            task.train_sample(rng)
+        } else {
+            task.sample(rng)
+        };
         xs.extend(s.input);
         ys.push(s.class as u32);
     }
@@ -181,7 +195,9 @@ pub fn train(
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let net = TrainNet::new(&task.arch(), vb)?;
+    let mut arch = task.arch();
+    arch.num_classes = task.train_classes();
+    let net = TrainNet::new(&arch, vb)?;
     let mut rng = crate::synth::rng(opt.seed);
     init_vars(&varmap, &mut rng)?;
     let mut adam = candle_nn::AdamW::new(
@@ -198,7 +214,7 @@ pub fn train(
         let lr =
             opt.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / opt.steps as f64).cos());
         adam.set_learning_rate(lr);
-        let (x, y) = batch(task, &mut rng, opt.batch, &device)?;
+        let (x, y) = batch(task, &mut rng, opt.batch, true, &device)?;
         let logits = net.forward_t(&x, true)?;
         let hits = logits
             .argmax(D::Minus1)?
@@ -227,8 +243,8 @@ pub fn accuracy(task: &dyn Task, net: &TrainNet, seed: u64, n: usize) -> Result<
     let mut done = 0;
     while done < n {
         let b = 50.min(n - done);
-        let (x, y) = batch(task, &mut rng, b, &Device::Cpu)?;
-        let pred = net.forward_t(&x, false)?.argmax(D::Minus1)?;
+        let (x, y) = batch(task, &mut rng, b, false, &Device::Cpu)?;
+        let pred = net.logits(task, &x)?.argmax(D::Minus1)?;
         let ok = pred
             .eq(&y)?
             .to_dtype(DType::F32)?
@@ -251,8 +267,20 @@ pub fn save(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = task.name();
     let weights = dir.join(format!("{name}.safetensors"));
+    let classes = task.labels().len();
+    let mut tensors = std::collections::HashMap::new();
+    for (k, v) in trained.varmap.data().lock().map_err(|_| poisoned())?.iter() {
+        let t = v.as_tensor();
+        // Training-only classes are the head's last rows.
+        let t = if k.starts_with("fc.") {
+            t.narrow(0, 0, classes)?
+        } else {
+            t.clone()
+        };
+        tensors.insert(k.clone(), t);
+    }
     write_atomic(&weights, |tmp| {
-        trained.varmap.save(tmp).map_err(Error::from)
+        candle_core::safetensors::save(&tensors, tmp).map_err(Error::from)
     })?;
     let labels: Vec<String> = task.labels().iter().map(|l| format!("\"{l}\"")).collect();
     let arch = task.arch();
@@ -288,7 +316,7 @@ mod tests {
         .unwrap();
         let mut rng = crate::synth::rng(5);
         init_vars(&varmap, &mut rng).unwrap();
-        let (x, y) = batch(&task, &mut rng, 16, &device).unwrap();
+        let (x, y) = batch(&task, &mut rng, 16, false, &device).unwrap();
         let mut adam = candle_nn::AdamW::new_lr(varmap.all_vars(), 1e-2).unwrap();
         let mut losses = vec![];
         for _ in 0..20 {
@@ -300,38 +328,64 @@ mod tests {
         assert!(losses[19] < 0.6 * losses[0], "{losses:?}");
     }
 
+    /// ECG, and shapes with its training-only "no shape" class, which the saved head drops.
     #[test]
     fn saved_model_loads_into_the_inference_path_with_equal_logits() {
-        let task = tasks::Ecg;
-        let trained = train(
-            &task,
-            &TrainOptions {
-                steps: 3,
-                batch: 8,
-                lr: 1e-2,
-                seed: 9,
-            },
-            |_, _| {},
-        )
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        save(&task, &trained, dir.path(), 0.5, "# test\n").unwrap();
-        let cfg = dir.path().join("ecg.toml");
-        let net =
-            Network::load(&ModelRequest::new(ModelSource::Config(cfg)), &Device::Cpu).unwrap();
-        assert_eq!(net.labels.as_deref().unwrap(), ["normal", "ectopic"]);
-        assert_eq!(net.default_layer, "features.6");
-        let (x, _) = batch(&task, &mut crate::synth::rng(11), 4, &Device::Cpu).unwrap();
-        let a = trained.net.forward_t(&x, false).unwrap();
-        let b = net.forward(&x).unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
+        let cases: [(&dyn Task, &[&str], &str); 2] = [
+            (&tasks::Ecg, &["normal", "ectopic"], "features.6"),
+            (
+                &tasks::Shapes::default(),
+                &["circle", "square", "triangle"],
+                "features.4",
+            ),
+        ];
+        for (task, labels, layer) in cases {
+            let trained = train(
+                task,
+                &TrainOptions {
+                    steps: 3,
+                    batch: 8,
+                    lr: 1e-2,
+                    seed: 9,
+                },
+                |_, _| {},
+            )
             .unwrap();
-        assert!(d < 1e-4, "logits differ by {d}");
+            let dir = tempfile::tempdir().unwrap();
+            save(task, &trained, dir.path(), 0.5, "# test\n").unwrap();
+            let cfg = dir.path().join(format!("{}.toml", task.name()));
+            let net =
+                Network::load(&ModelRequest::new(ModelSource::Config(cfg)), &Device::Cpu).unwrap();
+            assert_eq!(net.labels.as_deref().unwrap(), labels);
+            assert_eq!(net.default_layer, layer);
+            let (x, _) = batch(task, &mut crate::synth::rng(11), 4, false, &Device::Cpu).unwrap();
+            let a = trained.net.logits(task, &x).unwrap();
+            let b = net.forward(&x).unwrap();
+            assert_eq!(b.dims(), [4, labels.len()]);
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "{}: logits differ by {d}", task.name());
+        }
+    }
+
+    #[test]
+    fn shapes_trains_a_quarter_of_empty_pictures_of_its_own_class() {
+        let task = tasks::Shapes::default();
+        assert_eq!(task.train_classes(), 4);
+        let mut rng = crate::synth::rng(3);
+        let samples: Vec<_> = (0..400).map(|_| task.train_sample(&mut rng)).collect();
+        let empty: Vec<_> = samples.iter().filter(|s| s.class == 3).collect();
+        assert!((70..130).contains(&empty.len()), "{}", empty.len());
+        assert!(empty.iter().all(|s| s.region.is_none()));
+        assert!(samples
+            .iter()
+            .filter(|s| s.class < 3)
+            .all(|s| s.region.is_some()));
     }
 }

@@ -1,6 +1,6 @@
 //! Backgrounds for the shapes task. A model trained on one texture learns that texture:
-//! the sample model's Grad-CAM lit up the background as soon as the noise changed. `Mix`
-//! randomises them for training, and one generator (`HeldOut`) is kept out of every
+//! the first sample model's Grad-CAM lit up the background as soon as the noise changed.
+//! `Mix` randomises them for training, and one generator (`HeldOut`) is kept out of every
 //! training to measure how well a model localises on backgrounds it never saw.
 
 use std::sync::OnceLock;
@@ -15,11 +15,12 @@ use super::Rng;
 /// Which family a shapes picture's background comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backgrounds {
-    /// Soft gratings under faint noise: what the shipped sample model was trained on.
+    /// Soft gratings under faint noise: what the first sample model was trained on.
     Textured,
-    /// The randomised mix: the gratings texture, colour or grey noise at every scale from
-    /// one pixel to half the picture, linear and radial gradients, stripes, and crops of
-    /// the photos in `samples/photos`; pixel noise of any strength on top.
+    /// The randomised mix the sample model is trained on: the gratings texture, colour or
+    /// grey noise at every scale from one pixel to half the picture, linear and radial
+    /// gradients, stripes, and crops of the photos in `samples/photos`; pixel noise of any
+    /// strength on top, and one picture in five blurred ([`Backgrounds::finish`]).
     Mix,
     /// Never used in training: a rotated mosaic of random-colour tiles under strong
     /// per-pixel colour noise.
@@ -77,6 +78,34 @@ impl Backgrounds {
                 c
             }
         }
+    }
+
+    /// What happens to the whole picture once the shape is drawn: for `Mix`, a blur
+    /// (down- and up-sampling) one time in five. A model that only saw sharp shapes on
+    /// noisy backgrounds learned "the smooth patch" and lost accuracy on resized pictures.
+    pub fn finish(self, rng: &mut Rng, c: &mut Canvas) {
+        if self != Self::Mix || !rng.random_bool(0.2) {
+            return;
+        }
+        let f = rng.random_range(0.5..0.9);
+        let small = imageops::resize(
+            &c.to_image(),
+            ((c.w as f32 * f) as u32).max(1),
+            ((c.h as f32 * f) as u32).max(1),
+            FilterType::Triangle,
+        );
+        *c = from_image(&imageops::resize(&small, c.w, c.h, FilterType::Triangle));
+    }
+}
+
+fn from_image(img: &RgbImage) -> Canvas {
+    Canvas {
+        w: img.width(),
+        h: img.height(),
+        px: img
+            .pixels()
+            .map(|p| p.0.map(|v| f32::from(v) / 255.0))
+            .collect(),
     }
 }
 
@@ -228,14 +257,7 @@ fn photo_crop(rng: &mut Rng, w: u32, h: u32) -> Canvas {
     if rng.random_bool(0.5) {
         imageops::flip_horizontal_in_place(&mut img);
     }
-    Canvas {
-        w,
-        h,
-        px: img
-            .pixels()
-            .map(|p| p.0.map(|v| f32::from(v) / 255.0))
-            .collect(),
-    }
+    from_image(&img)
 }
 
 /// Tiles of random colours on a grid rotated by a random angle.
@@ -273,6 +295,25 @@ mod tests {
                 assert_eq!(c.px, again.px, "{name} seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn only_the_mix_blurs_a_fifth_of_its_pictures() {
+        let blurred = |b: Backgrounds| {
+            (0..200)
+                .filter(|&seed| {
+                    let mut rng = crate::synth::rng(seed);
+                    let mut c = b.canvas(&mut rng, 64, 48);
+                    let before = c.px.clone();
+                    b.finish(&mut rng, &mut c);
+                    assert_eq!((c.w, c.h, c.px.len()), (64, 48, 64 * 48));
+                    c.px != before
+                })
+                .count()
+        };
+        assert_eq!(blurred(Backgrounds::Textured), 0);
+        assert_eq!(blurred(Backgrounds::HeldOut), 0);
+        assert!((20..60).contains(&blurred(Backgrounds::Mix)));
     }
 
     #[test]

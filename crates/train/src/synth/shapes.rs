@@ -213,6 +213,7 @@ pub fn sample_on(rng: &mut Rng, backgrounds: Backgrounds) -> ShapeSample {
     let mut canvas = backgrounds.canvas(rng, SIZE, SIZE);
     let shape = random_shape(rng, class, SIZE, SIZE, 12.0, 30.0, canvas.mean());
     let bbox = canvas.draw(&shape);
+    backgrounds.finish(rng, &mut canvas);
     ShapeSample {
         image: canvas.to_image(),
         class,
