@@ -161,10 +161,9 @@ impl Task for Shapes {
         if rng.random_range(0..self.train_classes()) < shapes::LABELS.len() {
             return self.sample(rng);
         }
-        let mut canvas = self.backgrounds.canvas(rng, shapes::SIZE, shapes::SIZE);
-        self.backgrounds.finish(rng, &mut canvas);
+        let picture = shapes::background_only(rng, self.backgrounds);
         TaskSample {
-            input: normalise(&canvas.to_image(), &Self::input_spec()),
+            input: normalise(&picture, &Self::input_spec()),
             class: shapes::LABELS.len(),
             region: None,
         }

@@ -207,6 +207,14 @@ pub fn sample(rng: &mut Rng) -> ShapeSample {
     sample_on(rng, Backgrounds::Textured)
 }
 
+/// A SIZE x SIZE picture of the given family's background alone, finished as a picture
+/// with a shape would be (the shapes model's training-only "no shape" class).
+pub fn background_only(rng: &mut Rng, backgrounds: Backgrounds) -> RgbImage {
+    let mut canvas = backgrounds.canvas(rng, SIZE, SIZE);
+    backgrounds.finish(rng, &mut canvas);
+    canvas.to_image()
+}
+
 /// One picture on a background from the given family.
 pub fn sample_on(rng: &mut Rng, backgrounds: Backgrounds) -> ShapeSample {
     let class = rng.random_range(0..LABELS.len());
