@@ -45,13 +45,21 @@ fn memory_frames_to_channels_match_the_explainer() {
         overlay_workers: 2,
     };
     let mut source = MemoryFrames::new(pictures.clone().into_iter(), w, h, 25);
+    // The observer sees every drawn frame with its record, in order.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let observe = |rgb: &image::RgbImage, r: &FrameRecord| {
+        seen.lock().unwrap().push((r.index, rgb.dimensions()));
+    };
     let sinks = Sinks {
         frames: Some(&mut frame_tx),
         records: Some(&mut rec_tx as &mut dyn RecordSink<FrameRecord>),
         progress: None,
+        observe: Some(&observe),
     };
     let report = run_frames(&mut source, &job, sinks, &AtomicBool::new(false)).unwrap();
     assert_eq!((report.frames, report.explained), (7, 7));
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen, (0..7).map(|i| (i, (w, h))).collect::<Vec<_>>());
     drop((rec_tx, frame_tx));
 
     let records: Vec<FrameRecord> = rec_rx.iter().collect();
@@ -94,6 +102,7 @@ fn memory_frames_to_channels_match_the_explainer() {
         frames: None,
         records: None,
         progress: None,
+        observe: None,
     };
     let e = run_frames(&mut source, &job, none, &AtomicBool::new(false)).unwrap_err();
     assert!(e.to_string().contains("`norm`"), "{e}");

@@ -5,6 +5,7 @@ mod explain;
 mod interrupt;
 mod layers;
 mod samples;
+mod serve;
 mod signal;
 mod train;
 mod video;
@@ -12,7 +13,7 @@ mod video;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use camstream_core::{Arch, ModelRequest, ModelSource, Network};
+use camstream_core::{ModelRequest, ModelSource, Network};
 use clap::{Args, Parser, Subcommand};
 
 const ABOUT: &str = "Explain what a convolutional network looks at (Grad-CAM), on pictures, \
@@ -88,6 +89,10 @@ enum Command {
     /// faithfulness per CAM method: on a sample task's held-out samples, or on a labelled
     /// folder or manifest (--data)
     Eval(train::EvalArgs),
+    /// Serve explanations over HTTP: KServe V1 (:predict, :explain), the Open Inference
+    /// Protocol (V2 infer with a cam output), video/signal jobs with progress events, and
+    /// a web page at /. Example: camstream serve --model shapes=samples/models/shapes.toml
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -110,18 +115,7 @@ pub struct ModelArgs {
 /// `--model`: a built-in name, or a file whose extension says what it is. Parsed when the
 /// command runs (not by clap), so a bad name is a one-line error like any other.
 pub(crate) fn parse_model(s: &str) -> Result<ModelSource> {
-    if let Some(arch) = Arch::from_name(s) {
-        return Ok(ModelSource::Builtin(arch));
-    }
-    let path = PathBuf::from(s);
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => Ok(ModelSource::Onnx(path)),
-        Some("toml") => Ok(ModelSource::Config(path)),
-        _ => anyhow::bail!(
-            "unknown model `{s}`; supported: {}, <model>.onnx, <config>.toml",
-            Arch::names().join(", ")
-        ),
-    }
+    Ok(ModelSource::parse(s)?)
 }
 
 /// The CAM method and its options, the same in every command.
@@ -364,6 +358,7 @@ pub fn run() -> Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::Train(a) => train::run_train(&a),
         Command::Eval(a) => train::run_eval(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 

@@ -255,6 +255,7 @@ pub fn run(a: &SignalArgs) -> Result<()> {
                 colormap,
             },
             progress: Some(&progress),
+            cancel: None,
         };
         let report = run_signal(&job, reader)?;
         bar.finish_and_clear();

@@ -213,6 +213,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             overlay_workers: a.workers.max(1),
         },
         progress: Some(&progress),
+        observe: None,
     };
     let report = run_video(&job, cancel)?;
     bar.finish_and_clear();
@@ -287,6 +288,7 @@ pub fn bench(
             overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         },
         progress: None,
+        observe: None,
     };
     let r = run_video(&job, &AtomicBool::new(false));
     let _ = std::fs::remove_file(&output);

@@ -101,13 +101,8 @@ pub fn ok(out: &Output) -> String {
 
 /// The model source a path names: a built-in's name, an `.onnx` file, else a config.
 pub fn source(model: &Path) -> camstream_core::ModelSource {
-    if let Some(arch) = model.to_str().and_then(camstream_core::Arch::from_name) {
-        return camstream_core::ModelSource::Builtin(arch);
-    }
-    match model.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => camstream_core::ModelSource::Onnx(model.to_path_buf()),
-        _ => camstream_core::ModelSource::Config(model.to_path_buf()),
-    }
+    camstream_core::ModelSource::parse(s(model))
+        .unwrap_or_else(|_| camstream_core::ModelSource::Config(model.to_path_buf()))
 }
 
 /// A model (built-in name, ONNX or config) on the CPU, optionally with weights, kept

@@ -43,7 +43,7 @@ pub fn read_inputs(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
         .unwrap_or("")
         .to_ascii_lowercase();
     if ext == "npy" {
-        return read_tensor(path, spec, rank);
+        return read_tensor(path, spec);
     }
     if rank != 2 {
         return Err(Error::Unsupported {
@@ -52,24 +52,48 @@ pub fn read_inputs(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
             supported: vec![".npy (C,L) or (N,C,L) float32".into()],
         });
     }
-    let img = read_image(path)?;
-    let p = prepare_image(&img, spec);
+    Ok(vec![picture_input(&read_image(path)?, spec)])
+}
+
+/// A decoded picture prepared for a 2D model, with the view an overlay is drawn on.
+pub fn picture_input(img: &RgbImage, spec: &InputSpec) -> FileInput {
+    let p = prepare_image(img, spec);
     let [sx, sy, sw, sh] = p.placement.source;
-    let view = image::imageops::crop_imm(&img, sx, sy, sw, sh).to_image();
+    let view = image::imageops::crop_imm(img, sx, sy, sw, sh).to_image();
     let mut shape = vec![spec.channels];
     shape.extend(p.size);
-    Ok(vec![FileInput {
+    FileInput {
         data: p.chw,
         shape,
         placement: Some(p.placement),
         view: Some((view, p.placement.model.map(|v| v as usize))),
-    }])
+    }
 }
 
-fn read_tensor(path: &Path, spec: &InputSpec, rank: usize) -> Result<Vec<FileInput>> {
+fn read_tensor(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
     let (data, shape) = read_npy(path)?;
+    tensor_inputs(path, data, &shape, spec)
+}
+
+/// A float32 tensor of (C, spatial...) or (N, C, spatial...) values from `origin` (a file,
+/// or a request), checked against `spec` (rank, channels, finite values, not empty) and
+/// split into samples.
+pub fn tensor_inputs(
+    origin: &Path,
+    data: Vec<f32>,
+    shape: &[usize],
+    spec: &InputSpec,
+) -> Result<Vec<FileInput>> {
+    let path = origin;
+    let rank = spatial_rank(spec);
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(Error::file(
+            path,
+            format!("{} values do not fill shape {shape:?}", data.len()),
+        ));
+    }
     let (n, per) = if shape.len() == rank + 1 {
-        (1, shape.clone())
+        (1, shape.to_vec())
     } else if shape.len() == rank + 2 {
         (shape[0], shape[1..].to_vec())
     } else {

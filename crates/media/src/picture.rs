@@ -17,6 +17,24 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
             .with_guessed_format()
             .map_err(|e| Error::io(path, e))
     };
+    decode_guarded(path, open)
+}
+
+/// A picture from bytes in memory (a request's upload); `origin` names it in errors.
+pub fn decode_image(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
+    let open = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::io(origin, e))
+    };
+    decode_guarded(origin, open)
+}
+
+/// Reads the header first: a picture too large is refused before decoding.
+fn decode_guarded<R: std::io::BufRead + std::io::Seek>(
+    path: &Path,
+    open: impl Fn() -> Result<image::ImageReader<R>>,
+) -> Result<RgbImage> {
     let reader = open()?;
     if reader.format().is_none() {
         return Err(Error::file(

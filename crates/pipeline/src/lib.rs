@@ -49,6 +49,9 @@ pub enum PipelineError {
     /// A run that produced nothing to write.
     #[error("{input}: no frames to write ({why})")]
     NoFrames { input: PathBuf, why: String },
+    /// The caller asked the job to stop; nothing was written.
+    #[error("cancelled")]
+    Cancelled,
     /// The caller dropped the receiving end of a channel sink.
     #[error("the receiver of {0} went away")]
     ReceiverGone(&'static str),

@@ -5,7 +5,7 @@
 //! input's sample rate.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -50,6 +50,9 @@ pub struct SignalJob<'a> {
     pub output: SignalOutput,
     /// Called with (input frames read, frames expected).
     pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+    /// Set, the job stops at the next chunk read and writes nothing
+    /// ([`PipelineError::Cancelled`]).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// The model stage's part of a signal job.
@@ -334,6 +337,7 @@ pub fn run_signal(
         let frames_read = &frames_read;
         let plan = &plan;
         let progress = job.progress;
+        let cancel = job.cancel;
         let mut resampler = resampler;
         s.spawn(move || {
             guard("read", errors, || {
@@ -344,7 +348,7 @@ pub fn run_signal(
                     raw_tx,
                     StageCtl::new(errors, &busy[0]),
                     frames_read,
-                    progress,
+                    ReadHooks { progress, cancel },
                 )
             })
         });
@@ -504,6 +508,12 @@ struct Outputs {
     cam: Option<NpyStream>,
 }
 
+/// What the caller of a signal job hears from and says to the read stage.
+struct ReadHooks<'a> {
+    progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+    cancel: Option<&'a AtomicBool>,
+}
+
 fn read_stage(
     reader: &mut dyn SignalReader,
     plan: &[Vec<usize>],
@@ -511,8 +521,9 @@ fn read_stage(
     tx: Sender<Vec<Vec<f32>>>,
     ctl: StageCtl,
     frames_read: &AtomicU64,
-    progress: Option<&(dyn Fn(u64, Option<u64>) + Sync)>,
+    hooks: ReadHooks,
 ) -> Result<(), PipelineError> {
+    let ReadHooks { progress, cancel } = hooks;
     let info = reader.info().clone();
     let have = info.channels.len();
     let c = plan.len();
@@ -523,6 +534,9 @@ fn read_stage(
     loop {
         if ctl.errors.failed() {
             return Ok(());
+        }
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(PipelineError::Cancelled);
         }
         let t = Instant::now();
         buf.clear();

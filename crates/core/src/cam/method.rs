@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 use crate::error::{Error, Result};
 
 /// A CAM method. Every map is then ReLU'd and min-max normalised like Grad-CAM's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Method {
     /// w_k = mean G_k; map = Σ_k w_k A_k.
     #[default]
@@ -158,7 +158,7 @@ impl std::fmt::Display for Method {
 }
 
 /// A method with its options, as every front end passes it to the core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CamConfig {
     pub method: Method,
     /// Reduce the weighted activations by their first principal component instead of

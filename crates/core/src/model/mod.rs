@@ -77,6 +77,27 @@ pub enum ModelSource {
     Onnx(PathBuf),
 }
 
+impl ModelSource {
+    /// A built-in name, or a file whose extension says what it is (`.onnx`, `.toml`).
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Some(arch) = Arch::from_name(s) {
+            return Ok(Self::Builtin(arch));
+        }
+        let path = PathBuf::from(s);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => Ok(Self::Onnx(path)),
+            Some("toml") => Ok(Self::Config(path)),
+            _ => Err(Error::BadOption {
+                name: "model",
+                why: format!(
+                    "unknown model `{s}`; supported: {}, <model>.onnx, <config>.toml",
+                    Arch::names().join(", ")
+                ),
+            }),
+        }
+    }
+}
+
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -24,7 +24,7 @@ use camstream_media::guard::{check_outputs, Output};
 use camstream_media::io::{Staged, TempPath};
 
 pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, RecordSink};
-pub use stages::{ModelConfig, OverlayConfig, Sinks};
+pub use stages::{ModelConfig, Observer, OverlayConfig, Sinks};
 
 use crate::norm::Norm;
 use crate::{
@@ -52,6 +52,8 @@ pub struct VideoJob<'a> {
     pub frames: FrameJob<'a>,
     /// Called with (frames done, frames expected) as frames are written.
     pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+    /// Sees each drawn frame and its record, in order (see [`Sinks::observe`]).
+    pub observe: Option<Observer<'a>>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -155,6 +157,7 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
             .as_mut()
             .map(|r| r as &mut dyn RecordSink<FrameRecord>),
         progress: job.progress,
+        observe: job.observe,
     };
     let mut report = run_stages(&mut source, &job.frames, sinks, cancel, None, clip_scale)?;
     if report.frames == 0 {
@@ -229,6 +232,7 @@ fn scan_max(
         frames: None,
         records: None,
         progress: None,
+        observe: None,
     };
     run_stages(source, job, sinks, cancel, Some(&max), 0.0)?;
     Ok(f32::from_bits(max.load(Ordering::Relaxed)))

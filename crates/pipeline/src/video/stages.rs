@@ -368,7 +368,13 @@ pub struct Sinks<'a> {
     pub records: Option<&'a mut dyn RecordSink<FrameRecord>>,
     /// Called with (frames done, frames expected) as frames are written.
     pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
+    /// Sees each drawn frame and its record, in order, before the sinks take them (a
+    /// server's thumbnails and live records).
+    pub observe: Option<Observer<'a>>,
 }
+
+/// Sees a drawn frame and its record (see [`Sinks::observe`]).
+pub type Observer<'a> = &'a (dyn Fn(&RgbImage, &FrameRecord) + Sync);
 
 /// Puts the overlay workers' frames back in order and writes them. Returns false when
 /// another stage failed: then nothing is finished.
@@ -391,6 +397,9 @@ pub(super) fn write(
         while let Some(r) = waiting.remove(&next) {
             let t = Instant::now();
             inject(Stage::Encode, r.index)?;
+            if let Some(see) = sinks.observe {
+                see(&r.rgb, &r.record);
+            }
             if let Some(f) = sinks.frames.as_deref_mut() {
                 f.write(r.rgb, r.pts)?;
             }
