@@ -21,7 +21,8 @@ fi
 [ -x "$bin" ] || cargo build --locked
 
 log=$(mktemp)
-"$bin" serve --model shapes=samples/models/shapes.toml --bind 127.0.0.1:0 2>"$log" &
+"$bin" serve --model shapes=samples/models/shapes.toml --model ecg=samples/models/ecg.toml \
+  --bind 127.0.0.1:0 2>"$log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
 url=""
@@ -33,7 +34,8 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] || { cat "$log"; echo "browser-test: no address from the server" >&2; exit 1; }
 
-node tests/browser/page.mjs "$url" samples/video/shapes.mp4 samples/images/triangle.png "$shots"
+node tests/browser/page.mjs "$url" samples/video/shapes.mp4 samples/images/circle.png \
+  samples/ecg/ecg_60s.csv "$shots"
 
 kill -TERM "$server"
 status=0

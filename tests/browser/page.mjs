@@ -2,12 +2,13 @@
 // sample video, wait for the job's `done`, check that the annotated video plays and
 // the frame's label is shown, and save a screenshot. Then a picture through :explain.
 // Run by scripts/browser-test.sh, which starts the server:
-//   node tests/browser/page.mjs http://127.0.0.1:PORT VIDEO PICTURE SCREENSHOT_DIR
+//   node tests/browser/page.mjs http://127.0.0.1:PORT VIDEO PICTURE SIGNAL SCREENSHOT_DIR
+// The server must serve `shapes` (first) and `ecg`.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
 
-const [url, video, picture, shots] = process.argv.slice(2);
+const [url, video, picture, signal, shots] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"],
@@ -50,6 +51,17 @@ try {
   assert.ok(width > 0, "the overlay decodes");
   await page.screenshot({ path: path.join(shots, "serve-image.png"), fullPage: true });
   console.log(`picture: "${card.trim()}"`);
+
+  // A recording for the ECG model: the plot, scrubbed with the slider.
+  await page.selectOption("#model", "ecg");
+  await page.setInputFiles("#file", signal);
+  await page.waitForSelector("#status[data-state=done]", { timeout: 120_000 });
+  await page.waitForFunction(() => document.querySelector("#plot").naturalWidth > 0);
+  await page.locator("#scrub").fill("900");
+  const at = await page.textContent("#signal-label");
+  assert.match(at, /^5\d\.\d\d s · window \d+: \w+ \d/, at);
+  await page.screenshot({ path: path.join(shots, "serve-signal.png"), fullPage: true });
+  console.log(`signal: "${at.trim()}"`);
 
   assert.deepEqual(problems, [], "no script errors on the page");
   console.log("browser test: ok");

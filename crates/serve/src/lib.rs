@@ -101,6 +101,8 @@ pub struct AppState {
     jobs: Jobs,
     limits: Limits,
     stop_tx: tokio::sync::watch::Sender<bool>,
+    /// When the shutdown began: in-flight work has `grace` from then.
+    stopped_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl AppState {
@@ -128,6 +130,7 @@ impl AppState {
             jobs,
             limits,
             stop_tx: tokio::sync::watch::channel(false).0,
+            stopped_at: std::sync::OnceLock::new(),
         }))
     }
 
@@ -265,21 +268,29 @@ pub async fn serve(
     let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight work");
+        let _ = stopper.stopped_at.set(tokio::time::Instant::now());
         stopper.stop_tx.send_replace(true);
     });
     let grace = app.limits.grace;
+    let deadline = |app: &AppState| {
+        app.stopped_at
+            .get()
+            .map_or_else(tokio::time::Instant::now, |t| *t + grace)
+    };
     let mut stop = app.stopping();
-    let deadline = async move {
-        let _ = stop.wait_for(|s| *s).await;
-        tokio::time::sleep(grace).await;
+    let drained = {
+        let app = app.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep_until(deadline(&app)).await;
+        }
     };
     let served = tokio::select! {
         r = server.into_future() => r,
-        _ = deadline => Ok(()),
+        _ = drained => Ok(()),
     };
     // Jobs still running after the connections closed get the rest of the grace.
-    let waited = tokio::time::Instant::now();
-    while app.jobs.active() > 0 && waited.elapsed() < grace {
+    while app.jobs.active() > 0 && tokio::time::Instant::now() < deadline(&app) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.jobs.cancel_all();
