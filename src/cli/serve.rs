@@ -120,6 +120,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cancel = super::interrupt::graceful();
     let runtime = tokio::runtime::Builder::new_multi_thread()
