@@ -61,12 +61,18 @@ async fn main() {
     let wall = started.elapsed().as_secs_f64();
     let mut ms: Vec<f64> = all.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
     ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms.get(((ms.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied();
+    let pct = |p: f64| {
+        ms.get(((ms.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+    };
     let mut statuses = std::collections::BTreeMap::new();
     for r in &all {
         *statuses.entry(r.0.to_string()).or_insert(0u64) += 1;
     }
-    let bad = all.iter().filter(|r| r.0 == 0 || (r.0 >= 500 && r.0 != 503)).count();
+    let bad = all
+        .iter()
+        .filter(|r| r.0 == 0 || (r.0 >= 500 && r.0 != 503))
+        .count();
     println!(
         "{}",
         serde_json::json!({
