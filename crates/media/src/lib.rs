@@ -4,6 +4,7 @@
 //! The numbers themselves come from `camstream-core`.
 
 pub mod decode;
+#[cfg(feature = "video")]
 pub mod encode;
 pub mod error;
 pub mod guard;

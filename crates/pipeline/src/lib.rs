@@ -4,7 +4,9 @@
 //! them, and outputs appear under their names only when complete.
 
 mod norm;
+pub mod records;
 pub mod signal;
+#[cfg(feature = "video")]
 pub mod video;
 
 use std::path::PathBuf;
@@ -13,17 +15,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub use norm::Norm;
+pub use records::{JsonLines, RecordSink};
+#[cfg(feature = "video")]
 pub use video::{
     run_frames, run_video, FrameJob, ModelConfig, OverlayConfig, VideoJob, VideoReport,
 };
 
+#[cfg(feature = "video")]
 use camstream_media::decode::DecodeError;
+#[cfg(feature = "video")]
 use camstream_media::encode::EncodeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    #[cfg(feature = "video")]
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[cfg(feature = "video")]
     #[error(transparent)]
     Encode(#[from] EncodeError),
     #[error(transparent)]
@@ -234,7 +242,7 @@ fn fault() -> Option<(Stage, u64)> {
     Some((Stage::parse(st)?, n.parse().ok()?))
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "video", feature = "fault-injection"))]
 pub(crate) fn inject(stage: Stage, frame: u64) -> Result<(), PipelineError> {
     match fault() {
         Some((s, n)) if s == stage && n == frame => Err(PipelineError::Injected {
@@ -245,7 +253,7 @@ pub(crate) fn inject(stage: Stage, frame: u64) -> Result<(), PipelineError> {
     }
 }
 
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(all(feature = "video", not(feature = "fault-injection")))]
 pub(crate) fn inject(_stage: Stage, _frame: u64) -> Result<(), PipelineError> {
     Ok(())
 }

@@ -28,12 +28,14 @@ impl Norm {
 }
 
 /// State across frames.
+#[cfg(feature = "video")]
 #[derive(Default)]
 pub struct Normaliser {
     smooth: Vec<f32>,
     scale: f32,
 }
 
+#[cfg(feature = "video")]
 impl Normaliser {
     /// For `Norm::Clip`: the clip's largest ReLU'd map value, from the first pass.
     pub fn with_clip_scale(scale: f32) -> Self {
@@ -44,6 +46,7 @@ impl Normaliser {
     }
 }
 
+#[cfg(feature = "video")]
 impl Normaliser {
     /// Signed raw map in, map in [0, 1] out (same low resolution). A `scaled` map is
     /// already pytorch-grad-cam's final map, which per-frame scaling keeps as it is.

@@ -24,7 +24,7 @@ use camstream_media::decode::signal::{SignalError, SignalInfo, SignalReader};
 use camstream_media::guard::{check_outputs, Output};
 use camstream_media::io::{Staged, StreamFile};
 
-use crate::video::{JsonLines, RecordSink};
+use crate::records::{JsonLines, RecordSink};
 use camstream_media::npy::NpyStream;
 use camstream_media::render::recording::{plot_recording, Band, Envelope, RecordingPlot};
 use camstream_media::render::Colormap;

@@ -23,7 +23,8 @@ use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
 use camstream_media::guard::{check_outputs, Output};
 use camstream_media::io::{Staged, TempPath};
 
-pub use io::{EncodedVideo, FrameSink, FrameSource, JsonLines, MemoryFrames, RecordSink};
+pub use crate::records::{JsonLines, RecordSink};
+pub use io::{EncodedVideo, FrameSink, FrameSource, MemoryFrames};
 pub use stages::{ModelConfig, Observer, OverlayConfig, Sinks};
 
 use crate::norm::Norm;

@@ -17,8 +17,9 @@ use camstream_core::{ExplainOptions, Explainer, Input};
 use camstream_media::decode::DecodedFrame;
 use camstream_media::render::{draw_label, overlay, Colormap};
 
-use super::io::{FrameSink, FrameSource, RecordSink};
+use super::io::{FrameSink, FrameSource};
 use crate::norm::{Norm, Normaliser};
+use crate::records::RecordSink;
 use crate::{inject, Busy, PipelineError, Stage, StageCtl as Ctl};
 
 pub(super) struct Prepared {
