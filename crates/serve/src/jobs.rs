@@ -370,7 +370,10 @@ impl Jobs {
 /// `POST /v1/jobs`.
 pub async fn create(State(app): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
     if app.is_shutting_down() {
-        return Err(ApiError::busy("job"));
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down")
+        });
     }
     // A place first: a full queue is refused before a large upload is read.
     let place = app.jobs.queue.admit()?;
