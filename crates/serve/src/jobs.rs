@@ -367,16 +367,35 @@ impl Jobs {
     }
 }
 
+/// Bytes of an upload read and thrown away after an early answer (a full queue, a body
+/// over the limit), so that a client still writing it reads the answer instead of a
+/// broken pipe. Beyond this the connection is closed.
+const DRAIN: usize = 64 << 20;
+
+async fn drain(body: Body) {
+    let _ = axum::body::to_bytes(body, DRAIN).await;
+}
+
 /// `POST /v1/jobs`.
 pub async fn create(State(app): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
     if app.is_shutting_down() {
+        drain(req.into_body()).await;
         return Err(ApiError {
             retry_after: Some(1),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down")
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is shutting down",
+            )
         });
     }
-    // A place first: a full queue is refused before a large upload is read.
-    let place = app.jobs.queue.admit()?;
+    // A place first: a full queue is refused before a large upload is stored.
+    let place = match app.jobs.queue.admit() {
+        Ok(p) => p,
+        Err(e) => {
+            drain(req.into_body()).await;
+            return Err(e);
+        }
+    };
     let id = app.jobs.new_id();
     let dir = app.jobs.root.join(&id);
     tokio::fs::create_dir_all(&dir)
@@ -415,9 +434,9 @@ async fn receive(app: &AppState, req: Request, dir: &Path) -> ApiResult<(JobOpti
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if !multipart {
-        let body = axum::body::Bytes::from_request(req, &())
+        let body = axum::body::to_bytes(req.into_body(), app.limits.max_json)
             .await
-            .map_err(|e| app.rejected(e.status(), e.body_text(), true))?;
+            .map_err(|_| app.rejected(StatusCode::PAYLOAD_TOO_LARGE, String::new(), false))?;
         let options: JobOptions = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
         let path = options.path.as_deref().ok_or_else(|| {
@@ -433,6 +452,9 @@ async fn receive(app: &AppState, req: Request, dir: &Path) -> ApiResult<(JobOpti
         .map_err(|e| app.rejected(e.status(), e.body_text(), true))?;
     let mut fields = serde_json::Map::new();
     let mut input = None;
+    // The upload limit is counted here (the route has none), so that an upload over it
+    // can be read to its end and answered.
+    let mut total = 0usize;
     let multipart_err =
         |e: axum::extract::multipart::MultipartError| app.rejected(e.status(), e.body_text(), true);
     while let Some(mut field) = form.next_field().await.map_err(multipart_err)? {
@@ -451,6 +473,18 @@ async fn receive(app: &AppState, req: Request, dir: &Path) -> ApiResult<(JobOpti
                 .await
                 .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
             while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
+                total += chunk.len();
+                if total > app.limits.max_body {
+                    drop(file);
+                    // Read the rest (up to DRAIN) so the client gets the answer.
+                    while let Ok(Some(c)) = field.chunk().await {
+                        total += c.len();
+                        if total > app.limits.max_body + DRAIN {
+                            break;
+                        }
+                    }
+                    return Err(app.rejected(StatusCode::PAYLOAD_TOO_LARGE, String::new(), true));
+                }
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
@@ -460,10 +494,15 @@ async fn receive(app: &AppState, req: Request, dir: &Path) -> ApiResult<(JobOpti
                 .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
             input = Some(path);
         } else {
-            let text = field.text().await.map_err(multipart_err)?;
-            if text.len() > 4096 {
-                return Err(ApiError::bad_request(format!("field `{name}` is too long")));
+            let mut bytes = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > 4096 {
+                    return Err(ApiError::bad_request(format!("field `{name}` is too long")));
+                }
             }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request(format!("field `{name}` is not UTF-8")))?;
             // Numbers stay numbers for the options' types.
             let v = serde_json::from_str::<f64>(&text)
                 .ok()

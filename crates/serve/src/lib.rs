@@ -195,13 +195,14 @@ pub fn router(app: Arc<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             limits.timeout,
         ));
-    // Jobs stream (uploads in, events and videos out): no overall time limit.
+    // Jobs stream (uploads in, events and videos out): no overall time limit. Uploads
+    // count `max_body` themselves (jobs.rs), to answer a body over it after reading it.
     let jobs = Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::delete))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/result", get(jobs::result))
-        .layer(DefaultBodyLimit::max(limits.max_body));
+        .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(api)
         .merge(jobs)
