@@ -161,6 +161,30 @@ impl AppState {
         )
     }
 
+    /// Parses a JSON request for model `name` and answers it with `f` on a worker (the
+    /// unknown-model check first, on the async side, so it costs no queue place).
+    async fn run_json<R, F>(
+        self: &Arc<Self>,
+        name: String,
+        body: axum::body::Bytes,
+        f: F,
+    ) -> Result<serde_json::Value, ApiError>
+    where
+        R: serde::de::DeserializeOwned,
+        F: FnOnce(&Model, &R) -> Result<serde_json::Value, ApiError> + Send + 'static,
+    {
+        self.models.get(&name)?;
+        let app = self.clone();
+        self.work
+            .run(move || {
+                let model = app.models.get(&name)?;
+                let request: R = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
+                f(model, &request)
+            })
+            .await
+    }
+
     fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stop_tx.subscribe()
     }

@@ -61,16 +61,9 @@ pub async fn post(
             )))
         }
     };
-    let name = name.to_string();
-    app.models.get(&name)?;
-    let app2 = app.clone();
     let out = app
-        .work
-        .run(move || {
-            let model = app2.models.get(&name)?;
-            let request: V1Request = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
-            run(model, &request, explain)
+        .run_json(name.to_string(), body, move |model, request: &V1Request| {
+            run(model, request, explain)
         })
         .await?;
     Ok(Json(out))

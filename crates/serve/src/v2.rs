@@ -104,17 +104,7 @@ pub async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let body = body.map_err(|e| app.rejected(e.status(), e.body_text(), false))?;
-    app.models.get(&name)?;
-    let app2 = app.clone();
-    let out = app
-        .work
-        .run(move || {
-            let model = app2.models.get(&name)?;
-            let request: InferRequest = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
-            run(model, &request)
-        })
-        .await?;
+    let out = app.run_json(name, body, run).await?;
     Ok(Json(out))
 }
 
