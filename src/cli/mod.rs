@@ -1,5 +1,6 @@
 //! Command-line parsing; each subcommand lives in its own module.
 
+mod batch;
 mod bench;
 mod explain;
 mod interrupt;
@@ -93,6 +94,18 @@ enum Command {
     /// Protocol (V2 infer with a cam output), video/signal jobs with progress events, and
     /// a web page at /. Example: camstream serve --model shapes=samples/models/shapes.toml
     Serve(Box<serve::ServeArgs>),
+    /// Freeze a work list for `batch`: one JSON line per video or recording (uri, size,
+    /// mtime, content key, explain-config hash). Example: camstream plan videos/ -o
+    /// manifest.jsonl --model samples/models/shapes.toml
+    Plan(Box<batch::PlanArgs>),
+    /// Run one shard of a manifest as a cluster task (Kubernetes Indexed Job, Slurm
+    /// array, Ray): outputs and create-only completion markers under --out (a folder or
+    /// s3://, gs://, az://). Exit 0: all done or skipped; 42: some inputs failed for
+    /// good; other: retry. Example: JOB_COMPLETION_INDEX=0 CAMSTREAM_NUM_SHARDS=4
+    /// camstream batch --manifest manifest.jsonl --out s3://bucket/cams --model ...
+    Batch(Box<batch::BatchArgs>),
+    /// Across all shards of a manifest: which inputs are done, failed or missing.
+    BatchStatus(batch::StatusArgs),
 }
 
 #[derive(Args, Clone)]
@@ -279,12 +292,14 @@ const FLAGS: &[(&str, &str)] = &[
     ("from", "--from"),
     ("hop", "--hop"),
     ("mix", "--mix"),
+    ("num_shards", "--num-shards"),
     ("norm", "--norm"),
     ("out", "--out"),
     ("output", "--output"),
     ("preset", "--preset"),
     ("rate", "--rate"),
     ("report", "--report"),
+    ("shard_index", "--shard-index"),
     ("start", "--start"),
     ("top_k", "--top-k"),
     ("weights", "--weights"),
@@ -359,6 +374,9 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train::run_train(&a),
         Command::Eval(a) => train::run_eval(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Plan(a) => batch::plan(&a),
+        Command::Batch(a) => batch::batch(&a),
+        Command::BatchStatus(a) => batch::batch_status(&a),
     }
 }
 
