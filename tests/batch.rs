@@ -117,6 +117,14 @@ fn plan(inputs: &[&str], manifest: &Path, extra: &[&str]) -> Vec<camstream_batch
     manifest::read(manifest).unwrap()
 }
 
+/// `n` clips under `dir/in`, planned with the shapes model into `dir/manifest.jsonl`.
+fn planned_clips(dir: &Path, n: usize, frames: u32) -> (PathBuf, Vec<camstream_batch::Entry>) {
+    clips(&dir.join("in"), n, frames);
+    let manifest = dir.join("manifest.jsonl");
+    let entries = plan(&[s(&dir.join("in"))], &manifest, &["--model", &shapes()]);
+    (manifest, entries)
+}
+
 fn batch_args<'a>(manifest: &'a Path, out: &'a str, model: &'a str) -> Vec<&'a str> {
     vec![
         "batch",
@@ -201,13 +209,34 @@ fn check_commits(cfg: &Path, complete: bool) {
     }
 }
 
+/// `batch-status --json` for a manifest and output URL.
+fn status_json(manifest: &Path, out: &str) -> Value {
+    let o = run(
+        &[
+            "batch-status",
+            "--manifest",
+            s(manifest),
+            "--out",
+            out,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The input key of a progress line (`shard 0/3 [2/4] <key> <uri>: ...`).
+fn key_of(line: &str) -> String {
+    line.split_whitespace().nth(3).unwrap().to_string()
+}
+
 /// key -> how many times a worker's log says it finished that input itself.
 fn completions(logs: &[String]) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for line in logs.iter().flat_map(|l| l.lines()) {
         if line.contains(": done, ") {
-            let key = line.split_whitespace().nth(3).unwrap().to_string();
-            *n.entry(key).or_insert(0) += 1;
+            *n.entry(key_of(line)).or_insert(0) += 1;
         }
     }
     n
@@ -245,13 +274,7 @@ fn until_start(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
 #[test]
 fn three_shards_with_a_kill_and_a_rerun_equal_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    clips(&dir.path().join("in"), 12, 40);
-    let manifest = dir.path().join("manifest.jsonl");
-    let entries = plan(
-        &[s(&dir.path().join("in"))],
-        &manifest,
-        &["--model", &shapes()],
-    );
+    let (manifest, entries) = planned_clips(dir.path(), 12, 40);
     assert_eq!(entries.len(), 12);
     let model = shapes();
 
@@ -290,13 +313,7 @@ fn three_shards_with_a_kill_and_a_rerun_equal_one_process() {
             child.kill().unwrap();
             let status = child.wait().unwrap();
             assert_eq!(status.code(), None, "killed by a signal");
-            let key = seen
-                .last()
-                .unwrap()
-                .split_whitespace()
-                .nth(3)
-                .unwrap()
-                .to_string();
+            let key = key_of(seen.last().unwrap());
             logs.push(seen.join("\n") + "\n" + &rx.try_iter().collect::<Vec<_>>().join("\n"));
             killed = Some((index, key));
         } else {
@@ -362,18 +379,7 @@ fn three_shards_with_a_kill_and_a_rerun_equal_one_process() {
     let after: Vec<_> = reference.keys().map(|k| stamp(k)).collect();
     assert_eq!(before, after);
 
-    let st = run(
-        &[
-            "batch-status",
-            "--manifest",
-            s(&manifest),
-            "--out",
-            s(&three),
-            "--json",
-        ],
-        &[],
-    );
-    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = status_json(&manifest, s(&three));
     assert_eq!(
         (st["done"].as_u64(), st["missing"].as_u64()),
         (Some(12), Some(0)),
@@ -392,13 +398,7 @@ fn three_shards_with_a_kill_and_a_rerun_equal_one_process() {
 #[test]
 fn two_workers_with_the_same_index_both_succeed_with_one_set_of_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    clips(&dir.path().join("in"), 4, 30);
-    let manifest = dir.path().join("manifest.jsonl");
-    plan(
-        &[s(&dir.path().join("in"))],
-        &manifest,
-        &["--model", &shapes()],
-    );
+    let (manifest, _) = planned_clips(dir.path(), 4, 30);
     let out = dir.path().join("out");
     let model = shapes();
     let mut args = batch_args(&manifest, s(&out), &model);
@@ -483,13 +483,7 @@ fn a_bad_input_is_recorded_and_the_shard_exits_42() {
 #[test]
 fn sigterm_finishes_the_input_in_progress_or_aborts_it_unmarked() {
     let dir = tempfile::tempdir().unwrap();
-    clips(&dir.path().join("in"), 3, 60);
-    let manifest = dir.path().join("manifest.jsonl");
-    plan(
-        &[s(&dir.path().join("in"))],
-        &manifest,
-        &["--model", &shapes()],
-    );
+    let (manifest, _) = planned_clips(dir.path(), 3, 60);
     let model = shapes();
     for (grace, finishes) in [("60", true), ("0", false)] {
         let out = dir.path().join(format!("out-{grace}"));
@@ -497,13 +491,7 @@ fn sigterm_finishes_the_input_in_progress_or_aborts_it_unmarked() {
         args.extend(["--grace", grace]);
         let (child, rx) = spawn_shard(&args, &[]);
         let seen = until_start(&rx, 1);
-        let key = seen
-            .last()
-            .unwrap()
-            .split_whitespace()
-            .nth(3)
-            .unwrap()
-            .to_string();
+        let key = key_of(seen.last().unwrap());
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let o = finish(child);
@@ -731,18 +719,7 @@ fn the_protocol_on_an_s3_server() {
     assert_eq!(stored.sha256, sha256_file(&big).unwrap());
     assert_eq!(cfg.get("big.bin").unwrap().unwrap(), data);
 
-    let st = run(
-        &[
-            "batch-status",
-            "--manifest",
-            s(&manifest),
-            "--out",
-            &out,
-            "--json",
-        ],
-        &[],
-    );
-    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = status_json(&manifest, &out);
     assert_eq!(
         (st["done"].as_u64(), st["missing"].as_u64()),
         (Some(5), Some(0)),

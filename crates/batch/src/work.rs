@@ -95,7 +95,6 @@ impl ExplainWork {
 
     fn signal(&self, input: &Path, out: &Path, cancel: &AtomicBool) -> Result<Done, String> {
         let reader = signal::open(input, &OpenOptions::default()).map_err(|e| e.to_string())?;
-        let mono = self.explainer.network().input.channels == 1;
         let s = SignalJob {
             explainer: &self.explainer,
             model: WindowModel {
@@ -104,11 +103,7 @@ impl ExplainWork {
                 metrics: None,
             },
             hop: None,
-            channels: if mono {
-                ChannelChoice::Mix
-            } else {
-                ChannelChoice::Auto
-            },
+            channels: ChannelChoice::default_for(&self.explainer),
             output: SignalOutput {
                 out_dir: out.to_path_buf(),
                 stem: "signal".into(),

@@ -41,6 +41,18 @@ pub enum ChannelChoice {
     Pick(String),
 }
 
+impl ChannelChoice {
+    /// The choice when the user made none: a one-channel model hears the mean of the
+    /// file's channels (stereo audio to mono), any other model the channels as they are.
+    pub fn default_for(explainer: &Explainer) -> Self {
+        if explainer.network().input.channels == 1 {
+            Self::Mix
+        } else {
+            Self::Auto
+        }
+    }
+}
+
 pub struct SignalJob<'a> {
     pub explainer: &'a Explainer,
     pub model: WindowModel,

@@ -714,7 +714,6 @@ fn run_signal_job(
     };
     let reader = signal::open(input, &opts).map_err(|e| e.to_string())?;
     let progress = |done: u64, total: Option<u64>| job.progress(done, total);
-    let mono = explainer.network().input.channels == 1;
     let s = SignalJob {
         explainer,
         model: WindowModel {
@@ -723,11 +722,7 @@ fn run_signal_job(
             metrics: None,
         },
         hop: None,
-        channels: if mono {
-            ChannelChoice::Mix
-        } else {
-            ChannelChoice::Auto
-        },
+        channels: ChannelChoice::default_for(explainer),
         output: SignalOutput {
             out_dir: job.dir.clone(),
             stem: "result".into(),
