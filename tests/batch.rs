@@ -125,7 +125,10 @@ fn planned_clips(dir: &Path, n: usize, frames: u32) -> (PathBuf, Vec<camstream_b
     (manifest, entries)
 }
 
+/// `camstream batch` on a manifest, with its scratch folder beside the manifest (so that
+/// a test can see what is left in it).
 fn batch_args<'a>(manifest: &'a Path, out: &'a str, model: &'a str) -> Vec<&'a str> {
+    let scratch = scratch_of(manifest).display().to_string();
     vec![
         "batch",
         "--manifest",
@@ -134,7 +137,13 @@ fn batch_args<'a>(manifest: &'a Path, out: &'a str, model: &'a str) -> Vec<&'a s
         out,
         "--model",
         model,
+        "--scratch",
+        Box::leak(scratch.into_boxed_str()),
     ]
+}
+
+fn scratch_of(manifest: &Path) -> PathBuf {
+    manifest.with_file_name("scratch")
 }
 
 /// The only config folder under `out`.
@@ -343,6 +352,9 @@ fn three_shards_with_a_kill_and_a_rerun_equal_one_process() {
     assert!(sum["skipped"].as_u64().unwrap() >= 1, "{sum}");
     logs.push(stderr(&o));
     let wall = started.elapsed();
+    // The killed worker's scratch folder is gone too: the retry swept it.
+    let left: Vec<_> = std::fs::read_dir(scratch_of(&manifest)).unwrap().collect();
+    assert!(left.is_empty(), "scratch debris: {left:?}");
     eprintln!("3 shards, a kill and a rerun: {:.1} s", wall.as_secs_f64());
 
     assert_eq!(

@@ -167,6 +167,7 @@ pub fn run_shard(
     };
     let layout = Layout { config: &config };
     std::fs::create_dir_all(&opts.scratch).map_err(BatchError::io(&opts.scratch))?;
+    camstream_media::io::sweep_stale(&opts.scratch);
     for (i, entry) in mine.iter().enumerate() {
         if opts.stop.load(Ordering::SeqCst) {
             s.stopped = true;
@@ -227,8 +228,12 @@ fn one(
     opts: &RunOptions,
     layout: &Layout,
 ) -> Result<Outcome> {
+    // A temporary name that says whose it is: the next run on this host removes it if
+    // this process dies (SIGKILL, out of memory) before it does.
+    let name = camstream_media::io::temp_name(&opts.scratch.join(&entry.key[..8]));
     let scratch = tempfile::Builder::new()
-        .prefix(&format!("camstream-{}-", &entry.key[..8]))
+        .prefix(name.file_name().unwrap_or_default())
+        .rand_bytes(0)
         .tempdir_in(&opts.scratch)
         .map_err(BatchError::io(&opts.scratch))?;
     let input = match fetch(entry, scratch.path())? {

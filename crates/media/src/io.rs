@@ -85,8 +85,8 @@ fn process_alive(pid: i32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// Removes the temporary files in `dir` left by camstream processes of this host that
-/// are gone (killed, crashed, out of power); returns how many. Files of live processes,
+/// Removes the temporary files and folders in `dir` left by camstream processes of this
+/// host that are gone (killed, crashed, out of power); returns how many. Files of live processes,
 /// and of other hosts sharing the folder, are left alone.
 pub fn sweep_stale(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -99,9 +99,16 @@ pub fn sweep_stale(dir: &Path) -> usize {
         let Some((h, pid, _)) = name.to_str().and_then(parse_temp) else {
             continue;
         };
-        if h == host && !process_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
-            removed += 1;
+        if h != host || process_alive(pid) {
+            continue;
         }
+        // A scratch folder (`camstream batch`) goes with everything in it.
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        removed += gone.is_ok() as usize;
     }
     removed
 }
@@ -364,7 +371,17 @@ mod tests {
         for n in &names {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
-        assert_eq!(sweep_stale(dir.path()), 1);
+        // A dead process's scratch folder goes with its contents; a live one's stays.
+        let scratch = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{host}-{dead}-1.0123abcd.tmp"));
+        std::fs::create_dir_all(scratch.join("out")).unwrap();
+        std::fs::write(scratch.join("out/annotated.mp4"), b"x").unwrap();
+        let live = format!("{TEMP_PREFIX}{host}-{}-1.4567cdef.tmp", std::process::id());
+        std::fs::create_dir(dir.path().join(&live)).unwrap();
+        assert_eq!(sweep_stale(dir.path()), 2);
+        assert!(!scratch.exists());
+        std::fs::remove_dir(dir.path().join(&live)).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
