@@ -26,6 +26,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--scorecam-batch", type=int, nargs="*", default=[16],
+                   help="ScoreCAM batch sizes to time (its batch_size attribute; 16 is its default)")
     a = p.parse_args()
 
     import torch
@@ -53,8 +55,11 @@ def main():
         r["gradcam_ms"] = timed(lambda: gc(x, targets=None), 2, a.iters)["median_ms"]
         ab = AblationCAM(model, layers)
         r["ablationcam_ms"] = timed(lambda: ab(x, targets=None), 0, 1)["median_ms"]
-        sc = ScoreCAM(model, layers)
-        r["scorecam_ms"] = timed(lambda: sc(x, targets=None), 0, 1)["median_ms"]
+        for b in a.scorecam_batch:
+            sc = ScoreCAM(model, layers)
+            sc.batch_size = b
+            key = "scorecam_ms" if b == 16 else f"scorecam_b{b}_ms"
+            r[key] = timed(lambda: sc(x, targets=None), 0, 1)["median_ms"]
         out[layout] = r
     print(json.dumps(out, indent=1))
 

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// timing is of the combined final maps, as `image` computes them
     #[arg(long)]
     pub aug_smooth: bool,
+    /// Masked inputs (scorecam) or ablated channels (ablationcam) per forward pass;
+    /// default: the method's
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub method_batch: Option<u64>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -148,6 +152,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let config = |method| CamConfig {
         aug_smooth: a.aug_smooth,
+        method_batch: a.method_batch.map(|b| b as usize),
         ..CamConfig::new(method)
     };
     let cam = Explainer::from_network(net.clone(), a.layer.as_deref())?
@@ -261,7 +266,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "model": a.model, "layer": layer, "aug_smooth": a.aug_smooth, "batch": a.batch, "input": &shape[1..],
+                "model": a.model, "layer": layer, "aug_smooth": a.aug_smooth, "batch": a.batch, "method_batch": a.method_batch, "input": &shape[1..],
                 "device": format!("{:?}", device.location()), "threads": threads,
                 "forward": fwd, "gradcam": gc, "ceiling": ceiling, "gradcam_over_forward": ratio,
                 "preprocess_720p": pre, "overlay_720p": ovl, "video": video,
