@@ -20,19 +20,8 @@ fi
 [ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --no-audit --no-fund)
 [ -x "$bin" ] || cargo build --locked
 
-log=$(mktemp)
-"$bin" serve --model shapes=samples/models/shapes.toml --model ecg=samples/models/ecg.toml \
-  --bind 127.0.0.1:0 2>"$log" &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
-url=""
-for _ in $(seq 1 100); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$log" | head -1 || true)
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || { cat "$log"; echo "browser-test: the server did not start" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$log"; echo "browser-test: no address from the server" >&2; exit 1; }
+. scripts/lib/serve.sh
+start_server "$bin" --model shapes=samples/models/shapes.toml --model ecg=samples/models/ecg.toml
 
 node tests/browser/page.mjs "$url" samples/video/shapes.mp4 samples/images/circle.png \
   samples/ecg/ecg_60s.csv "$shots"
@@ -40,9 +29,9 @@ node tests/browser/page.mjs "$url" samples/video/shapes.mp4 samples/images/circl
 kill -TERM "$server"
 status=0
 wait "$server" || status=$?
-trap 'rm -f "$log"' EXIT
-if [ "$status" -ne 0 ] || ! grep -q "camstream serve: stopped" "$log"; then
-  cat "$log"
+trap 'rm -f "$server_log"' EXIT
+if [ "$status" -ne 0 ] || ! grep -q "camstream serve: stopped" "$server_log"; then
+  cat "$server_log"
   echo "browser-test: the server did not stop cleanly on SIGTERM (exit $status)" >&2
   exit 1
 fi

@@ -10,17 +10,8 @@ n=${1:-200}
 c=${2:-16}
 shift 2 2>/dev/null || shift $#
 cargo build --locked --release --quiet --bin camstream --example serve_load
-log=$(mktemp)
-target/release/camstream serve --model shapes=samples/models/shapes.toml --bind 127.0.0.1:0 "$@" 2>"$log" &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
-url=""
-for _ in $(seq 1 100); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$log" | head -1 || true)
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$log"; exit 1; }
+. scripts/lib/serve.sh
+start_server target/release/camstream --model shapes=samples/models/shapes.toml "$@"
 rss() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$server/status"; }
 before=$(rss)
 result=$(target/release/examples/serve_load "$url" shapes samples/images/circle.png "$n" "$c")
