@@ -640,6 +640,20 @@ fn settings_that_cannot_work_are_one_line_errors() {
         &[],
     ));
     assert!(e.contains("unsupported scheme"), "{e}");
+    // Asking about a folder nothing ran in is an error, and does not create it.
+    let none = dir.path().join("never-ran");
+    let e = common::fails(&run(
+        &[
+            "batch-status",
+            "--manifest",
+            s(&manifest),
+            "--out",
+            s(&none),
+        ],
+        &[],
+    ));
+    assert!(e.contains("never-ran"), "{e}");
+    assert!(!none.exists());
 
     // An input changed since the plan fails for good rather than silently mixing.
     std::fs::write(&files[0], b"replaced").unwrap();

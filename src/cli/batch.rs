@@ -230,7 +230,7 @@ fn progress_line(tag: &str, p: &Progress) -> String {
 
 pub fn batch_status(a: &StatusArgs) -> Result<()> {
     let entries = manifest::read(&a.manifest)?;
-    let store = Store::open(&a.out)?;
+    let store = Store::open_existing(&a.out)?;
     let st = status(&entries, &store, a.num_shards)
         .with_context(|| format!("cannot read the markers under {}", a.out))?;
     if a.json {

@@ -80,7 +80,7 @@ pub fn current_meta(uri: &str) -> Result<Option<Meta>> {
         };
     }
     let (dir, name) = split_object(uri);
-    Store::open(dir)?.head(name)
+    Store::open_existing(dir)?.head(name)
 }
 
 /// Lists `inputs` (files, folders walked recursively, object URLs, or prefixes ending
@@ -90,7 +90,7 @@ pub fn plan(inputs: &[String], config: &str) -> Result<Vec<Entry>> {
     for input in inputs {
         if scheme(input).is_some() {
             if input.ends_with('/') {
-                let store = Store::open(input)?;
+                let store = Store::open_existing(input)?;
                 for (name, meta) in store.list("")? {
                     if wanted(&name) {
                         let uri = format!("{}/{name}", store.url());

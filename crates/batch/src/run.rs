@@ -307,7 +307,7 @@ fn fetch(entry: &Entry, dir: &Path) -> Result<Result<PathBuf, String>> {
     let (base, name) = split_object(&entry.uri);
     // Keep the extension: the readers choose the format by it.
     let local = dir.join(format!("input-{}", name.rsplit('/').next().unwrap_or(name)));
-    Store::open(base)?.download(name, &local)?;
+    Store::open_existing(base)?.download(name, &local)?;
     Ok(Ok(local))
 }
 

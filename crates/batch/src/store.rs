@@ -49,11 +49,22 @@ impl Store {
     /// credentials and endpoints come from the environment, as each cloud's tools read
     /// them (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, ...).
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, true)
+    }
+
+    /// [`Store::open`] for reading only: a local folder must exist already.
+    pub fn open_existing(url: &str) -> Result<Self> {
+        Self::open_with(url, false)
+    }
+
+    fn open_with(url: &str, create: bool) -> Result<Self> {
         let bad = |why: String| BatchError::BadOption { name: "out", why };
         let (inner, root): (Arc<dyn ObjectStore>, Key) = match scheme(url) {
             None | Some("file") => {
                 let dir = local_path(url);
-                std::fs::create_dir_all(&dir).map_err(BatchError::io(&dir))?;
+                if create {
+                    std::fs::create_dir_all(&dir).map_err(BatchError::io(&dir))?;
+                }
                 let dir = dir.canonicalize().map_err(BatchError::io(&dir))?;
                 let fs = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(BatchError::store(dir.display().to_string()))?;
