@@ -666,11 +666,11 @@ fn settings_that_cannot_work_are_one_line_errors() {
     );
 }
 
-/// The same protocol on S3, against a server on 127.0.0.1 that `scripts/batch-s3-test.sh`
+/// The same protocol on S3, against a server on 127.0.0.1 that `scripts/batch-test.sh`
 /// starts (moto) and names in CAMSTREAM_TEST_S3 (`s3://bucket/prefix`, with the AWS_*
 /// variables set).
 #[test]
-#[ignore = "needs an S3 server: run scripts/batch-s3-test.sh"]
+#[ignore = "needs an S3 server: run scripts/batch-test.sh"]
 fn the_protocol_on_an_s3_server() {
     let base = std::env::var("CAMSTREAM_TEST_S3").expect("CAMSTREAM_TEST_S3=s3://bucket/prefix");
     let dir = tempfile::tempdir().unwrap();
