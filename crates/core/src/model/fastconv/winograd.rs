@@ -41,13 +41,16 @@ pub(super) fn eligible(g: &Geometry) -> bool {
 
 /// Whether F(2x2, 3x3) beats the direct convolution on this output: not on small maps,
 /// where edge tiles waste up to a third and the 16 transformed weight matrices (16/9 of
-/// the direct ones) are packed for few tiles (ResNet's 7x7 layer4 ran 20 % slower).
+/// the direct ones) are packed for few tiles. ResNet's 7x7 `layer4` once ran 20 % slower
+/// as Winograd; since jobs band tile rows across images it runs faster (ResNet-18 forward
+/// per image, 2026-12-06, 3 alternating runs: b1 21.6–22.0 against 22.6–22.9 ms, b8
+/// 16.4–16.8 against 17.7–18.6, b16 17.2–17.7 against 18.7–19.0; ResNet-50 unchanged).
 pub(super) fn worth(oh: usize, ow: usize) -> bool {
     oh * ow >= MIN_PLANE
 }
 
-/// Output pixels below which the direct convolution runs.
-const MIN_PLANE: usize = 100;
+/// Output pixels below which the direct convolution runs (7x7 and up run Winograd).
+const MIN_PLANE: usize = 49;
 
 /// The transformed filters: 16 row-major (c_out x c_in) matrices, U_ξ = (G g Gᵀ)_ξ, from
 /// the (c_out, c_in, 3, 3) weights.
