@@ -101,6 +101,32 @@ fn gradient_methods_reproduce_pytorch_grad_cam() {
     }
 }
 
+/// ScoreCAM on ResNet-18 at `layer4`: 512 channels at 7x7, so the stem's response to
+/// each masked input is formed from 49 basis masks (`cam::perturb`), against
+/// pytorch-grad-cam on the first shared photo (tests/fixtures/resnet18/make_scorecam.py:
+/// `ScoreCAM(model, [model.layer4]).get_cam_weights(...)`, raw = Σ_k w_k A_k).
+#[test]
+fn resnet18_scorecam_through_the_stem_matches_pytorch_grad_cam() {
+    let Some(r) = common::reference_dir() else {
+        return;
+    };
+    let weights = r.join("models/resnet18_seed0.safetensors");
+    let (x, shape) = npy(r.join("resnet18/input.npy"));
+    let per: usize = shape[1..].iter().product();
+    let mut one = shape.clone();
+    one[0] = 1;
+    let x = Tensor::from_vec(x[..per].to_vec(), one, &Device::Cpu).unwrap();
+    let net = common::load(Path::new("resnet18"), Some(&weights), "layer4");
+    let cam = GradCam::new(&net, "layer4")
+        .unwrap()
+        .with_method(Method::ScoreCam);
+    let raw = cam.run(&x, &Targets::TopOne).unwrap().raw;
+    let (want, _) = npy(fixtures().join("resnet18/scorecam_layer4_pred_raw.npy"));
+    let e = max_abs(&raw, &want) / peak(&want);
+    eprintln!("resnet18 scorecam layer4 pred: raw {e:.1e}");
+    assert!(e <= 1e-4, "resnet18 scorecam layer4: raw {e}");
+}
+
 /// The methods on torchvision's ResNet-18 (residual blocks, BN folded at load) against
 /// ../shared/reference/resnet18 (pytorch-grad-cam 1.5.7, 4 photos, `pred` = top-1 and
 /// `fixed` = class 281):

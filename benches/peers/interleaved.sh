@@ -6,7 +6,8 @@
 #   bash benches/peers/interleaved.sh [THREADS] [PYTHON] [ITERS] > interleaved.jsonl
 # With MOBILE=DIR, also the mobile-class models at batch 8 (mobile_peers.py): DIR holds
 # the ONNX exports (mobile_peers.py --arch A --export DIR/A.onnx); EfficientNet-Lite0 is
-# the bundled TOML.
+# the bundled TOML. With METHODS=1, also ScoreCAM and AblationCAM at batch 1 against
+# pytorch-grad-cam's (method_peers.py); MODELS=0 skips the Grad-CAM models.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${1:-2}
@@ -15,7 +16,9 @@ iters=${3:-10}
 cs=target/release/camstream
 export OMP_WAIT_POLICY=PASSIVE
 echo "{\"date\": \"$(date -u +%Y-%m-%dT%H:%MZ)\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc), \"threads\": $threads}"
-for arch in resnet18 resnet50; do
+models="resnet18 resnet50"
+[ "${MODELS:-1}" = 0 ] && models=
+for arch in $models; do
   for b in 1 8; do
     for round in 1 2; do
       $cs bench -m "$arch" -b "$b" --threads "$threads" --iters "$iters" --json |
@@ -25,6 +28,14 @@ for arch in resnet18 resnet50; do
     done
   done
 done
+if [ "${METHODS:-0}" = 1 ]; then
+  for round in 1 2; do
+    $cs bench -m resnet18 -b 1 --threads "$threads" --iters 3 --method scorecam,ablationcam --json |
+      sed "s/^{/{\"who\": \"camstream\", \"round\": $round, /"
+    $py benches/peers/method_peers.py --threads "$threads" 2>/dev/null |
+      $py -c "import json,sys; r=json.load(sys.stdin); r['who']='torch'; r['round']=$round; print(json.dumps(r))"
+  done
+fi
 [ -n "${MOBILE:-}" ] || exit 0
 for arch in mobilenet_v2 mobilenet_v3_large efficientnet_b0 efficientnet_lite0; do
   model=$MOBILE/$arch.onnx

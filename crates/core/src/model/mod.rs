@@ -153,6 +153,13 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     /// can be called again, and when `x` is one sample it also takes a batch of variants
     /// of that sample's activations (AblationCAM runs only the tail, once per channel).
     fn split<'s>(&'s self, x: &Tensor, layer: &str) -> Result<(Tensor, Tail<'s>)>;
+    /// The deepest target layer whose output is still an affine function of the input
+    /// (a first convolution with its BatchNorm folded), if the network opens with one.
+    /// ScoreCAM forms that layer's response to each masked input from the responses to
+    /// a few basis masks instead of running it again (see `cam::perturb`).
+    fn affine_stem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The part of a network after its cut: activations in, logits out.

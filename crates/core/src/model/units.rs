@@ -156,4 +156,14 @@ impl Body for UnitNet {
         let tail: Tail<'s> = Box::new(move |leaf: &Tensor| self.run(leaf, cut, self.units.len()));
         Ok((a, tail))
     }
+
+    fn affine_stem(&self) -> Option<String> {
+        let end = self.spatial_end();
+        self.units[..end]
+            .iter()
+            .take_while(|u| matches!(u.op, Op::Conv(_) | Op::Affine(_) | Op::Identity))
+            .filter(|u| u.fused_into.is_none())
+            .last()
+            .map(|u| u.name.clone())
+    }
 }
