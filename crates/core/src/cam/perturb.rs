@@ -34,27 +34,13 @@ pub(crate) fn score_weights(
             class,
             batch,
         };
-        // The stem's basis is combined on the host: on a GPU the stem itself is cheaper.
-        let route = match x.device().is_cpu() {
-            true => Route::Fastest,
-            false => Route::Whole,
-        };
-        let scores = masks.scores(body, route)?;
+        let scores = masks.scores(body, masks.stem(body))?;
         let top = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = scores.iter().map(|s| (s - top).exp()).collect();
         let sum: f32 = e.iter().sum();
         weights.extend(e.iter().map(|v| v / sum));
     }
     Ok(Tensor::from_vec(weights, (n, k, 1), a.device())?.to_dtype(a.dtype())?)
-}
-
-/// How ScoreCAM's masked inputs reach the network (tests compare the two).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    /// Every masked input through the whole network.
-    Whole,
-    /// Through the affine stem by its basis when that is cheaper (see [`StemBasis`]).
-    Fastest,
 }
 
 /// One sample's ScoreCAM masks: its input, its activation channels, their spatial shape.
@@ -89,22 +75,33 @@ impl Masks<'_> {
         (u, lo, hi - lo + 1e-8)
     }
 
-    /// The target score of x·mask for every channel.
-    fn scores(&self, body: &dyn Body, route: Route) -> Result<Vec<f32>> {
+    /// The stem to run the masks through by its basis (see [`StemBasis`]), where the
+    /// body has one and that is cheaper: the basis costs p + 1 passes of the stem, the
+    /// masks one each. Only on the CPU: the basis is combined on the host.
+    fn stem(&self, body: &dyn Body) -> Option<String> {
+        let p: usize = self.spatial.iter().product();
+        let varying = self.varying().0.len();
+        (self.x.device().is_cpu() && 2 * (p + 1) <= varying)
+            .then(|| body.affine_stem())
+            .flatten()
+    }
+
+    /// The channels that vary and those that are constant (an all-zero mask).
+    fn varying(&self) -> (Vec<usize>, Vec<usize>) {
+        let k = self.channels.len();
+        (0..k).partition(|&c| self.channels[c].iter().any(|&v| v != self.channels[c][0]))
+    }
+
+    /// The target score of x·mask for every channel, through `stem`'s basis or with
+    /// every masked input through the whole network.
+    fn scores(&self, body: &dyn Body, stem: Option<String>) -> Result<Vec<f32>> {
         let k = self.channels.len();
         // A constant channel scales to an all-zero mask: one shared pass of zeros.
-        let (varying, constant): (Vec<usize>, Vec<usize>) =
-            (0..k).partition(|&c| self.channels[c].iter().any(|&v| v != self.channels[c][0]));
-        let p: usize = self.spatial.iter().product();
-        let stem = match route {
-            // The basis costs p passes of the stem, the masks one each.
-            Route::Fastest if 2 * (p + 1) <= varying.len() => body.affine_stem(),
-            _ => None,
-        };
+        let (varying, constant) = self.varying();
         let mut scores = vec![0f32; k];
-        let zero_score = match &stem {
+        let zero_score = match stem {
             Some(stem) => {
-                let basis = StemBasis::new(body, self, stem)?;
+                let basis = StemBasis::new(body, self, &stem)?;
                 for chunk in varying.chunks(self.batch) {
                     let yk = self.target(basis.logits(self, chunk)?)?;
                     chunk.iter().zip(yk).for_each(|(&c, y)| scores[c] = y);
@@ -332,8 +329,6 @@ mod tests {
         assert_eq!(a.dims(), &[1, 256, 4, 4]);
         let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let channels: Vec<&[f32]> = host.chunks(16).collect();
-        let varying = channels.iter().filter(|c| c.iter().any(|&v| v != c[0]));
-        assert!(varying.count() >= 2 * 17, "the stem route must be taken");
         let masks = Masks {
             x: &x,
             channels: &channels,
@@ -341,13 +336,52 @@ mod tests {
             class: 3,
             batch: 64,
         };
-        let whole = masks.scores(net.body.as_ref(), Route::Whole).unwrap();
-        let stem = masks.scores(net.body.as_ref(), Route::Fastest).unwrap();
+        assert_eq!(masks.stem(net.body.as_ref()).as_deref(), Some("bn1"));
+        let whole = masks.scores(net.body.as_ref(), None).unwrap();
+        let stem = masks
+            .scores(net.body.as_ref(), net.body.affine_stem())
+            .unwrap();
         let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
         let spread = whole.iter().fold(f32::MIN, |m, &v| m.max(v))
             - whole.iter().fold(f32::MAX, |m, &v| m.min(v));
         assert!(spread > 1e-2 * scale, "masks must change the score");
         for (c, (w, s)) in whole.iter().zip(&stem).enumerate() {
+            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
+        }
+    }
+
+    /// The same through an ONNX graph (the shapes CNN, BN folded by the exporter): its
+    /// first Conv's output is the stem, and the tail runs from it.
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn onnx_stem_basis_matches_whole_passes() {
+        use crate::model::{ModelRequest, ModelSource, Network};
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/shapes/shapes_cnn.onnx");
+        let req = ModelRequest::new(ModelSource::Onnx(file));
+        let net = Network::load(&req, &Device::Cpu).unwrap();
+        let stem = net.body.affine_stem().expect("a first Conv");
+        let mut rng = crate::random::rng(5);
+        let v: Vec<f32> = (0..3 * 64 * 64)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let x = Tensor::from_vec(v, (1, 3, 64, 64), &Device::Cpu).unwrap();
+        let (a, _) = net.body.split(&x, &net.default_layer).unwrap();
+        let spatial = a.dims()[2..].to_vec();
+        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let p: usize = spatial.iter().product();
+        let channels: Vec<&[f32]> = host.chunks(p).collect();
+        let masks = Masks {
+            x: &x,
+            channels: &channels,
+            spatial: &spatial,
+            class: 1,
+            batch: 16,
+        };
+        let whole = masks.scores(net.body.as_ref(), None).unwrap();
+        let via = masks.scores(net.body.as_ref(), Some(stem)).unwrap();
+        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (c, (w, s)) in whole.iter().zip(&via).enumerate() {
             assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
         }
     }

@@ -751,4 +751,22 @@ impl crate::model::Body for OnnxGraph {
         });
         Ok((Tensor::cat(&acts, 0)?, tail))
     }
+
+    /// The output of a first Conv with constant weights, when nothing else reads the
+    /// input (a tail given masked stems must not see the unmasked input elsewhere) and
+    /// that output is a target.
+    fn affine_stem(&self) -> Option<String> {
+        let mut readers = self.nodes.iter().filter(|n| n.inputs.contains(&self.input));
+        let (Some(conv), None) = (readers.next(), readers.next()) else {
+            return None;
+        };
+        let constant = conv.inputs[1..]
+            .iter()
+            .all(|i| i.is_empty() || self.consts.contains_key(i));
+        let out = conv.outputs.first()?;
+        (conv.op == "Conv" && conv.inputs[0] == self.input && constant)
+            .then(|| self.targets.iter().find(|(t, _)| t == out))
+            .flatten()
+            .map(|(t, _)| t.clone())
+    }
 }
