@@ -1,5 +1,6 @@
-//! What the evaluator can skip: a Conv and the activation after it run as one op, and a
-//! value is dropped after its last reader.
+//! What the evaluator can skip: a Conv and the activation after it run as one op (with
+//! a residual Add between them: ResNet's blocks, MobileNet's bottlenecks), and a value
+//! is dropped after its last reader.
 //!
 //! Every tensor of a graph can be a CAM target, so nothing is rewritten at load: a
 //! fusion is planned per Conv node and taken at run time only when none of the tensors
@@ -25,6 +26,9 @@ pub(super) struct Fusion {
     pub hidden: Vec<String>,
     /// The tensor the fused op produces (the last absorbed node's output).
     pub out: String,
+    /// The other operand of an absorbed Add, computed by an earlier node (or a constant,
+    /// or the input) and shaped like the conv's output.
+    pub residual: Option<String>,
 }
 
 impl Fusion {
@@ -50,9 +54,15 @@ pub(super) fn plan(
             _ => None,
         }
     };
+    let producer: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
+        .collect();
     nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             let conv_out = n.outputs.first().filter(|_| n.op == "Conv")?;
             let j = readers.get(conv_out.as_str())?;
             let single = |act: Act, j: usize| Fusion {
@@ -60,8 +70,42 @@ pub(super) fn plan(
                 absorbed: vec![j],
                 hidden: vec![conv_out.clone()],
                 out: nodes[j].outputs[0].clone(),
+                residual: None,
             };
             match j.as_slice() {
+                [j] if conv_out != output && nodes[*j].op == "Add" => {
+                    let grouped = n.attrs.get("group").is_some_and(|g| g.i > 1);
+                    let add = &nodes[*j];
+                    let other = match add.inputs.as_slice() {
+                        [a, b] if a == conv_out && b != conv_out => b,
+                        [a, b] if b == conv_out && a != conv_out => a,
+                        _ => return None,
+                    };
+                    let shaped = |t: &str| values.get(t).map(|v| v.dims().to_vec());
+                    // Computed before the conv runs, so a re-evaluation after a cut
+                    // never reads a stale value of it.
+                    let ready = producer.get(other.as_str()).is_none_or(|&p| p < i);
+                    let same = shaped(other).is_some() && shaped(other) == shaped(conv_out);
+                    if grouped || !ready || !same {
+                        return None;
+                    }
+                    let sum = add.outputs.first()?;
+                    // A ReLU that alone reads the sum joins the epilogue too.
+                    let relu = only(sum).filter(|&r| nodes[r].op == "Relu");
+                    Some(match relu {
+                        Some(r) => Fusion {
+                            act: Act::Relu,
+                            absorbed: vec![*j, r],
+                            hidden: vec![conv_out.clone(), sum.clone()],
+                            out: nodes[r].outputs[0].clone(),
+                            residual: Some(other.clone()),
+                        },
+                        None => Fusion {
+                            residual: Some(other.clone()),
+                            ..single(Act::Identity, *j)
+                        },
+                    })
+                }
                 [j] if conv_out != output => match nodes[*j].op.as_str() {
                     "Relu" => Some(single(Act::Relu, *j)),
                     "Sigmoid" => Some(single(Act::Sigmoid, *j)),
@@ -95,6 +139,7 @@ pub(super) fn plan(
                         absorbed: vec![sig, mul],
                         hidden: vec![conv_out.clone(), s.clone()],
                         out: m.outputs[0].clone(),
+                        residual: None,
                     })
                 }
                 _ => None,
@@ -137,4 +182,28 @@ pub(super) fn last_reads(nodes: &[Node]) -> HashMap<String, usize> {
         .into_iter()
         .filter_map(|(t, v)| Some((t.to_string(), *v.last()?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::OnnxGraph;
+    use candle_core::Device;
+
+    /// The tiny residual fixture (torch.onnx.export of torchvision BasicBlocks): layer1's
+    /// second Conv takes the identity shortcut and the ReLU after the Add; in layer2 the
+    /// downsample Conv runs after conv2, so it (not conv2) takes the Add, with conv2's
+    /// output as the residual. Values are checked by tests/onnx.rs against PyTorch.
+    #[test]
+    fn residual_adds_join_the_conv_that_runs_last() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tinyres/tinyres.onnx");
+        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let fused: Vec<_> = g.fusions.iter().flatten().collect();
+        let residual: Vec<_> = fused.iter().filter(|f| f.residual.is_some()).collect();
+        assert_eq!(residual.len(), 2, "{fused:#?}");
+        for f in residual {
+            assert_eq!(f.act, crate::model::fastconv::Act::Relu);
+            assert_eq!(f.absorbed.len(), 2);
+        }
+    }
 }

@@ -207,7 +207,17 @@ impl OnnxGraph {
                 conv: Default::default(),
             });
         }
-        let consts = initialisers(path, &graph, device)?;
+        let mut consts = initialisers(path, &graph, device)?;
+        // The TorchScript exporter shares equal initialisers through Identity nodes (the
+        // zero biases BatchNorm folding leaves, for one). Their outputs are constants too,
+        // so a Conv reading one packs its weights once, not at every call.
+        for n in nodes.iter().filter(|n| n.op == "Identity") {
+            if let (Some(i), Some(o)) = (n.inputs.first(), n.outputs.first()) {
+                if let Some(t) = consts.get(i).cloned() {
+                    consts.insert(o.clone(), t);
+                }
+            }
+        }
         let real_inputs: Vec<&onnx::ValueInfoProto> = graph
             .input
             .iter()
@@ -526,6 +536,7 @@ impl OnnxGraph {
             values,
             consts: &self.consts,
             act: f.act,
+            residual: f.residual.as_deref(),
         };
         let out = (n.run)(&ctx)
             .map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?
@@ -545,6 +556,7 @@ impl OnnxGraph {
             values,
             consts: &self.consts,
             act: Act::Identity,
+            residual: None,
         };
         let outs =
             (n.run)(&ctx).map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?;

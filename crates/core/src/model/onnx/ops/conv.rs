@@ -109,7 +109,15 @@ fn conv(c: &Ctx) -> OpResult {
         fresh = build();
         &fresh
     };
-    one(conv.forward_with(&x, c.act, None)?)
+    let residual = match c.residual {
+        Some(name) => Some(
+            c.values
+                .get(name)
+                .ok_or_else(|| unsupported(format!("fused residual `{name}` not computed")))?,
+        ),
+        None => None,
+    };
+    one(conv.forward_with(&x, c.act, residual)?)
 }
 
 /// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,

@@ -130,6 +130,8 @@ pub(super) struct Ctx<'a> {
     /// The activation a Conv applies as it stores (a fusion, see `fuse`); Identity
     /// elsewhere, and the other operators ignore it.
     pub act: crate::model::fastconv::Act,
+    /// The tensor a Conv adds before its activation (a fused residual Add), if any.
+    pub residual: Option<&'a str>,
 }
 
 impl Ctx<'_> {
