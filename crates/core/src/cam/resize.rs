@@ -59,6 +59,17 @@ fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize, corners:
     let inner: usize = shape[axis + 1..].iter().product();
     let t = taps(n_in, n_out, corners);
     let mut out = vec![0f32; outer * n_out * inner];
+    if inner == 1 {
+        // The last axis: one value per tap, without a slice per output value (a 720p
+        // heatmap is a million of them per frame). Same formula, same bits.
+        for (s, d) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+            for (dv, &(x0, x1, w)) in d.iter_mut().zip(&t) {
+                let a = s[x0];
+                *dv = a + (s[x1] - a) * w;
+            }
+        }
+        return out;
+    }
     for o in 0..outer {
         let s = &src[o * n_in * inner..(o + 1) * n_in * inner];
         let d = &mut out[o * n_out * inner..(o + 1) * n_out * inner];
