@@ -27,13 +27,8 @@ pub(crate) fn score_weights(
         let channels: Vec<&[f32]> = (0..k)
             .map(|c| &host[(i * k + c) * p..(i * k + c + 1) * p])
             .collect();
-        let masks = Masks {
-            x: &x.narrow(0, i, 1)?,
-            channels: &channels,
-            spatial: &spatial,
-            class,
-            batch,
-        };
+        let xi = x.narrow(0, i, 1)?;
+        let masks = Masks::new(&xi, &channels, &spatial, class, batch);
         let scores = masks.scores(body, masks.stem(body))?;
         let top = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = scores.iter().map(|s| (s - top).exp()).collect();
@@ -48,13 +43,35 @@ struct Masks<'a> {
     x: &'a Tensor,
     channels: &'a [&'a [f32]],
     spatial: &'a [usize],
+    /// The input's spatial dims, the masks' shape.
+    size: Vec<usize>,
     class: usize,
     batch: usize,
+    /// The channels that vary; the others are constant and scale to an all-zero mask.
+    varying: Vec<usize>,
+    constant: Vec<usize>,
 }
 
-impl Masks<'_> {
-    fn size(&self) -> Vec<usize> {
-        self.x.dims()[2..].to_vec()
+impl<'a> Masks<'a> {
+    fn new(
+        x: &'a Tensor,
+        channels: &'a [&'a [f32]],
+        spatial: &'a [usize],
+        class: usize,
+        batch: usize,
+    ) -> Self {
+        let (varying, constant) =
+            (0..channels.len()).partition(|&c| channels[c].iter().any(|&v| v != channels[c][0]));
+        Self {
+            x,
+            channels,
+            spatial,
+            size: x.dims()[2..].to_vec(),
+            class,
+            batch,
+            varying,
+            constant,
+        }
     }
 
     fn target(&self, logits: Tensor) -> Result<Vec<f32>> {
@@ -68,7 +85,7 @@ impl Masks<'_> {
     /// Channel `c` upsampled to the input and its (min, max - min + 1e-8), from which
     /// the mask is (u - min) / range.
     fn upsampled(&self, c: usize) -> (Vec<f32>, f32, f32) {
-        let u = resize_linear_corners(self.channels[c], self.spatial, &self.size());
+        let u = resize_linear_corners(self.channels[c], self.spatial, &self.size);
         let (lo, hi) = u
             .iter()
             .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
@@ -80,56 +97,47 @@ impl Masks<'_> {
     /// masks one each. Only on the CPU: the basis is combined on the host.
     fn stem(&self, body: &dyn Body) -> Option<String> {
         let p: usize = self.spatial.iter().product();
-        let varying = self.varying().0.len();
-        (self.x.device().is_cpu() && 2 * (p + 1) <= varying)
+        (self.x.device().is_cpu() && 2 * (p + 1) <= self.varying.len())
             .then(|| body.affine_stem())
             .flatten()
-    }
-
-    /// The channels that vary and those that are constant (an all-zero mask).
-    fn varying(&self) -> (Vec<usize>, Vec<usize>) {
-        let k = self.channels.len();
-        (0..k).partition(|&c| self.channels[c].iter().any(|&v| v != self.channels[c][0]))
     }
 
     /// The target score of x·mask for every channel, through `stem`'s basis or with
     /// every masked input through the whole network.
     fn scores(&self, body: &dyn Body, stem: Option<String>) -> Result<Vec<f32>> {
-        let k = self.channels.len();
         // A constant channel scales to an all-zero mask: one shared pass of zeros.
-        let (varying, constant) = self.varying();
-        let mut scores = vec![0f32; k];
+        let mut scores = vec![0f32; self.channels.len()];
         let zero_score = match stem {
             Some(stem) => {
                 let basis = StemBasis::new(body, self, &stem)?;
-                for chunk in varying.chunks(self.batch) {
+                for chunk in self.varying.chunks(self.batch) {
                     let yk = self.target(basis.logits(self, chunk)?)?;
                     chunk.iter().zip(yk).for_each(|(&c, y)| scores[c] = y);
                 }
                 basis.zero_score
             }
             None => {
-                for chunk in varying.chunks(self.batch) {
-                    let plane: usize = self.size().iter().product();
+                for chunk in self.varying.chunks(self.batch) {
+                    let plane: usize = self.size.iter().product();
                     let mut masks = Vec::with_capacity(chunk.len() * plane);
                     for &c in chunk {
                         let (u, lo, range) = self.upsampled(c);
                         masks.extend(u.iter().map(|v| (v - lo) / range));
                     }
                     let mut dims = vec![chunk.len(), 1];
-                    dims.extend(self.size());
+                    dims.extend(&self.size);
                     let masks =
                         Tensor::from_vec(masks, dims, self.x.device())?.to_dtype(self.x.dtype())?;
                     let yk = self.target(body.forward(&self.x.broadcast_mul(&masks)?)?)?;
                     chunk.iter().zip(yk).for_each(|(&c, y)| scores[c] = y);
                 }
-                match constant.is_empty() {
+                match self.constant.is_empty() {
                     true => 0.0,
                     false => self.target(body.forward(&self.x.zeros_like()?)?)?[0],
                 }
             }
         };
-        constant.iter().for_each(|&c| scores[c] = zero_score);
+        self.constant.iter().for_each(|&c| scores[c] = zero_score);
         Ok(scores)
     }
 }
@@ -170,18 +178,18 @@ impl<'s> StemBasis<'s> {
             zero_score,
         };
         let p: usize = masks.spatial.iter().product();
-        let size = masks.size();
+        let size = &masks.size;
         let all: Vec<usize> = (0..p).collect();
         for chunk in all.chunks(masks.batch) {
             let mut unit = vec![0f32; p];
             let mut b = Vec::with_capacity(chunk.len() * size.iter().product::<usize>());
             for &j in chunk {
                 unit[j] = 1.0;
-                b.extend(resize_linear_corners(&unit, masks.spatial, &size));
+                b.extend(resize_linear_corners(&unit, masks.spatial, size));
                 unit[j] = 0.0;
             }
             let mut bdims = vec![chunk.len(), 1];
-            bdims.extend(&size);
+            bdims.extend(size);
             let b = Tensor::from_vec(b, bdims, masks.x.device())?.to_dtype(masks.x.dtype())?;
             let (out, _) = body.split(&masks.x.broadcast_mul(&b)?, stem)?;
             let out = out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -329,13 +337,7 @@ mod tests {
         assert_eq!(a.dims(), &[1, 256, 4, 4]);
         let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let channels: Vec<&[f32]> = host.chunks(16).collect();
-        let masks = Masks {
-            x: &x,
-            channels: &channels,
-            spatial: &[4, 4],
-            class: 3,
-            batch: 64,
-        };
+        let masks = Masks::new(&x, &channels, &[4, 4], 3, 64);
         assert_eq!(masks.stem(net.body.as_ref()).as_deref(), Some("bn1"));
         let whole = masks.scores(net.body.as_ref(), None).unwrap();
         let stem = masks
@@ -371,13 +373,7 @@ mod tests {
         let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let p: usize = spatial.iter().product();
         let channels: Vec<&[f32]> = host.chunks(p).collect();
-        let masks = Masks {
-            x: &x,
-            channels: &channels,
-            spatial: &spatial,
-            class: 1,
-            batch: 16,
-        };
+        let masks = Masks::new(&x, &channels, &spatial, 1, 16);
         let whole = masks.scores(net.body.as_ref(), None).unwrap();
         let via = masks.scores(net.body.as_ref(), Some(stem)).unwrap();
         let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
