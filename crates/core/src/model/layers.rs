@@ -77,6 +77,23 @@ pub struct Conv {
     pub packed: std::sync::OnceLock<std::sync::Arc<super::fastconv::Packed>>,
 }
 
+/// A convolution's weights and bias with the eval-mode BatchNorm after it folded in
+/// (any rank of kernel: the scale is per output channel).
+pub(crate) fn fold_bn(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &ChannelAffine,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let mut wshape = vec![weight.dim(0)?];
+    wshape.extend(std::iter::repeat_n(1, weight.rank() - 1));
+    let weight = weight.broadcast_mul(&bn.scale.reshape(wshape)?)?;
+    let bias = match bias {
+        Some(b) => (b.mul(&bn.scale)? + &bn.shift)?,
+        None => bn.shift.clone(),
+    };
+    Ok((weight, Some(bias)))
+}
+
 /// (before, after) zero padding of TensorFlow "SAME" for one spatial dim.
 pub fn tf_same_pads(input: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);
@@ -227,14 +244,7 @@ impl Conv {
 
     /// Folds an eval-mode BatchNorm that follows this convolution into its weights.
     pub fn fold(&mut self, bn: &ChannelAffine) -> Result<()> {
-        let c = self.out_channels();
-        let mut wshape = vec![c];
-        wshape.extend(std::iter::repeat_n(1, self.weight.rank() - 1));
-        self.weight = self.weight.broadcast_mul(&bn.scale.reshape(wshape)?)?;
-        self.bias = Some(match &self.bias {
-            Some(b) => (b.mul(&bn.scale)? + &bn.shift)?,
-            None => bn.shift.clone(),
-        });
+        (self.weight, self.bias) = fold_bn(&self.weight, self.bias.as_ref(), bn)?;
         self.packed = Default::default();
         Ok(())
     }
@@ -245,7 +255,7 @@ impl Conv {
     /// output padding of the height for the width too. So 1D convs run as 1-high 2D
     /// convs, and when the two dims would need different output paddings the input is
     /// padded explicitly and its unused trailing rows/columns cut off.
-    fn dense(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn dense(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (s, d, p) = (self.stride, self.dilation, self.padding);
         let span = |k: usize| (k - 1) * d + 1;
         let (x, w) = match self.dims {
@@ -520,7 +530,7 @@ pub(crate) fn pad_spatial(
 
 /// Positions `o·s + j` (window `o`, offset `j`) along one axis: each window's
 /// elements laid out one after another.
-fn window_index(
+pub(crate) fn window_index(
     windows: usize,
     k: usize,
     s: usize,
@@ -632,6 +642,10 @@ pub enum Op {
     Linear(Linear),
     Identity,
     Residual(Box<ResidualBlock>),
+    /// A 3D convolution (video models: (N, C, T, H, W)).
+    Conv3d(super::volume::Conv3d),
+    Pool3d(super::volume::Pool3d),
+    Residual3d(Box<ResidualBlock<super::volume::Conv3d>>),
     /// Several ops as one unit (a block whose output is a target), with an optional
     /// identity shortcut added at the end (MobileNet-style linear bottleneck).
     Chain(Box<Chain>),
@@ -644,6 +658,16 @@ pub struct Chain {
 }
 
 impl Op {
+    /// The op as a convolution that can take its activation (and a residual) into its
+    /// epilogue.
+    pub fn fused_conv(&self) -> Option<&dyn FusedConv> {
+        match self {
+            Op::Conv(c) => Some(c),
+            Op::Conv3d(c) => Some(c),
+            _ => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Op::Conv(c) => c.forward(x),
@@ -667,19 +691,22 @@ impl Op {
             Op::Linear(l) => l.forward(x),
             Op::Identity => Ok(x.clone()),
             Op::Residual(b) => b.forward(x),
+            Op::Conv3d(c) => c.forward(x),
+            Op::Pool3d(p) => p.forward(x),
+            Op::Residual3d(b) => b.forward(x),
             Op::Chain(c) => {
                 let mut y = x.clone();
                 let mut ops = c.ops.iter().peekable();
                 while let Some(op) = ops.next() {
                     // A conv and the activation after it run as one op.
-                    let act = match (op, ops.peek()) {
-                        (Op::Conv(_), Some(Op::Relu)) => Act::Relu,
-                        (Op::Conv(_), Some(Op::Relu6)) => Act::Relu6,
+                    let act = match (op.fused_conv(), ops.peek()) {
+                        (Some(_), Some(Op::Relu)) => Act::Relu,
+                        (Some(_), Some(Op::Relu6)) => Act::Relu6,
                         _ => Act::Identity,
                     };
-                    y = match op {
-                        Op::Conv(conv) => conv.forward_with(&y, act, None)?,
-                        _ => op.forward(&y)?,
+                    y = match op.fused_conv() {
+                        Some(conv) => conv.forward_with(&y, act, None)?,
+                        None => op.forward(&y)?,
                     };
                     if act != Act::Identity {
                         ops.next();
@@ -695,14 +722,49 @@ impl Op {
     }
 }
 
-/// torchvision's BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3, 1x1), BN folded.
-#[derive(Clone, Debug)]
-pub struct ResidualBlock {
-    pub convs: Vec<Conv>,
-    pub downsample: Option<Conv>,
+/// A convolution that runs with its activation and a residual in one op.
+pub trait FusedConv {
+    /// act(conv(x) + bias + residual).
+    fn forward_with(&self, x: &Tensor, act: Act, residual: Option<&Tensor>)
+        -> candle_core::Result<Tensor>;
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, Act::Identity, None)
+    }
 }
 
-impl ResidualBlock {
+impl FusedConv for Conv {
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        Conv::forward_with(self, x, act, residual)
+    }
+}
+
+impl FusedConv for super::volume::Conv3d {
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        super::volume::Conv3d::forward_with(self, x, act, residual)
+    }
+}
+
+/// torchvision's BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3, 1x1), BN folded;
+/// with 3D convolutions, its video models' blocks (R(2+1)D's has four: each 3x3 a
+/// spatial and a temporal one). Every conv but the last is followed by a ReLU.
+#[derive(Clone, Debug)]
+pub struct ResidualBlock<C = Conv> {
+    pub convs: Vec<C>,
+    pub downsample: Option<C>,
+}
+
+impl<C: FusedConv> ResidualBlock<C> {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let identity = match &self.downsample {
             Some(d) => d.forward(x)?,

@@ -12,6 +12,7 @@ pub mod onnx;
 pub mod resnet;
 pub mod sequential;
 mod units;
+pub mod volume;
 pub mod weights;
 pub mod yamnet;
 

@@ -84,7 +84,7 @@ impl UnitNet {
         let mut x = x.clone();
         let mut i = from;
         while i < to {
-            if let Op::Conv(conv) = &self.units[i].op {
+            if let Some(conv) = self.units[i].op.fused_conv() {
                 let next = (i + 1..to).find(|&j| !matches!(self.units[j].op, Op::Identity));
                 let act = next.and_then(|j| match self.units[j].op {
                     Op::Relu => Some((j, Act::Relu)),
@@ -161,7 +161,7 @@ impl Body for UnitNet {
         let end = self.spatial_end();
         self.units[..end]
             .iter()
-            .take_while(|u| matches!(u.op, Op::Conv(_) | Op::Affine(_) | Op::Identity))
+            .take_while(|u| matches!(u.op, Op::Conv(_) | Op::Conv3d(_) | Op::Affine(_) | Op::Identity))
             .filter(|u| u.fused_into.is_none())
             .last()
             .map(|u| u.name.clone())

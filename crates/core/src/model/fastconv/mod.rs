@@ -16,6 +16,7 @@
 //! `pool` (max pooling where no gradient flows), `act` (the fused activations).
 
 mod act;
+pub mod conv3d;
 mod depthwise;
 pub mod pool;
 mod winograd;
@@ -312,23 +313,39 @@ fn im2col_row(
         }
         let row = &plane[iy as usize * w..(iy as usize + 1) * w];
         let off = (j * g.dw) as isize - g.pw as isize;
-        if g.sw == 1 {
-            // Output columns whose input column lies inside the row.
-            let lo = (-off).clamp(0, ow as isize) as usize;
-            let hi = (w as isize - off).clamp(lo as isize, ow as isize) as usize;
-            seg[..lo].fill(0.0);
-            let start = (lo as isize + off) as usize;
-            seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
-            seg[hi..].fill(0.0);
-        } else {
-            for (ox, v) in seg.iter_mut().enumerate() {
-                let ix = (ox * g.sw) as isize + off;
-                *v = if ix >= 0 && ix < w as isize {
-                    row[ix as usize]
-                } else {
-                    0.0
-                };
-            }
+        row_segment(row, off, g.sw, seg);
+    }
+}
+
+/// One im2col row segment: `seg[ox] = row[ox * stride + off]`, zero where that falls
+/// outside the row (padding). Shared by the 2D and 3D im2col.
+#[inline(always)]
+fn row_segment(row: &[f32], off: isize, stride: usize, seg: &mut [f32]) {
+    let (w, ow) = (row.len() as isize, seg.len() as isize);
+    if stride == 1 {
+        // Output columns whose input column lies inside the row.
+        let lo = (-off).clamp(0, ow) as usize;
+        let hi = (w - off).clamp(lo as isize, ow) as usize;
+        seg[..lo].fill(0.0);
+        let start = (lo as isize + off) as usize;
+        seg[lo..hi].copy_from_slice(&row[start..start + (hi - lo)]);
+        seg[hi..].fill(0.0);
+    } else {
+        for (ox, v) in seg.iter_mut().enumerate() {
+            let ix = (ox * stride) as isize + off;
+            *v = if ix >= 0 && ix < w { row[ix as usize] } else { 0.0 };
+        }
+    }
+}
+
+/// The transpose of [`row_segment`]: `row[ox * stride + off] += seg[ox]` inside the row.
+#[inline(always)]
+fn add_row_segment(seg: &[f32], off: isize, stride: usize, row: &mut [f32]) {
+    let w = row.len() as isize;
+    for (ox, v) in seg.iter().enumerate() {
+        let ix = (ox * stride) as isize + off;
+        if ix >= 0 && ix < w {
+            row[ix as usize] += v;
         }
     }
 }
@@ -354,12 +371,8 @@ fn col2im(
                     }
                     let base = ci * h * w + iy as usize * w;
                     let off = (j * g.dw) as isize - g.pw as isize;
-                    for (ox, v) in src[t * ow..(t + 1) * ow].iter().enumerate() {
-                        let ix = (ox * g.sw) as isize + off;
-                        if ix >= 0 && ix < w as isize {
-                            gx[base + ix as usize] += v;
-                        }
-                    }
+                    let seg = &src[t * ow..(t + 1) * ow];
+                    add_row_segment(seg, off, g.sw, &mut gx[base..base + w]);
                 }
                 r += 1;
             }
