@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::cam::augment::AUGMENTATIONS;
 use crate::cam::{
-    aggregate, heatmap, heatmap_on_source, resize_linear, upsample_to_source, CamBatch, CamConfig,
+    aggregate, heatmap, heatmap_on_source, resize_final, upsample_to_source, CamBatch, CamConfig,
     GradCam, Method, Targets,
 };
 use crate::error::{Error, Result};
@@ -83,7 +83,7 @@ impl Explanation {
     /// (resized) when it is already final.
     pub fn final_map(&self, size: &[usize]) -> Vec<f32> {
         if self.scaled {
-            resize_linear(&self.raw, &self.spatial, size)
+            resize_final(&self.raw, &self.spatial, size)
         } else {
             heatmap(&self.raw, &self.spatial, size)
         }

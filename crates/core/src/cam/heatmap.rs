@@ -1,4 +1,4 @@
-use super::resize::resize_linear;
+use super::resize::{resize_final, resize_linear};
 
 /// pytorch-grad-cam's `scale_cam_image` normalisation: `m -= min; m /= (max + 1e-7)`,
 /// so a map that is constant (e.g. all zero after ReLU) becomes all zeros.
@@ -14,7 +14,7 @@ pub fn minmax_in_place(m: &mut [f32]) {
 }
 
 /// The final map of one sample, exactly as pytorch-grad-cam computes it: ReLU, min-max,
-/// (bi)linear resize to `dst`, clamp at 0, min-max again.
+/// resize to `dst` ((bi)linear, or cubic-spline zoom for 3D), clamp at 0, min-max again.
 pub fn heatmap(raw: &[f32], src: &[usize], dst: &[usize]) -> Vec<f32> {
     aggregate(&[(raw, src)], dst)
 }
@@ -27,7 +27,7 @@ pub fn aggregate(layers: &[(&[f32], &[usize])], dst: &[usize]) -> Vec<f32> {
     for (raw, src) in layers {
         let mut m: Vec<f32> = raw.iter().map(|v| v.max(0.0)).collect();
         minmax_in_place(&mut m);
-        for (acc, v) in mean.iter_mut().zip(resize_linear(&m, src, dst)) {
+        for (acc, v) in mean.iter_mut().zip(resize_final(&m, src, dst)) {
             *acc += v.max(0.0);
         }
     }

@@ -11,6 +11,16 @@ pub fn resize_linear_corners(src: &[f32], src_shape: &[usize], dst_shape: &[usiz
     resize(src, src_shape, dst_shape, true)
 }
 
+/// The resize of pytorch-grad-cam's final map: OpenCV's bilinear for 1D and 2D maps,
+/// scipy's cubic-spline zoom for 3D (video) ones.
+pub fn resize_final(src: &[f32], src_shape: &[usize], dst_shape: &[usize]) -> Vec<f32> {
+    if src_shape.len() == 3 {
+        super::zoom::zoom_cubic(src, src_shape, dst_shape)
+    } else {
+        resize_linear(src, src_shape, dst_shape)
+    }
+}
+
 fn resize(src: &[f32], src_shape: &[usize], dst_shape: &[usize], corners: bool) -> Vec<f32> {
     assert_eq!(
         src_shape.len(),
