@@ -16,6 +16,7 @@
 //! | `layernorm_opset13` | the same model at opset 13, where LayerNorm is decomposed | ReduceMean, Sub, Pow, Sqrt, Div |
 //! | `dense_bn` | DenseNet layers `conv(relu(norm(cat(xs))))`, transition with `nn.AvgPool2d(2, 2)`, final norm + ReLU | standalone BatchNormalization after Concat, AveragePool |
 //! | `inception1d` | an InceptionTime-style 1D block pair (bottleneck, `Conv1d` kernels 9/19/39 with 'same' padding, `MaxPool1d(3, 1, 1)` branch, concat, BN, ReLU, residual) through the dynamo exporter (opset 18); Captum's `LayerGradCam` is the reference (raw only: pytorch-grad-cam refuses 1D maps) | 1D Conv, MaxPool via Unsqueeze/Squeeze, standalone BatchNormalization |
+//! | `clip3d`, `clip3d_dynamo` | a 3D CNN on (N,3,6,23,23) clips (`Clip3d` in make.py): `Conv3d` (3,5,5) stride (1,2,2), `MaxPool3d` (1,3,3)/(1,2,2) with `ceil_mode`, a (1,3,3) then (3,1,1) stride-(2,1,1) pair, `AvgPool3d((2,1,1))`, `AdaptiveAvgPool3d(1)`, through both exporters; finals are pytorch-grad-cam's cubic-spline zoom | 3D Conv, MaxPool, AveragePool, GlobalAveragePool or ReduceMean |
 //! | `dynamo_external` | `torch.onnx.export(model, (x[:1],), path)` (the default, dynamo exporter, opset 20), `x.reshape(x.shape[0], -1)` | weights in `model.onnx.data`; batch 1 baked into the graph, run here on 4 samples |
 
 mod common;
@@ -37,6 +38,8 @@ const FAMILIES: &[&str] = &[
     "dense_bn",
     "dynamo_external",
     "inception1d",
+    "clip3d",
+    "clip3d_dynamo",
 ];
 
 #[derive(serde::Deserialize)]
@@ -134,6 +137,11 @@ fn the_default_target_is_the_classifier_pooling_input() {
         assert!(rel_err(&got, &want) <= 1e-4, "{fam}: logits");
         if *fam == "pool_upstream" {
             assert_eq!(net.default_layer, "/mix/mix.2/Relu_output_0", "{fam}");
+        } else if *fam == "clip3d" {
+            // The global pooling's input is the temporal AvgPool's output.
+            assert_eq!(net.default_layer, "/pool2/AveragePool_output_0", "{fam}");
+        } else if *fam == "clip3d_dynamo" {
+            assert_eq!(net.default_layer, "avg_pool3d", "{fam}");
         } else if *fam == "dynamo_external" || *fam == "inception1d" {
             // The module is not the pooling's input (there is no pooling in
             // dynamo_external: flatten + Linear; then the last map before the output).

@@ -244,14 +244,10 @@ impl Explainer {
         (0..net.num_classes).map(|c| net.label(c)).collect()
     }
 
-    /// `image`, `signal` or `audio`.
+    /// `image`, `signal`, `audio` or `clip`.
     #[getter]
     fn kind(&self) -> &'static str {
-        match self.inner.network().input.kind {
-            InputKind::Image => "image",
-            InputKind::Signal => "signal",
-            InputKind::Audio => "audio",
-        }
+        self.inner.network().input.kind.name()
     }
 
     /// (C, H, W) or (C, L) of one model input.
@@ -275,13 +271,9 @@ impl Explainer {
     ) -> PyResult<Explained> {
         let (data, shape) = f32_array(x, "x")?;
         let net = self.inner.network();
-        let rank = if net.input.kind == InputKind::Signal {
-            1
-        } else {
-            2
-        };
+        let rank = net.input.kind.rank();
         if shape.len() != rank + 2 || shape[0] == 0 {
-            let want = if rank == 2 { "(N,C,H,W)" } else { "(N,C,L)" };
+            let want = ["(N,C,L)", "(N,C,H,W)", "(N,C,T,H,W)"][rank - 1];
             return Err(error(format!(
                 "`x` must be {want} for this {} model, got shape {shape:?}",
                 self.kind()

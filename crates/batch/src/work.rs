@@ -126,7 +126,7 @@ impl ExplainWork {
 impl Work for ExplainWork {
     fn run(&self, input: &Path, out_dir: &Path, cancel: &AtomicBool) -> Result<Done, String> {
         match self.explainer.network().input.kind {
-            InputKind::Image => self.video(input, out_dir, cancel),
+            InputKind::Image | InputKind::Clip => self.video(input, out_dir, cancel),
             InputKind::Signal | InputKind::Audio => self.signal(input, out_dir, cancel),
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use camstream_core::preprocess::{denormalise, prepare_image, InputKind, InputSpec, Placement};
+use camstream_core::preprocess::{denormalise, prepare_image, InputSpec, Placement};
 
 use crate::error::{Error, Result};
 use crate::npy::read_npy;
@@ -25,12 +25,9 @@ pub struct FileInput {
     pub view: Option<(RgbImage, [usize; 4])>,
 }
 
-/// The spatial rank (2 for pictures and spectrograms, 1 for signals) of a model's input.
+/// The spatial rank (1 signals, 2 pictures and spectrograms, 3 clips) of a model's input.
 pub fn spatial_rank(spec: &InputSpec) -> usize {
-    match spec.kind {
-        InputKind::Image | InputKind::Audio => 2,
-        InputKind::Signal => 1,
-    }
+    spec.kind.rank()
 }
 
 /// Reads one file: a `.npy` of (C, spatial...) or (N, C, spatial...) float32 values,
@@ -47,9 +44,9 @@ pub fn read_inputs(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
     }
     if rank != 2 {
         return Err(Error::Unsupported {
-            what: "signal format",
+            what: if rank == 1 { "signal format" } else { "clip format" },
             name: format!(".{ext}"),
-            supported: vec![".npy (C,L) or (N,C,L) float32".into()],
+            supported: vec![format!(".npy {} float32", shapes(rank))],
         });
     }
     Ok(vec![picture_input(&read_image(path)?, spec)])
@@ -67,6 +64,15 @@ pub fn picture_input(img: &RgbImage, spec: &InputSpec) -> FileInput {
         shape,
         placement: Some(p.placement),
         view: Some((view, p.placement.model.map(|v| v as usize))),
+    }
+}
+
+/// The array shapes a model of this spatial rank takes.
+fn shapes(rank: usize) -> &'static str {
+    match rank {
+        1 => "(C,L) or (N,C,L)",
+        2 => "(C,H,W) or (N,C,H,W)",
+        _ => "(C,T,H,W) or (N,C,T,H,W)",
     }
 }
 
@@ -97,14 +103,9 @@ pub fn tensor_inputs(
     } else if shape.len() == rank + 2 {
         (shape[0], shape[1..].to_vec())
     } else {
-        let want = if rank == 2 {
-            "(C,H,W) or (N,C,H,W)"
-        } else {
-            "(C,L) or (N,C,L)"
-        };
         return Err(Error::file(
             path,
-            format!("array of shape {shape:?}; expected {want}"),
+            format!("array of shape {shape:?}; expected {}", shapes(rank)),
         ));
     };
     if per[0] != spec.channels {

@@ -139,11 +139,7 @@ impl Model {
 }
 
 pub fn kind_name(kind: InputKind) -> &'static str {
-    match kind {
-        InputKind::Image => "image",
-        InputKind::Signal => "signal",
-        InputKind::Audio => "audio",
-    }
+    kind.name()
 }
 
 /// The served models by name, in the order given (the first is the default).

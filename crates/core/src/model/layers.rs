@@ -528,6 +528,20 @@ pub(crate) fn pad_spatial(
     Ok(y)
 }
 
+/// Padding ceil mode adds at the end of a dim: PyTorch's output length rounds up, but
+/// the last window must start inside the input or its begin padding.
+pub(crate) fn ceil_extra(len: usize, (begin, end): (usize, usize), k: usize, s: usize) -> usize {
+    let span = len + begin + end;
+    if span < k {
+        return 0;
+    }
+    let mut out = (span - k).div_ceil(s) + 1;
+    if (out - 1) * s >= len + begin {
+        out -= 1;
+    }
+    ((out - 1) * s + k).saturating_sub(span)
+}
+
 /// Positions `o·s + j` (window `o`, offset `j`) along one axis: each window's
 /// elements laid out one after another.
 pub(crate) fn window_index(

@@ -12,6 +12,7 @@ pub mod onnx;
 pub mod resnet;
 pub mod sequential;
 mod units;
+pub mod video_resnet;
 pub mod volume;
 pub mod weights;
 pub mod yamnet;
@@ -36,15 +37,22 @@ pub enum Arch {
     ResNet50,
     EfficientNetLite0,
     Yamnet,
+    /// Video models (3D CNNs over clips); random weights unless a file is given.
+    R3d18,
+    Mc318,
+    R2plus1d18,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 8] = [
         Arch::ResNet18,
         Arch::ResNet34,
         Arch::ResNet50,
         Arch::EfficientNetLite0,
         Arch::Yamnet,
+        Arch::R3d18,
+        Arch::Mc318,
+        Arch::R2plus1d18,
     ];
 
     /// The name a user types (torchvision's, or the model's own).
@@ -55,11 +63,20 @@ impl Arch {
             Arch::ResNet50 => "resnet50",
             Arch::EfficientNetLite0 => "efficientnet_lite0",
             Arch::Yamnet => "yamnet",
+            Arch::R3d18 => "r3d_18",
+            Arch::Mc318 => "mc3_18",
+            Arch::R2plus1d18 => "r2plus1d_18",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The video models, which run with portable random weights when none are given
+    /// (their architecture, not their knowledge, is what benchmarks and tests need).
+    pub fn is_video(self) -> bool {
+        matches!(self, Arch::R3d18 | Arch::Mc318 | Arch::R2plus1d18)
     }
 
     pub fn names() -> Vec<String> {
@@ -203,6 +220,13 @@ impl Network {
 
     pub fn load(req: &ModelRequest, device: &Device) -> Result<Self> {
         let net = match &req.source {
+            ModelSource::Builtin(arch) if arch.is_video() => {
+                let w = match &req.weights {
+                    Some(p) => Weights::load(p, device)?,
+                    None => video_resnet::random_weights(arch.name(), 400, 0, device)?,
+                };
+                video_resnet::build(arch.name(), &w, device)?
+            }
             ModelSource::Builtin(arch) => {
                 let Some(wpath) = &req.weights else {
                     return Err(Error::input(
@@ -277,13 +301,14 @@ fn from_onnx(path: &Path, input: Option<InputSpec>, device: &Device) -> Result<N
             i
         }
         None => {
-            let image = dims.len() == 3;
+            let kind = match dims.len() {
+                2 => InputKind::Signal,
+                3 => InputKind::Image,
+                _ => InputKind::Clip,
+            };
+            let image = kind != InputKind::Signal;
             InputSpec {
-                kind: if image {
-                    InputKind::Image
-                } else {
-                    InputKind::Signal
-                },
+                kind,
                 channels: dims[0],
                 size: dims[1..].to_vec(),
                 mean: vec![0.0; dims[0]],

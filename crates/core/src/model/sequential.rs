@@ -8,22 +8,49 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::model::layers::{ChannelAffine, Conv, Dims, Linear, Op, Pool, PoolKind};
+use crate::model::volume::{Conv3d, Pool3d};
 use crate::model::{Network, Unit, Weights};
-use crate::preprocess::{InputKind, InputSpec};
+use crate::preprocess::InputSpec;
 
 /// One `[[layer]]` of a model config, in the order of PyTorch's `nn.Sequential`.
 #[derive(Debug, serde::Deserialize, Clone)]
 pub struct LayerSpec {
     pub name: String,
     pub op: String,
-    pub stride: Option<usize>,
-    pub padding: Option<usize>,
-    pub dilation: Option<usize>,
+    pub stride: Option<Axes>,
+    pub padding: Option<Axes>,
+    pub dilation: Option<Axes>,
     pub groups: Option<usize>,
     pub bias: Option<bool>,
     pub eps: Option<f64>,
-    pub kernel: Option<usize>,
+    pub kernel: Option<Axes>,
     pub slope: Option<f64>,
+}
+
+/// A size for every spatial axis: one number for all, or (3D layers) `[t, h, w]`.
+#[derive(Debug, serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Axes {
+    All(usize),
+    Each([usize; 3]),
+}
+
+impl Axes {
+    fn each(self) -> [usize; 3] {
+        match self {
+            Axes::All(v) => [v; 3],
+            Axes::Each(v) => v,
+        }
+    }
+}
+
+/// A layer's `field` as one number (1D and 2D layers).
+fn one(v: Option<Axes>, field: &str) -> std::result::Result<Option<usize>, String> {
+    match v {
+        None => Ok(None),
+        Some(Axes::All(v)) => Ok(Some(v)),
+        Some(Axes::Each(_)) => Err(format!("`{field}` per axis is for 3D layers only")),
+    }
 }
 
 pub const OPS: &[&str] = &[
@@ -31,6 +58,10 @@ pub const OPS: &[&str] = &[
     "conv2d",
     "batchnorm1d",
     "batchnorm2d",
+    "conv3d",
+    "batchnorm3d",
+    "maxpool3d",
+    "avgpool3d",
     "relu",
     "relu6",
     "leaky_relu",
@@ -70,10 +101,7 @@ pub fn build(
     device: &Device,
     cfg: &Path,
 ) -> Result<Network> {
-    let in_dims = match input.kind {
-        InputKind::Image | InputKind::Audio => Dims::Two,
-        InputKind::Signal => Dims::One,
-    };
+    let in_rank = input.kind.rank();
     let mut flow = Flow::Spatial {
         channels: input.channels,
         size: input.size.clone(),
@@ -97,22 +125,30 @@ pub fn build(
             }
         };
         let op = match spec.op.as_str() {
+            "conv3d" | "maxpool3d" | "avgpool3d" | "batchnorm3d" => {
+                let Flow::Spatial { channels, size } = &mut flow else {
+                    return Err(err("comes after flatten/global pooling".into()));
+                };
+                if in_rank != 3 {
+                    return Err(err(format!("a 3D layer in a model whose input is {in_rank}D")));
+                }
+                layer3d(spec, w, channels, size, &mut units, keep).map_err(err)?
+            }
             "conv1d" | "conv2d" | "maxpool1d" | "maxpool2d" | "avgpool1d" | "avgpool2d"
             | "batchnorm1d" | "batchnorm2d" => {
                 let dims = dims_of(&spec.op);
                 let Flow::Spatial { channels, size } = &mut flow else {
                     return Err(err("comes after flatten/global pooling".into()));
                 };
-                if dims != in_dims {
+                if dims.rank() != in_rank {
                     return Err(err(format!(
-                        "a {}D layer in a model whose input is {}D",
+                        "a {}D layer in a model whose input is {in_rank}D",
                         dims.rank(),
-                        in_dims.rank()
                     )));
                 }
-                let stride = spec.stride.unwrap_or(1);
-                let padding = spec.padding.unwrap_or(0);
-                let dilation = spec.dilation.unwrap_or(1);
+                let stride = one(spec.stride, "stride").map_err(err)?.unwrap_or(1);
+                let padding = one(spec.padding, "padding").map_err(err)?.unwrap_or(0);
+                let dilation = one(spec.dilation, "dilation").map_err(err)?.unwrap_or(1);
                 if stride == 0 || dilation == 0 {
                     return Err(err("stride and dilation must be >= 1".into()));
                 }
@@ -152,8 +188,10 @@ pub fn build(
                         _ => Op::Affine(bn),
                     }
                 } else {
-                    let kernel = spec.kernel.ok_or_else(|| err("needs `kernel`".into()))?;
-                    let stride = spec.stride.unwrap_or(kernel);
+                    let kernel = one(spec.kernel, "kernel")
+                        .map_err(err)?
+                        .ok_or_else(|| err("needs `kernel`".into()))?;
+                    let stride = one(spec.stride, "stride").map_err(err)?.unwrap_or(kernel);
                     if kernel == 0 || stride == 0 {
                         return Err(err("kernel and stride must be >= 1".into()));
                     }
@@ -234,6 +272,83 @@ pub fn build(
         device: device.clone(),
         multi_label: false,
     })
+}
+
+/// A conv3d, batchnorm3d, maxpool3d or avgpool3d layer; `size` is (T, H, W) and is
+/// updated, as `channels`. A batchnorm3d folds into the conv3d before it unless that
+/// conv's output is to be kept.
+fn layer3d(
+    spec: &LayerSpec,
+    w: &Weights,
+    channels: &mut usize,
+    size: &mut [usize],
+    units: &mut [Unit],
+    keep: Option<&str>,
+) -> std::result::Result<Op, String> {
+    let name = spec.name.as_str();
+    let padding = spec.padding.map_or([0; 3], Axes::each);
+    let dilation = spec.dilation.map_or([1; 3], Axes::each);
+    let resize = |size: &mut [usize], k: [usize; 3], s: [usize; 3], d: [usize; 3]| {
+        if s.contains(&0) || d.contains(&0) || k.contains(&0) {
+            return Err("kernel, stride and dilation must be >= 1".to_string());
+        }
+        for a in 0..3 {
+            size[a] = out_len(size[a], k[a], s[a], padding[a], d[a])
+                .ok_or_else(|| "input too short for the kernel".to_string())?;
+        }
+        Ok(())
+    };
+    match spec.op.as_str() {
+        "conv3d" => {
+            if spec.groups.is_some_and(|g| g != 1) {
+                return Err("grouped 3D convolutions are not supported".into());
+            }
+            let mut conv = Conv3d::load(w, name, *channels, None, [None; 3])
+                .map_err(|e| e.to_string())?
+                .with(spec.stride.map_or([1; 3], Axes::each), padding);
+            conv.dilation = dilation;
+            if spec.bias == Some(true) && conv.bias.is_none() {
+                return Err(format!("`bias = true` but the weights have no `{name}.bias`"));
+            }
+            let d = conv.weight.dims();
+            resize(size, [d[2], d[3], d[4]], conv.stride, dilation)?;
+            *channels = conv.out_channels();
+            Ok(Op::Conv3d(conv))
+        }
+        "batchnorm3d" => {
+            let bn = ChannelAffine::load_bn(w, name, *channels, spec.eps.unwrap_or(1e-5))
+                .map_err(|e| e.to_string())?;
+            match units.last_mut() {
+                Some(prev) if prev.fused_into.is_none() && !keeps(keep, &prev.name) => {
+                    if let Op::Conv3d(c) = &mut prev.op {
+                        c.fold(&bn).map_err(|e| e.to_string())?;
+                        prev.fused_into = Some(name.to_string());
+                        return Ok(Op::Identity);
+                    }
+                    Ok(Op::Affine(bn))
+                }
+                _ => Ok(Op::Affine(bn)),
+            }
+        }
+        pool => {
+            let kernel = spec.kernel.ok_or("needs `kernel`")?.each();
+            let stride = spec.stride.map_or(kernel, Axes::each);
+            if dilation != [1; 3] {
+                return Err("dilated pooling is not supported".into());
+            }
+            resize(size, kernel, stride, dilation)?;
+            Ok(Op::Pool3d(Pool3d {
+                kind: if pool == "maxpool3d" {
+                    PoolKind::Max
+                } else {
+                    PoolKind::Avg
+                },
+                kernel,
+                stride,
+                padding: padding.map(|p| (p, p)),
+            }))
+        }
+    }
 }
 
 /// The last unit before the spatial dims are pooled away, as pytorch-grad-cam users pick.

@@ -32,10 +32,10 @@ impl Conv3d {
         prefix: &str,
         in_channels: usize,
         out_channels: Option<usize>,
-        kernel: [usize; 3],
+        kernel: [Option<usize>; 3],
     ) -> Result<Self> {
         let mut spec = vec![out_channels, Some(in_channels)];
-        spec.extend(kernel.map(Some));
+        spec.extend(kernel);
         let weight = w.get(&format!("{prefix}.weight"), &spec)?;
         let bias = w.get_opt(&format!("{prefix}.bias"), &[Some(weight.dim(0)?)])?;
         Ok(Self::new(weight, bias))

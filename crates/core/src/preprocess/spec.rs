@@ -8,6 +8,30 @@ pub enum InputKind {
     Signal,
     /// A waveform turned into a (1, mels, frames) log-mel picture by the front end.
     Audio,
+    /// A clip of frames, (C, T, H, W), for video models (3D CNNs).
+    Clip,
+}
+
+impl InputKind {
+    /// The name configs and services use.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Image => "image",
+            InputKind::Signal => "signal",
+            InputKind::Audio => "audio",
+            InputKind::Clip => "clip",
+        }
+    }
+
+    /// Spatial dims of a sample after its channels: 1 (signals), 2 (pictures,
+    /// spectrograms) or 3 (clips).
+    pub fn rank(self) -> usize {
+        match self {
+            InputKind::Signal => 1,
+            InputKind::Image | InputKind::Audio => 2,
+            InputKind::Clip => 3,
+        }
+    }
 }
 
 /// How a decoded picture is brought to the model's size.
@@ -31,7 +55,7 @@ pub enum Resize {
 pub struct InputSpec {
     pub kind: InputKind,
     pub channels: usize,
-    /// `[H, W]` for images, `[L]` for signals.
+    /// `[H, W]` for images, `[L]` for signals, `[T, H, W]` for clips.
     pub size: Vec<usize>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

@@ -205,6 +205,7 @@ impl OnnxGraph {
                     .collect(),
                 run,
                 conv: Default::default(),
+                conv3d: Default::default(),
             });
         }
         let mut consts = initialisers(path, &graph, device)?;
@@ -234,11 +235,11 @@ impl OnnxGraph {
         };
         let input_dims =
             input_dims(inp).ok_or_else(|| err(path, "the graph input is not a tensor"))?;
-        if !(3..=4).contains(&input_dims.len()) {
+        if !(3..=5).contains(&input_dims.len()) {
             return Err(err(
                 path,
                 format!(
-                    "input `{}` has shape {}; camstream explains CNNs over (N,C,L) or (N,C,H,W)",
+                    "input `{}` has shape {}; camstream explains CNNs over (N,C,L), (N,C,H,W) or (N,C,T,H,W)",
                     inp.name,
                     show_dims(&input_dims)
                 ),

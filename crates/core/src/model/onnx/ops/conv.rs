@@ -3,7 +3,10 @@
 //! maximum of a window as PyTorch's does).
 
 use super::{i64s, one, unsupported, Ctx, OpError, OpFn, OpResult};
-use crate::model::layers::{pad_sides, pad_spatial, Conv, Dims, Pool, PoolKind};
+use candle_core::Tensor;
+
+use crate::model::layers::{ceil_extra, pad_sides, pad_spatial, Conv, Dims, Pool, PoolKind};
+use crate::model::volume::{Conv3d, Pool3d};
 
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("AveragePool", pool),
@@ -50,6 +53,9 @@ fn conv(c: &Ctx) -> OpResult {
         .rank()
         .checked_sub(2)
         .ok_or_else(|| unsupported(format!("weight of rank {}", w.rank())))?;
+    if rank == 3 {
+        return conv3d(c, x, w);
+    }
     let dims = dims_of(rank)?;
     let stride = uniform(c.ints("strides"), rank, "strides")?;
     let dilation = uniform(c.ints("dilations"), rank, "dilations")?;
@@ -120,6 +126,67 @@ fn conv(c: &Ctx) -> OpResult {
     one(conv.forward_with(&x, c.act, residual)?)
 }
 
+/// `ints` of a 3D operator as (t, h, w), `default` where absent.
+fn axes3(c: &Ctx, name: &str, default: usize) -> Result<[usize; 3], OpError> {
+    match c.ints(name) {
+        None => Ok([default; 3]),
+        Some(v) if v.len() == 3 && v.iter().all(|&s| s >= 0) => {
+            Ok([v[0] as usize, v[1] as usize, v[2] as usize])
+        }
+        Some(v) => Err(unsupported(format!("{name} {v:?} for a 3D operator"))),
+    }
+}
+
+/// A 3D convolution (video models): per-axis strides, dilations and pads; asymmetric
+/// pads become a padded copy of the input.
+fn conv3d(c: &Ctx, x: Tensor, w: Tensor) -> OpResult {
+    let stride = axes3(c, "strides", 1)?;
+    let dilation = axes3(c, "dilations", 1)?;
+    if stride.contains(&0) || dilation.contains(&0) {
+        return Err(unsupported(format!("Conv3d strides {stride:?} dilations {dilation:?}")));
+    }
+    if c.int("group").unwrap_or(1) != 1 {
+        return Err(unsupported("grouped 3D convolutions"));
+    }
+    if !matches!(c.string("auto_pad").as_deref(), None | Some("") | Some("NOTSET") | Some("VALID")) {
+        return Err(unsupported("auto_pad on a 3D convolution"));
+    }
+    let sides = pads(c, 3)?;
+    let (x, padding) = if sides.iter().all(|&(a, b)| a == b) {
+        (x, [sides[0].0, sides[1].0, sides[2].0])
+    } else {
+        (pad_spatial(&x, &sides, 0.0)?, [0; 3])
+    };
+    let (w_dims, x_dims) = (w.dims(), x.dims());
+    let bias_len = c.opt(2).map(|b| b.elem_count());
+    if x_dims.len() != 5 || x_dims[1] != w_dims[1] || bias_len.is_some_and(|n| n != w_dims[0]) {
+        return Err(unsupported(format!(
+            "Conv of input {x_dims:?}, weight {w_dims:?}, bias of {bias_len:?} values: shapes disagree"
+        )));
+    }
+    let build = || {
+        let mut k = Conv3d::new(w.clone(), c.opt(2)).with(stride, padding);
+        k.dilation = dilation;
+        k
+    };
+    let fresh;
+    let conv = if c.is_const(1) && c.is_const(2) {
+        c.node.conv3d.get_or_init(build)
+    } else {
+        fresh = build();
+        &fresh
+    };
+    let residual = match c.residual {
+        Some(name) => Some(
+            c.values
+                .get(name)
+                .ok_or_else(|| unsupported(format!("fused residual `{name}` not computed")))?,
+        ),
+        None => None,
+    };
+    one(conv.forward_with(&x, c.act, residual)?)
+}
+
 /// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,
 /// SqueezeNet): the extra windows that ceil mode adds become padding at the end, -inf
 /// for max pooling, so values and gradients are PyTorch's.
@@ -127,6 +194,9 @@ fn pool(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
     let k = c.ints("kernel_shape").unwrap_or_default();
     let rank = k.len();
+    if rank == 3 {
+        return pool3d(c, x);
+    }
     let dims = dims_of(rank)?;
     let kernel = uniform(Some(k), rank, "kernel_shape")?;
     let stride = uniform(c.ints("strides"), rank, "strides")?;
@@ -179,18 +249,38 @@ fn pool(c: &Ctx) -> OpResult {
     .forward(&x)?)
 }
 
-/// Padding ceil mode adds at the end of a dim: PyTorch's output length rounds up, but
-/// the last window must start inside the input or its begin padding.
-fn ceil_extra(len: usize, (begin, end): (usize, usize), k: usize, s: usize) -> usize {
-    let span = len + begin + end;
-    if span < k {
-        return 0;
+/// MaxPool3d and AvgPool3d: per-axis kernels, strides and pads, ceil mode as end
+/// padding (as in 2D).
+fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
+    let kernel = axes3(c, "kernel_shape", 1)?;
+    let stride = axes3(c, "strides", 1)?;
+    if kernel.contains(&0) || stride.contains(&0) {
+        return Err(unsupported(format!("pooling kernel {kernel:?} strides {stride:?}")));
     }
-    let mut out = (span - k).div_ceil(s) + 1;
-    if (out - 1) * s >= len + begin {
-        out -= 1;
+    if c.ints("dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
+        return Err(unsupported("dilated pooling"));
     }
-    ((out - 1) * s + k).saturating_sub(span)
+    if !matches!(c.string("auto_pad").as_deref(), None | Some("") | Some("NOTSET")) {
+        return Err(unsupported("auto_pad on pooling"));
+    }
+    let mut sides = pads(c, 3)?;
+    let max = c.node.op == "MaxPool";
+    if c.int("ceil_mode").unwrap_or(0) != 0 {
+        for (d, side) in sides.iter_mut().enumerate() {
+            let extra = ceil_extra(x.dim(2 + d)?, *side, kernel[d], stride[d]);
+            if extra > 0 && !max {
+                return Err(unsupported("AveragePool with ceil_mode=1 over a partial window"));
+            }
+            side.1 += extra;
+        }
+    }
+    let padded = sides.iter().any(|&(a, b)| a + b > 0);
+    if !max && padded && c.int("count_include_pad").unwrap_or(0) == 0 {
+        return Err(unsupported("AveragePool with padding and count_include_pad=0"));
+    }
+    let kind = if max { PoolKind::Max } else { PoolKind::Avg };
+    let padding = [sides[0], sides[1], sides[2]];
+    one(Pool3d { kind, kernel, stride, padding }.forward(&x)?)
 }
 
 fn pad(c: &Ctx) -> OpResult {

@@ -110,6 +110,8 @@ pub(super) struct Node {
     pub run: OpFn,
     /// A Conv whose weights are initialisers, built (and its weights packed) once.
     pub conv: OnceLock<Conv>,
+    /// The same for a 3D convolution.
+    pub conv3d: OnceLock<crate::model::volume::Conv3d>,
 }
 
 impl Node {
