@@ -17,6 +17,7 @@
 //! | `dense_bn` | DenseNet layers `conv(relu(norm(cat(xs))))`, transition with `nn.AvgPool2d(2, 2)`, final norm + ReLU | standalone BatchNormalization after Concat, AveragePool |
 //! | `inception1d` | an InceptionTime-style 1D block pair (bottleneck, `Conv1d` kernels 9/19/39 with 'same' padding, `MaxPool1d(3, 1, 1)` branch, concat, BN, ReLU, residual) through the dynamo exporter (opset 18); Captum's `LayerGradCam` is the reference (raw only: pytorch-grad-cam refuses 1D maps) | 1D Conv, MaxPool via Unsqueeze/Squeeze, standalone BatchNormalization |
 //! | `clip3d`, `clip3d_dynamo` | a 3D CNN on (N,3,6,23,23) clips (`Clip3d` in make.py): `Conv3d` (3,5,5) stride (1,2,2), `MaxPool3d` (1,3,3)/(1,2,2) with `ceil_mode`, a (1,3,3) then (3,1,1) stride-(2,1,1) pair, `AvgPool3d((2,1,1))`, `AdaptiveAvgPool3d(1)`, through both exporters; finals are pytorch-grad-cam's cubic-spline zoom | 3D Conv, MaxPool, AveragePool, GlobalAveragePool or ReduceMean |
+//! | `clip3d_upstream` | the `clip3d` model targeted at `relu1`: the gradient crosses both 3D convs, the AvgPool3d and the ceil-mode MaxPool3d (ties among ReLU zeros) | 3D input gradients |
 //! | `dynamo_external` | `torch.onnx.export(model, (x[:1],), path)` (the default, dynamo exporter, opset 20), `x.reshape(x.shape[0], -1)` | weights in `model.onnx.data`; batch 1 baked into the graph, run here on 4 samples |
 
 mod common;
@@ -40,6 +41,7 @@ const FAMILIES: &[&str] = &[
     "inception1d",
     "clip3d",
     "clip3d_dynamo",
+    "clip3d_upstream",
 ];
 
 #[derive(serde::Deserialize)]
@@ -67,55 +69,74 @@ fn every_family_matches_pytorch_grad_cam() {
     for fam in FAMILIES {
         let dir = fixtures().join("families").join(fam);
         let c = case(&dir);
-        let model = dir.join("model.onnx");
-        let input = dir.join("input.npy");
         // TorchScript exports record module scopes: the module name must mean the same.
         let mut layers = vec![c.tensor.clone()];
         if c.exporter == "torchscript" {
             layers.push(c.module.clone());
         }
         for layer in &layers {
-            for (tag, class) in [("pred", None), ("fixed", Some(c.fixed.to_string()))] {
-                let out = tmp
-                    .path()
-                    .join(format!("{fam}-{tag}-{}", layer.replace('/', "_")));
-                // Preprocessed (N,C,L) arrays go to `signal`, (N,C,H,W) to `image`.
-                let command = if npy(&input).1.len() == 3 {
-                    "signal"
-                } else {
-                    "image"
-                };
-                let mut args = vec![
-                    command,
-                    "-m",
-                    s(&model),
-                    "-l",
-                    layer,
-                    "--cam-npy",
-                    "-o",
-                    s(&out),
-                    s(&input),
-                ];
-                if let Some(k) = &class {
-                    args.extend(["-c", k]);
-                }
-                ok(&camstream(&args));
-                for (got, want) in [("cam", "raw"), ("heatmap", "final")] {
-                    let reference = dir.join(format!("gradcam_{tag}_{want}.npy"));
-                    if want == "final" && !reference.exists() {
-                        continue; // 1D: Captum gives the raw map only
-                    }
-                    let (g, gs) = npy(out.join(format!("input.{got}.npy")));
-                    let (w, ws) = npy(reference);
-                    assert_eq!(gs, ws, "{fam} {layer} {tag} {want}: shape");
-                    let e = rel_err(&g, &w);
-                    eprintln!("{fam:<18} {tag:<5} {want:<5} {e:.1e}  ({layer})");
-                    assert!(
-                        e <= 1e-4,
-                        "{fam} {layer} {tag} {want}: error {e} of the peak"
-                    );
-                }
+            matches_references(&dir, &dir.join("model.onnx"), layer, tmp.path());
+        }
+    }
+}
+
+/// The clip3d model's PyTorch weights through a TOML sequential config (conv3d,
+/// batchnorm3d, maxpool3d with `ceil`, avgpool3d) give the ONNX exports' references.
+#[test]
+fn a_3d_sequential_config_matches_pytorch_grad_cam() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("families/clip3d");
+    let config = dir.join("model.toml");
+    matches_references(&dir, &config, "relu3", tmp.path());
+    // The same weights (make.py seeds each family alike), cut before the pooling.
+    let upstream = fixtures().join("families/clip3d_upstream");
+    matches_references(&upstream, &config, "relu1", tmp.path());
+}
+
+/// Runs `model` at `layer` on the family's input for its predicted and its fixed class,
+/// through the CLI, and compares the raw and final maps with the references.
+fn matches_references(dir: &Path, model: &Path, layer: &str, tmp: &Path) {
+    let fam = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let c = case(dir);
+    let input = dir.join("input.npy");
+    for (tag, class) in [("pred", None), ("fixed", Some(c.fixed.to_string()))] {
+        let file = model.file_name().unwrap().to_string_lossy();
+        let out = tmp.join(format!("{fam}-{file}-{tag}-{}", layer.replace('/', "_")));
+        // Preprocessed (N,C,L) arrays go to `signal`, (N,C,H,W) and (N,C,T,H,W) to `image`.
+        let command = if npy(&input).1.len() == 3 {
+            "signal"
+        } else {
+            "image"
+        };
+        let mut args = vec![
+            command,
+            "-m",
+            s(model),
+            "-l",
+            layer,
+            "--cam-npy",
+            "-o",
+            s(&out),
+            s(&input),
+        ];
+        if let Some(k) = &class {
+            args.extend(["-c", k]);
+        }
+        ok(&camstream(&args));
+        for (got, want) in [("cam", "raw"), ("heatmap", "final")] {
+            let reference = dir.join(format!("gradcam_{tag}_{want}.npy"));
+            if want == "final" && !reference.exists() {
+                continue; // 1D: Captum gives the raw map only
             }
+            let (g, gs) = npy(out.join(format!("input.{got}.npy")));
+            let (w, ws) = npy(reference);
+            assert_eq!(gs, ws, "{fam} {layer} {tag} {want}: shape");
+            let e = rel_err(&g, &w);
+            eprintln!("{fam:<18} {tag:<5} {want:<5} {e:.1e}  ({layer}, {file})");
+            assert!(
+                e <= 1e-4,
+                "{fam} {layer} {tag} {want}: error {e} of the peak"
+            );
         }
     }
 }
@@ -137,7 +158,7 @@ fn the_default_target_is_the_classifier_pooling_input() {
         assert!(rel_err(&got, &want) <= 1e-4, "{fam}: logits");
         if *fam == "pool_upstream" {
             assert_eq!(net.default_layer, "/mix/mix.2/Relu_output_0", "{fam}");
-        } else if *fam == "clip3d" {
+        } else if *fam == "clip3d" || *fam == "clip3d_upstream" {
             // The global pooling's input is the temporal AvgPool's output.
             assert_eq!(net.default_layer, "/pool2/AveragePool_output_0", "{fam}");
         } else if *fam == "clip3d_dynamo" {

@@ -112,19 +112,20 @@ impl ModelFile {
             }
             return Err(Error::config(&self.path, "missing [input] section"));
         };
-        let kind = match inp.kind.as_str() {
-            "image" => InputKind::Image,
-            "signal" => InputKind::Signal,
-            "audio" => InputKind::Audio,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "input kind",
-                    name: other.into(),
-                    supported: vec!["image".into(), "signal".into(), "audio".into()],
-                })
-            }
+        const KINDS: [InputKind; 4] = [
+            InputKind::Image,
+            InputKind::Signal,
+            InputKind::Audio,
+            InputKind::Clip,
+        ];
+        let Some(kind) = KINDS.into_iter().find(|k| k.name() == inp.kind) else {
+            return Err(Error::Unsupported {
+                what: "input kind",
+                name: inp.kind.clone(),
+                supported: KINDS.iter().map(|k| k.name().to_string()).collect(),
+            });
         };
-        let want = if kind == InputKind::Signal { 1 } else { 2 };
+        let want = kind.rank();
         if inp.size.len() != want || inp.size.contains(&0) {
             return Err(Error::config(
                 &self.path,

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use crate::model::layers::{ChannelAffine, Conv, Dims, Linear, Op, Pool, PoolKind};
+use crate::model::layers::{ceil_extra, ChannelAffine, Conv, Dims, Linear, Op, Pool, PoolKind};
 use crate::model::volume::{Conv3d, Pool3d};
 use crate::model::{Network, Unit, Weights};
 use crate::preprocess::InputSpec;
@@ -25,6 +25,8 @@ pub struct LayerSpec {
     pub eps: Option<f64>,
     pub kernel: Option<Axes>,
     pub slope: Option<f64>,
+    /// 3D pooling: PyTorch's `ceil_mode` (the last, partial window counts).
+    pub ceil: Option<bool>,
 }
 
 /// A size for every spatial axis: one number for all, or (3D layers) `[t, h, w]`.
@@ -188,6 +190,9 @@ pub fn build(
                         _ => Op::Affine(bn),
                     }
                 } else {
+                    if spec.ceil == Some(true) {
+                        return Err(err("`ceil` is for 3D pooling only".into()));
+                    }
                     let kernel = one(spec.kernel, "kernel")
                         .map_err(err)?
                         .ok_or_else(|| err("needs `kernel`".into()))?;
@@ -336,16 +341,24 @@ fn layer3d(
             if dilation != [1; 3] {
                 return Err("dilated pooling is not supported".into());
             }
+            let max = pool == "maxpool3d";
+            let mut sides = padding.map(|p| (p, p));
+            if spec.ceil == Some(true) {
+                for a in 0..3 {
+                    let extra = ceil_extra(size[a], sides[a], kernel[a], stride[a]);
+                    if extra > 0 && !max {
+                        return Err("avgpool3d with `ceil` over a partial window".into());
+                    }
+                    sides[a].1 += extra;
+                    size[a] += extra;
+                }
+            }
             resize(size, kernel, stride, dilation)?;
             Ok(Op::Pool3d(Pool3d {
-                kind: if pool == "maxpool3d" {
-                    PoolKind::Max
-                } else {
-                    PoolKind::Avg
-                },
+                kind: if max { PoolKind::Max } else { PoolKind::Avg },
                 kernel,
                 stride,
-                padding: padding.map(|p| (p, p)),
+                padding: sides,
             }))
         }
     }
