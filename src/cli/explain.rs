@@ -17,7 +17,7 @@ use camstream_media::guard::{check_outputs, Output};
 use camstream_media::inputs::read_inputs;
 use camstream_media::io::Staged;
 use camstream_media::npy::stage_npy;
-use camstream_media::render::{overlay_like_show_cam_on_image, plot_signal, JET};
+use camstream_media::render::{clip_strip, overlay_like_show_cam_on_image, plot_signal, JET};
 
 use super::ExplainArgs;
 
@@ -364,6 +364,19 @@ impl Outputs<'_> {
                 let px = overlay_like_show_cam_on_image(view.as_raw(), &mask, &JET, args.alpha);
                 let img = RgbImage::from_raw(w as u32, h as u32, px).context("overlay size")?;
                 staged.push(camstream_media::io::stage_png(&png, &img)?);
+            }
+            if let (Kind::Image, &[c, t, h, w]) = (kind, sample.shape.as_slice()) {
+                // A clip: its frames side by side with their heatmaps (16 at most).
+                let strip = clip_strip(
+                    &sample.data,
+                    [c, t, h, w],
+                    &e.map,
+                    &net.input,
+                    &JET,
+                    args.alpha,
+                    16,
+                );
+                staged.push(camstream_media::io::stage_png(&png, &strip)?);
             }
             if kind == Kind::Signal && net.input.kind == InputKind::Signal && sample.shape[0] >= 1 {
                 // The first channel, coloured by the final map.

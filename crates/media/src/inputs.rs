@@ -44,7 +44,11 @@ pub fn read_inputs(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
     }
     if rank != 2 {
         return Err(Error::Unsupported {
-            what: if rank == 1 { "signal format" } else { "clip format" },
+            what: if rank == 1 {
+                "signal format"
+            } else {
+                "clip format"
+            },
             name: format!(".{ext}"),
             supported: vec![format!(".npy {} float32", shapes(rank))],
         });

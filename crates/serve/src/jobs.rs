@@ -551,9 +551,8 @@ fn start(
     };
     let model = app.models.get(&name)?;
     let kind = match model.network().input.kind {
-        camstream_core::preprocess::InputKind::Image | camstream_core::preprocess::InputKind::Clip => {
-            Kind::Video
-        }
+        camstream_core::preprocess::InputKind::Image
+        | camstream_core::preprocess::InputKind::Clip => Kind::Video,
         _ => Kind::Signal,
     };
     if options.alpha.is_some_and(|a| !(0.0..=1.0).contains(&a)) {

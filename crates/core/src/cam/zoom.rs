@@ -148,7 +148,15 @@ mod tests {
         // scipy.ndimage.zoom(np.float32([0, 1, 0, 0, 4]), 9/5): below zero between peaks,
         // which a linear resize never does.
         let want = [
-            0.0, 0.44642857, 1.0, 0.76785713, 0.0, -0.64285713, 0.0, 2.4285715, 4.0,
+            0.0,
+            0.44642857,
+            1.0,
+            0.76785713,
+            0.0,
+            -0.64285713,
+            0.0,
+            2.4285715,
+            4.0,
         ];
         assert_close(&zoom_cubic(&[0.0, 1.0, 0.0, 0.0, 4.0], &[5], &[9]), &want);
     }

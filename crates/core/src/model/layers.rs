@@ -739,8 +739,12 @@ impl Op {
 /// A convolution that runs with its activation and a residual in one op.
 pub trait FusedConv {
     /// act(conv(x) + bias + residual).
-    fn forward_with(&self, x: &Tensor, act: Act, residual: Option<&Tensor>)
-        -> candle_core::Result<Tensor>;
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor>;
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_with(x, Act::Identity, None)

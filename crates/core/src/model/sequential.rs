@@ -132,7 +132,9 @@ pub fn build(
                     return Err(err("comes after flatten/global pooling".into()));
                 };
                 if in_rank != 3 {
-                    return Err(err(format!("a 3D layer in a model whose input is {in_rank}D")));
+                    return Err(err(format!(
+                        "a 3D layer in a model whose input is {in_rank}D"
+                    )));
                 }
                 layer3d(spec, w, channels, size, &mut units, keep).map_err(err)?
             }
@@ -313,7 +315,9 @@ fn layer3d(
                 .with(spec.stride.map_or([1; 3], Axes::each), padding);
             conv.dilation = dilation;
             if spec.bias == Some(true) && conv.bias.is_none() {
-                return Err(format!("`bias = true` but the weights have no `{name}.bias`"));
+                return Err(format!(
+                    "`bias = true` but the weights have no `{name}.bias`"
+                ));
             }
             let d = conv.weight.dims();
             resize(size, [d[2], d[3], d[4]], conv.stride, dilation)?;

@@ -161,7 +161,12 @@ impl Body for UnitNet {
         let end = self.spatial_end();
         self.units[..end]
             .iter()
-            .take_while(|u| matches!(u.op, Op::Conv(_) | Op::Conv3d(_) | Op::Affine(_) | Op::Identity))
+            .take_while(|u| {
+                matches!(
+                    u.op,
+                    Op::Conv(_) | Op::Conv3d(_) | Op::Affine(_) | Op::Identity
+                )
+            })
             .filter(|u| u.fused_into.is_none())
             .last()
             .map(|u| u.name.clone())

@@ -86,7 +86,15 @@ fn built_conv(
     let s = stride;
     Ok(match maker {
         Maker::Full => vec![conv_bn(w, prefix, bn, in_ch, [3; 3], [s; 3], [1; 3])?],
-        Maker::Spatial => vec![conv_bn(w, prefix, bn, in_ch, [1, 3, 3], [1, s, s], [0, 1, 1])?],
+        Maker::Spatial => vec![conv_bn(
+            w,
+            prefix,
+            bn,
+            in_ch,
+            [1, 3, 3],
+            [1, s, s],
+            [0, 1, 1],
+        )?],
         Maker::Factored => {
             let sp = conv_bn(
                 w,
@@ -98,7 +106,15 @@ fn built_conv(
                 [0, 1, 1],
             )?;
             let mid = sp.out_channels();
-            let tm = conv_bn(w, &format!("{prefix}.3"), bn, mid, [3, 1, 1], [s, 1, 1], [1, 0, 0])?;
+            let tm = conv_bn(
+                w,
+                &format!("{prefix}.3"),
+                bn,
+                mid,
+                [3, 1, 1],
+                [s, 1, 1],
+                [1, 0, 0],
+            )?;
             vec![sp, tm]
         }
     })
@@ -173,7 +189,9 @@ pub fn build(arch: &str, w: &Weights, device: &Device) -> Result<Network> {
                 return Err(Error::MissingTensor {
                     file: w.file().to_path_buf(),
                     name: format!("{p}.downsample.0.weight"),
-                    hint: format!("; block {p} changes {channels} -> {out} channels, stride {stride}"),
+                    hint: format!(
+                        "; block {p} changes {channels} -> {out} channels, stride {stride}"
+                    ),
                 });
             } else {
                 None
@@ -234,7 +252,9 @@ pub fn state_shapes(arch: &str, classes: usize) -> Result<Vec<(String, Vec<usize
         let planes = 64 << stage;
         for b in 0..BLOCKS {
             let p = format!("layer{}.{}", stage + 1, b);
-            for (k, i) in [(1, if b == 0 { c } else { planes }), (2, planes)] {
+            // Both convs of a block share conv1's hidden width (from the block's input).
+            let m = mid(c, planes);
+            for (k, i) in [(1, c), (2, planes)] {
                 let (name, bn_name) = (format!("{p}.conv{k}.0"), format!("{p}.conv{k}.1"));
                 match maker {
                     Maker::Full => {
@@ -244,7 +264,6 @@ pub fn state_shapes(arch: &str, classes: usize) -> Result<Vec<(String, Vec<usize
                         conv(name, [planes, i, 1, 3, 3], &mut out);
                     }
                     Maker::Factored => {
-                        let m = mid(i, planes);
                         conv(format!("{name}.0"), [m, i, 1, 3, 3], &mut out);
                         bn(format!("{name}.1"), m, &mut out);
                         conv(format!("{name}.3"), [planes, m, 3, 1, 1], &mut out);

@@ -89,7 +89,11 @@ impl Conv3d {
         if let Some(p) = self.packed.get() {
             return Ok(p.clone());
         }
-        let p = Arc::new(Packed3::new(self.geometry()?, &self.weight, self.bias.as_ref())?);
+        let p = Arc::new(Packed3::new(
+            self.geometry()?,
+            &self.weight,
+            self.bias.as_ref(),
+        )?);
         Ok(self.packed.get_or_init(|| p).clone())
     }
 
@@ -130,7 +134,9 @@ impl Conv3d {
     pub fn by_taps(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let g = self.geometry()?;
         let (n, _, t, _, _) = x.dims5()?;
-        if g.stride[1] != g.stride[2] || g.padding[1] != g.padding[2] || g.dilation[1] != g.dilation[2]
+        if g.stride[1] != g.stride[2]
+            || g.padding[1] != g.padding[2]
+            || g.dilation[1] != g.dilation[2]
         {
             candle_core::bail!(
                 "conv3d: unequal height and width strides, paddings or dilations need the CPU"
@@ -200,14 +206,26 @@ impl Pool3d {
         };
         let mut y = pad_spatial(x, &self.padding, fill)?;
         for axis in 0..3 {
-            y = pool_axis(&y, 2 + axis, self.kernel[axis], self.stride[axis], self.kind)?;
+            y = pool_axis(
+                &y,
+                2 + axis,
+                self.kernel[axis],
+                self.stride[axis],
+                self.kind,
+            )?;
         }
         Ok(y)
     }
 }
 
 /// Windows of `k` values every `s` along `axis`, each reduced to its maximum or mean.
-fn pool_axis(x: &Tensor, axis: usize, k: usize, s: usize, kind: PoolKind) -> candle_core::Result<Tensor> {
+fn pool_axis(
+    x: &Tensor,
+    axis: usize,
+    k: usize,
+    s: usize,
+    kind: PoolKind,
+) -> candle_core::Result<Tensor> {
     if k == 1 && s == 1 {
         return Ok(x.clone());
     }
@@ -266,9 +284,9 @@ mod tests {
         let mut out = Vec::new();
         for b in 0..n {
             for co in 0..g.c_out {
-                for (zt, zy, zx) in (0..ot).flat_map(|a| {
-                    (0..oh).flat_map(move |y| (0..ow).map(move |z| (a, y, z)))
-                }) {
+                for (zt, zy, zx) in
+                    (0..ot).flat_map(|a| (0..oh).flat_map(move |y| (0..ow).map(move |z| (a, y, z))))
+                {
                     let mut s = bv.as_ref().map_or(0.0, |b| b[co]) as f64;
                     for ci in 0..c {
                         for a in 0..kt {
@@ -295,22 +313,40 @@ mod tests {
 
     fn max_gap(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     /// Anisotropic kernels, strides, paddings and a dilation, a batch of 2, and 1x1x1.
     fn cases() -> Vec<(Conv3d, Vec<usize>)> {
         let c = |co: usize, ci: usize, k: [usize; 3], seed| {
-            Conv3d::new(rand(&[co, ci, k[0], k[1], k[2]], seed), Some(rand(&[co], seed + 1)))
+            Conv3d::new(
+                rand(&[co, ci, k[0], k[1], k[2]], seed),
+                Some(rand(&[co], seed + 1)),
+            )
         };
         let mut dil = c(5, 3, [2, 3, 2], 7).with([1, 2, 1], [1, 1, 0]);
         dil.dilation = [2, 1, 2];
         vec![
-            (c(4, 3, [3, 3, 3], 1).with([1, 1, 1], [1, 1, 1]), vec![2, 3, 5, 6, 7]),
-            (c(6, 3, [3, 7, 7], 3).with([1, 2, 2], [1, 3, 3]), vec![1, 3, 4, 11, 9]),
-            (c(4, 2, [3, 1, 1], 5).with([2, 1, 1], [1, 0, 0]), vec![2, 2, 5, 4, 3]),
+            (
+                c(4, 3, [3, 3, 3], 1).with([1, 1, 1], [1, 1, 1]),
+                vec![2, 3, 5, 6, 7],
+            ),
+            (
+                c(6, 3, [3, 7, 7], 3).with([1, 2, 2], [1, 3, 3]),
+                vec![1, 3, 4, 11, 9],
+            ),
+            (
+                c(4, 2, [3, 1, 1], 5).with([2, 1, 1], [1, 0, 0]),
+                vec![2, 2, 5, 4, 3],
+            ),
             (c(3, 4, [1, 1, 1], 9), vec![2, 4, 3, 4, 5]),
-            (c(3, 4, [1, 1, 1], 11).with([2, 2, 2], [0, 0, 0]), vec![1, 4, 5, 4, 5]),
+            (
+                c(3, 4, [1, 1, 1], 11).with([2, 2, 2], [0, 0, 0]),
+                vec![1, 4, 5, 4, 5],
+            ),
             (dil, vec![1, 3, 6, 5, 7]),
         ]
     }
@@ -319,9 +355,19 @@ mod tests {
     fn packed_conv3d_is_the_convolution() {
         for (conv, shape) in cases() {
             let x = rand(&shape, 42);
-            let ours: Vec<f32> = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let ours: Vec<f32> = conv
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let want = direct(&conv, &x);
-            assert!(max_gap(&ours, &want) < 1e-5, "{:?} {shape:?}", conv.geometry().unwrap());
+            assert!(
+                max_gap(&ours, &want) < 1e-5,
+                "{:?} {shape:?}",
+                conv.geometry().unwrap()
+            );
         }
     }
 
@@ -332,7 +378,13 @@ mod tests {
                 continue;
             }
             let x = rand(&shape, 43);
-            let y: Vec<f32> = conv.by_taps(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<f32> = conv
+                .by_taps(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert!(max_gap(&y, &direct(&conv, &x)) < 1e-5);
         }
     }
@@ -349,14 +401,30 @@ mod tests {
             let grads = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
             let gx = grads.get(&x).unwrap();
             let lhs: f32 = y.mul(&g).unwrap().sum_all().unwrap().to_scalar().unwrap();
-            let rhs: f32 = x.as_tensor().mul(gx).unwrap().sum_all().unwrap().to_scalar().unwrap();
-            assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+            let rhs: f32 = x
+                .as_tensor()
+                .mul(gx)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
             // And it is the gradient of the taps version (candle's own conv2d backward).
             if conv.stride[1] == conv.stride[2] && conv.padding[1] == conv.padding[2] {
                 let y2 = conv.by_taps(x.as_tensor()).unwrap();
                 let g2 = y2.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
                 let a: Vec<f32> = gx.flatten_all().unwrap().to_vec1().unwrap();
-                let b: Vec<f32> = g2.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let b: Vec<f32> = g2
+                    .get(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 assert!(max_gap(&a, &b) < 1e-4, "{:?}", conv.geometry().unwrap());
             }
         }
@@ -385,7 +453,13 @@ mod tests {
             stride: [1, 1, 2],
             padding: [(0, 0), (1, 1), (0, 0)],
         };
-        let y: Vec<f32> = pool.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = pool
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let mut want = Vec::new();
         for oy in 0..4usize {
@@ -407,14 +481,23 @@ mod tests {
         }
         assert_eq!(y, want);
         // Ties (all zero): the gradient goes to the box's first element only.
-        let z = Var::from_tensor(&Tensor::zeros((1, 1, 2, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let z = Var::from_tensor(
+            &Tensor::zeros((1, 1, 2, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
         let all = Pool3d {
             kind: PoolKind::Max,
             kernel: [2, 2, 2],
             stride: [2, 2, 2],
             padding: [(0, 0); 3],
         };
-        let g = all.forward(z.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = all
+            .forward(z.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let gz: Vec<f32> = g.get(&z).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(gz, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
@@ -430,8 +513,28 @@ mod tests {
         };
         let y = pool.forward(&x).unwrap();
         assert_eq!(y.dims(), [2, 3, 2, 2, 2]);
-        let first: f32 = x.narrow(0, 0, 1).unwrap().narrow(1, 0, 1).unwrap().narrow(2, 0, 2).unwrap().narrow(3, 0, 2).unwrap().narrow(4, 0, 3).unwrap().mean_all().unwrap().to_scalar().unwrap();
-        let got: f32 = y.flatten_all().unwrap().get(0).unwrap().to_scalar().unwrap();
+        let first: f32 = x
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .narrow(2, 0, 2)
+            .unwrap()
+            .narrow(3, 0, 2)
+            .unwrap()
+            .narrow(4, 0, 3)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let got: f32 = y
+            .flatten_all()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!((first - got).abs() < 1e-6);
     }
 }

@@ -4,6 +4,7 @@ mod colormap;
 mod overlay;
 mod plot;
 pub mod recording;
+mod strip;
 mod text;
 
 pub use colormap::{
@@ -11,4 +12,5 @@ pub use colormap::{
 };
 pub use overlay::{overlay, overlay_like_show_cam_on_image};
 pub use plot::plot_signal;
+pub use strip::clip_strip;
 pub use text::draw_label;

@@ -56,7 +56,11 @@ pub struct Packed3 {
 }
 
 impl Packed3 {
-    pub fn new(geo: Geometry3, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Self> {
+    pub fn new(
+        geo: Geometry3,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Self> {
         let weight = weight
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
@@ -196,7 +200,10 @@ impl Conv3dOp {
                 })
             })
         });
-        Ok((CpuStorage::F32(out), Shape::from(vec![n, g.c_out, ot, oh, ow])))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from(vec![n, g.c_out, ot, oh, ow]),
+        ))
     }
 
     fn input_grad(&self, arg: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
@@ -284,7 +291,20 @@ impl CustomOp1 for Conv3dInputGrad {
                 // SAFETY: W^T is W with swapped strides; gx is ks x vol here.
                 unsafe {
                     let wt = p.weight.as_ptr();
-                    matmul(ks, vol, co, gxi.as_mut_ptr(), vol, wt, 1, ks, gyi.as_ptr(), vol, true, 1);
+                    matmul(
+                        ks,
+                        vol,
+                        co,
+                        gxi.as_mut_ptr(),
+                        vol,
+                        wt,
+                        1,
+                        ks,
+                        gyi.as_ptr(),
+                        vol,
+                        true,
+                        1,
+                    );
                 }
                 return;
             }
@@ -298,10 +318,24 @@ impl CustomOp1 for Conv3dInputGrad {
                 unsafe {
                     let src = gyi.as_ptr().add(r0 * ow);
                     let wt = p.weight.as_ptr();
-                    matmul(ks, tp, co, col.as_mut_ptr(), tp, wt, 1, ks, src, vol, false, 1);
+                    matmul(
+                        ks,
+                        tp,
+                        co,
+                        col.as_mut_ptr(),
+                        tp,
+                        wt,
+                        1,
+                        ks,
+                        src,
+                        vol,
+                        false,
+                        1,
+                    );
                 }
                 for (r, src) in col.chunks_exact(tp).enumerate() {
-                    let (ci, a, i, j) = (r / (kt * kh * kw), r / (kh * kw) % kt, r / kw % kh, r % kw);
+                    let (ci, a, i, j) =
+                        (r / (kt * kh * kw), r / (kh * kw) % kt, r / kw % kh, r % kw);
                     let off = (j * g.dilation[2]) as isize - g.padding[2] as isize;
                     for (fr, seg) in (r0..r0 + tp / ow).zip(src.chunks_exact(ow)) {
                         if let Some(at) = source_row(g, (ci, a, i), [t, h, w], fr, oh) {
@@ -312,9 +346,6 @@ impl CustomOp1 for Conv3dInputGrad {
                 r0 += tp / ow;
             }
         });
-        Ok((
-            CpuStorage::F32(gx),
-            Shape::from(vec![n, g.c_in, t, h, w]),
-        ))
+        Ok((CpuStorage::F32(gx), Shape::from(vec![n, g.c_in, t, h, w])))
     }
 }

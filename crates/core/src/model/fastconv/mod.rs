@@ -333,7 +333,11 @@ fn row_segment(row: &[f32], off: isize, stride: usize, seg: &mut [f32]) {
     } else {
         for (ox, v) in seg.iter_mut().enumerate() {
             let ix = (ox * stride) as isize + off;
-            *v = if ix >= 0 && ix < w { row[ix as usize] } else { 0.0 };
+            *v = if ix >= 0 && ix < w {
+                row[ix as usize]
+            } else {
+                0.0
+            };
         }
     }
 }

@@ -143,12 +143,17 @@ fn conv3d(c: &Ctx, x: Tensor, w: Tensor) -> OpResult {
     let stride = axes3(c, "strides", 1)?;
     let dilation = axes3(c, "dilations", 1)?;
     if stride.contains(&0) || dilation.contains(&0) {
-        return Err(unsupported(format!("Conv3d strides {stride:?} dilations {dilation:?}")));
+        return Err(unsupported(format!(
+            "Conv3d strides {stride:?} dilations {dilation:?}"
+        )));
     }
     if c.int("group").unwrap_or(1) != 1 {
         return Err(unsupported("grouped 3D convolutions"));
     }
-    if !matches!(c.string("auto_pad").as_deref(), None | Some("") | Some("NOTSET") | Some("VALID")) {
+    if !matches!(
+        c.string("auto_pad").as_deref(),
+        None | Some("") | Some("NOTSET") | Some("VALID")
+    ) {
         return Err(unsupported("auto_pad on a 3D convolution"));
     }
     let sides = pads(c, 3)?;
@@ -255,12 +260,19 @@ fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
     let kernel = axes3(c, "kernel_shape", 1)?;
     let stride = axes3(c, "strides", 1)?;
     if kernel.contains(&0) || stride.contains(&0) {
-        return Err(unsupported(format!("pooling kernel {kernel:?} strides {stride:?}")));
+        return Err(unsupported(format!(
+            "pooling kernel {kernel:?} strides {stride:?}"
+        )));
     }
-    if c.ints("dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
+    if c.ints("dilations")
+        .is_some_and(|d| d.iter().any(|&v| v != 1))
+    {
         return Err(unsupported("dilated pooling"));
     }
-    if !matches!(c.string("auto_pad").as_deref(), None | Some("") | Some("NOTSET")) {
+    if !matches!(
+        c.string("auto_pad").as_deref(),
+        None | Some("") | Some("NOTSET")
+    ) {
         return Err(unsupported("auto_pad on pooling"));
     }
     let mut sides = pads(c, 3)?;
@@ -269,18 +281,28 @@ fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
         for (d, side) in sides.iter_mut().enumerate() {
             let extra = ceil_extra(x.dim(2 + d)?, *side, kernel[d], stride[d]);
             if extra > 0 && !max {
-                return Err(unsupported("AveragePool with ceil_mode=1 over a partial window"));
+                return Err(unsupported(
+                    "AveragePool with ceil_mode=1 over a partial window",
+                ));
             }
             side.1 += extra;
         }
     }
     let padded = sides.iter().any(|&(a, b)| a + b > 0);
     if !max && padded && c.int("count_include_pad").unwrap_or(0) == 0 {
-        return Err(unsupported("AveragePool with padding and count_include_pad=0"));
+        return Err(unsupported(
+            "AveragePool with padding and count_include_pad=0",
+        ));
     }
     let kind = if max { PoolKind::Max } else { PoolKind::Avg };
     let padding = [sides[0], sides[1], sides[2]];
-    one(Pool3d { kind, kernel, stride, padding }.forward(&x)?)
+    one(Pool3d {
+        kind,
+        kernel,
+        stride,
+        padding,
+    }
+    .forward(&x)?)
 }
 
 fn pad(c: &Ctx) -> OpResult {
