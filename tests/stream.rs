@@ -35,6 +35,7 @@ fn memory_frames_to_channels_match_the_explainer() {
             norm: Norm::Frame,
             metrics: None,
             metrics_every: 1,
+            clips: Default::default(),
         },
         overlay: OverlayConfig {
             colormap: &JET,
@@ -53,6 +54,7 @@ fn memory_frames_to_channels_match_the_explainer() {
     let sinks = Sinks {
         frames: Some(&mut frame_tx),
         records: Some(&mut rec_tx as &mut dyn RecordSink<FrameRecord>),
+        clips: None,
         progress: None,
         observe: Some(&observe),
     };
@@ -101,6 +103,7 @@ fn memory_frames_to_channels_match_the_explainer() {
     let none = Sinks {
         frames: None,
         records: None,
+        clips: None,
         progress: None,
         observe: None,
     };

@@ -13,7 +13,9 @@ use camstream_core::Explainer;
 use camstream_media::decode::Section;
 use camstream_media::encode::EncodeOptions;
 use camstream_media::render::{colormap_by_name, COLORMAPS};
-use camstream_pipeline::{run_video, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob};
+use camstream_pipeline::{
+    run_video, ClipSampling, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob,
+};
 
 use super::{MethodArgs, MetricsArgs, ModelArgs};
 
@@ -49,9 +51,31 @@ pub struct VideoArgs {
     #[arg(long, short = 'c')]
     pub class: Option<String>,
 
-    /// Frames per forward/backward pass
-    #[arg(long, short = 'b', default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch: u64,
+    /// Frames per forward/backward pass (video models: clips per pass) [default: 8
+    /// frames, 2 clips]
+    #[arg(long, short = 'b', value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
+
+    /// Video models (3D CNNs): frames per clip [default: the model's, 16 for
+    /// r3d_18/mc3_18/r2plus1d_18]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clip_len: Option<u64>,
+
+    /// Video models: sampled frames from one clip's start to the next (at most
+    /// --clip-len; smaller values overlap clips, whose maps are averaged) [default:
+    /// --clip-len]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clip_stride: Option<u64>,
+
+    /// Video models: sample every K-th frame into clips, as the model was trained;
+    /// frames between samples show the map of the sample before them
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_step: u64,
+
+    /// Video models: write one JSON line per clip (clip, first_frame, last_frame,
+    /// start_s, end_s, class, label, logit, probability, padded)
+    #[arg(long)]
+    pub clips_json: Option<PathBuf>,
 
     /// Explain one frame in K and reuse its map for the frames between (fast preview)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -119,12 +143,29 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         bail!("--metrics adds each frame's metrics to its record: add --frames-json FILE");
     }
     let mut net = a.model.load(a.layer.as_deref())?;
-    if net.input.kind != InputKind::Image {
+    let clip_model = net.input.kind == InputKind::Clip;
+    if !matches!(net.input.kind, InputKind::Image | InputKind::Clip) {
         bail!(
-            "model {} does not take pictures: video needs an image model",
+            "model {} does not take pictures: video needs an image or a video (clip) model",
             a.model.model
         );
     }
+    let frame_opts = [
+        ("--clip-len", a.clip_len.is_some()),
+        ("--clip-stride", a.clip_stride.is_some()),
+        ("--frame-step", a.frame_step > 1),
+        ("--clips-json", a.clips_json.is_some()),
+    ];
+    if let Some((flag, _)) = frame_opts.iter().find(|(_, set)| *set && !clip_model) {
+        bail!(
+            "{flag} is for video models (3D CNNs over clips); {} explains single frames",
+            a.model.model
+        );
+    }
+    if clip_model && a.every > 1 {
+        bail!("--every is for frame models: a video model explains clips (see --clip-stride and --frame-step)");
+    }
+    let batch = a.batch.unwrap_or(if clip_model { 2 } else { 8 });
     match a.fit.as_deref() {
         Some("letterbox") => net.input.resize = Resize::Letterbox,
         Some("stretch") => net.input.resize = Resize::Stretch,
@@ -193,16 +234,22 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             threads: 0,
         },
         frames_json: a.frames_json.clone(),
+        clips_json: a.clips_json.clone(),
         report: a.report.clone(),
         frames: FrameJob {
             explainer: &explainer,
             model: ModelConfig {
                 class,
-                batch: a.batch as usize,
+                batch: batch as usize,
                 every: a.every as usize,
                 norm,
-                metrics: a.metrics.config(a.batch)?,
+                metrics: a.metrics.config(batch)?,
                 metrics_every: a.metrics_every as usize,
+                clips: ClipSampling {
+                    len: a.clip_len.map(|v| v as usize),
+                    stride: a.clip_stride.map(|v| v as usize),
+                    step: a.frame_step as usize,
+                },
             },
             overlay: OverlayConfig {
                 colormap,
@@ -268,6 +315,7 @@ pub fn bench(
             ..EncodeOptions::default()
         },
         frames_json: None,
+        clips_json: None,
         report: None,
         frames: FrameJob {
             explainer,
@@ -278,6 +326,7 @@ pub fn bench(
                 norm: Norm::Frame,
                 metrics: None,
                 metrics_every: 1,
+                clips: ClipSampling::default(),
             },
             overlay: OverlayConfig {
                 colormap: &camstream_media::render::JET,

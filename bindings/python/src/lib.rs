@@ -589,6 +589,7 @@ mod video {
                 section: Section::default(),
                 encode: EncodeOptions::default(),
                 frames_json: Some(records.clone()),
+                clips_json: None,
                 report: None,
                 frames: FrameJob {
                     explainer,
@@ -599,6 +600,7 @@ mod video {
                         norm: Norm::Frame,
                         metrics: None,
                         metrics_every: 1,
+                        clips: Default::default(),
                     },
                     overlay: OverlayConfig {
                         colormap: &camstream_media::render::JET,

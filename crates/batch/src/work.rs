@@ -62,6 +62,7 @@ impl ExplainWork {
             section: Section::default(),
             encode: EncodeOptions::default(),
             frames_json: Some(out.join("frames.jsonl")),
+            clips_json: None,
             report: None,
             frames: FrameJob {
                 explainer: &self.explainer,
@@ -72,6 +73,7 @@ impl ExplainWork {
                     norm: Norm::Frame,
                     metrics: None,
                     metrics_every: 1,
+                    clips: Default::default(),
                 },
                 overlay: OverlayConfig {
                     colormap: &JET,

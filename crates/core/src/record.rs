@@ -65,6 +65,9 @@ impl SampleRecord {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FrameRecord {
     pub class: usize,
+    /// Video models: the clip (0, 1, ...) whose class and map the frame shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<u64>,
     /// False for frames that reuse an earlier frame's map (`every` > 1).
     pub explained: bool,
     pub index: u64,
@@ -82,6 +85,27 @@ pub struct FrameRecord {
     /// Presentation time in the stream's time base, and in seconds.
     pub pts: i64,
     pub seconds: f64,
+}
+
+/// One clip of a video explained by a video model (3D CNN).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClipRecord {
+    pub class: usize,
+    pub clip: u64,
+    /// Seconds of the clip's last sample.
+    pub end_s: f64,
+    /// Frame indices of its first and last samples.
+    pub first_frame: u64,
+    pub label: String,
+    pub last_frame: u64,
+    #[serde(serialize_with = "widened")]
+    pub logit: f32,
+    pub method: String,
+    #[serde(serialize_with = "widened")]
+    pub probability: f32,
+    /// Samples past the video's end repeat its last one.
+    pub padded: bool,
+    pub start_s: f64,
 }
 
 /// One window of a recorded signal.

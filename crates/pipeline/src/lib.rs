@@ -18,7 +18,8 @@ pub use norm::Norm;
 pub use records::{JsonLines, RecordSink};
 #[cfg(feature = "video")]
 pub use video::{
-    run_frames, run_video, FrameJob, ModelConfig, OverlayConfig, VideoJob, VideoReport,
+    run_frames, run_video, ClipSampling, FrameJob, ModelConfig, OverlayConfig, VideoJob,
+    VideoReport,
 };
 
 #[cfg(feature = "video")]

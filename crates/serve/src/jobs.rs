@@ -666,6 +666,7 @@ fn run_video_job(
         section: Section::default(),
         encode: EncodeOptions::default(),
         frames_json: Some(job.dir.join("frames.jsonl")),
+        clips_json: None,
         report: None,
         frames: FrameJob {
             explainer,
@@ -676,6 +677,7 @@ fn run_video_job(
                 norm: Norm::Frame,
                 metrics: None,
                 metrics_every: 1,
+                clips: Default::default(),
             },
             overlay: OverlayConfig {
                 colormap: &JET,

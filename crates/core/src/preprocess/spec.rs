@@ -69,6 +69,19 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
+    /// What one frame is prepared as: for a clip model a picture of its (H, W), for
+    /// every other model the spec itself.
+    pub fn frame(&self) -> InputSpec {
+        match self.kind {
+            InputKind::Clip => InputSpec {
+                kind: InputKind::Image,
+                size: self.size[1..].to_vec(),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
     pub fn imagenet() -> Self {
         Self {
             kind: InputKind::Image,

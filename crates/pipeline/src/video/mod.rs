@@ -7,6 +7,7 @@
 //! [`run_frames`] takes any [`FrameSource`] and any sinks (a server feeds frames from
 //! memory and reads records from a channel); [`run_video`] is the file job on top.
 
+mod clips;
 mod io;
 mod stages;
 
@@ -24,6 +25,7 @@ use camstream_media::guard::{check_outputs, Output};
 use camstream_media::io::{Staged, TempPath};
 
 pub use crate::records::{JsonLines, RecordSink};
+pub use clips::ClipSampling;
 pub use io::{EncodedVideo, FrameSink, FrameSource, MemoryFrames};
 pub use stages::{ModelConfig, Observer, OverlayConfig, Sinks};
 
@@ -48,6 +50,9 @@ pub struct VideoJob<'a> {
     pub encode: EncodeOptions,
     /// Also write one [`FrameRecord`] per frame as JSON lines here.
     pub frames_json: Option<PathBuf>,
+    /// Video models: also write one [`ClipRecord`](camstream_core::record::ClipRecord)
+    /// per clip as JSON lines here.
+    pub clips_json: Option<PathBuf>,
     /// Also write the [`VideoReport`] as JSON here.
     pub report: Option<PathBuf>,
     pub frames: FrameJob<'a>,
@@ -113,6 +118,12 @@ fn check_paths(job: &VideoJob) -> Result<(), PipelineError> {
             path: p,
         });
     }
+    if let Some(p) = &job.clips_json {
+        outputs.push(Output {
+            param: "clips_json",
+            path: p,
+        });
+    }
     Ok(check_outputs(&[&job.input], &outputs)?)
 }
 
@@ -152,11 +163,19 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
         .as_deref()
         .map(JsonLines::create)
         .transpose()?;
+    let mut clip_lines = job
+        .clips_json
+        .as_deref()
+        .map(JsonLines::create)
+        .transpose()?;
     let sinks = Sinks {
         frames: Some(&mut video),
         records: records
             .as_mut()
             .map(|r| r as &mut dyn RecordSink<FrameRecord>),
+        clips: clip_lines
+            .as_mut()
+            .map(|r| r as &mut dyn RecordSink<camstream_core::record::ClipRecord>),
         progress: job.progress,
         observe: job.observe,
     };
@@ -186,6 +205,9 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
     let mut staged = Staged::default();
     staged.push(video_tmp);
     if let Some(r) = records {
+        staged.push(r.finish_staged()?);
+    }
+    if let Some(r) = clip_lines {
         staged.push(r.finish_staged()?);
     }
     if let Some(p) = &job.report {
@@ -232,6 +254,7 @@ fn scan_max(
     let sinks = Sinks {
         frames: None,
         records: None,
+        clips: None,
         progress: None,
         observe: None,
     };
@@ -276,6 +299,18 @@ fn run_stages(
     let (ren_tx, ren_rx) = bounded(cap + workers);
     let expected = source.info().frames_hint;
     let input = &job.explainer.network().input;
+    let clip_model = input.kind == camstream_core::preprocess::InputKind::Clip;
+    let clips = if clip_model {
+        Some(clips::ClipStage::new(
+            job.explainer,
+            &job.model,
+            clip_scale,
+            scan,
+            &explained,
+        )?)
+    } else {
+        None
+    };
     let model = stages::ModelStage::new(job.explainer, &job.model, clip_scale, scan, &explained);
 
     std::thread::scope(|s| {
@@ -294,8 +329,9 @@ fn run_stages(
         });
         let model_ctl = ctl(2);
         s.spawn(move || {
-            guard(Stage::Model.name(), model_ctl.errors, || {
-                model.run(pre_rx, cam_tx, model_ctl)
+            guard(Stage::Model.name(), model_ctl.errors, || match clips {
+                Some(c) => c.run(pre_rx, cam_tx, model_ctl),
+                None => model.run(pre_rx, cam_tx, model_ctl),
             })
         });
         // A scan stops at the model: nothing is drawn or written.

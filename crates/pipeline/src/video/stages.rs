@@ -12,7 +12,7 @@ use image::RgbImage;
 use camstream_core::cam::{argmax, upsample_to_source, Targets};
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
-use camstream_core::record::FrameRecord;
+use camstream_core::record::{ClipRecord, FrameRecord};
 use camstream_core::{ExplainOptions, Explainer, Input};
 use camstream_media::decode::DecodedFrame;
 use camstream_media::render::{draw_label, overlay, Colormap};
@@ -23,10 +23,10 @@ use crate::records::RecordSink;
 use crate::{inject, Busy, PipelineError, Stage, StageCtl as Ctl};
 
 pub(super) struct Prepared {
-    frame: DecodedFrame,
-    input: Vec<f32>,
+    pub frame: DecodedFrame,
+    pub input: Vec<f32>,
     /// (H, W) of the model input (the same for every frame of a video).
-    size: [usize; 2],
+    pub size: [usize; 2],
     placement: Placement,
 }
 
@@ -38,6 +38,22 @@ pub(super) struct Explained {
     map: FrameMap,
     explained: bool,
     metrics: Option<Faithfulness>,
+    /// Clips that start at this frame (video models), written before its record.
+    clips: Vec<ClipRecord>,
+}
+
+impl Explained {
+    pub fn new(p: Prepared, map: FrameMap, explained: bool, clips: Vec<ClipRecord>) -> Self {
+        Self {
+            frame: p.frame,
+            size: p.size,
+            placement: p.placement,
+            map,
+            explained,
+            metrics: None,
+            clips,
+        }
+    }
 }
 
 pub(super) struct Rendered {
@@ -45,6 +61,7 @@ pub(super) struct Rendered {
     pts: i64,
     rgb: RgbImage,
     record: FrameRecord,
+    clips: Vec<ClipRecord>,
 }
 
 pub(super) fn decode(
@@ -75,13 +92,15 @@ pub(super) fn preprocess(
     tx: Sender<Prepared>,
     ctl: Ctl,
 ) -> Result<(), PipelineError> {
+    // A clip model's frames are pictures of its (H, W).
+    let frame_spec = input.frame();
     for frame in rx {
         if ctl.errors.failed() {
             break;
         }
         let t = Instant::now();
         inject(Stage::Preprocess, frame.index)?;
-        let p = prepare_image(&frame.rgb, input);
+        let p = prepare_image(&frame.rgb, &frame_spec);
         ctl.busy.add(t.elapsed(), 1);
         let prepared = Prepared {
             frame,
@@ -110,21 +129,25 @@ pub struct ModelConfig {
     /// multiple of `metrics_every`.
     pub metrics: Option<MetricsConfig>,
     pub metrics_every: usize,
+    /// How clips are cut from the frames, for video models (3D CNNs).
+    pub clips: super::clips::ClipSampling,
 }
 
 /// The map a frame is drawn with; shared by the frames that reuse it (`every`).
 #[derive(Clone)]
-struct FrameMap {
+pub(super) struct FrameMap {
     /// Low-resolution map in [0, 1].
-    map: Arc<Vec<f32>>,
-    spatial: Vec<usize>,
-    /// The map is already final (several layers, aug-smooth): never renormalised.
-    scaled: bool,
-    class: usize,
-    label: String,
-    logit: f32,
-    probability: f32,
-    method: &'static str,
+    pub map: Arc<Vec<f32>>,
+    pub spatial: Vec<usize>,
+    /// The map is already final (several layers, aug-smooth, clips): never renormalised.
+    pub scaled: bool,
+    pub class: usize,
+    pub label: String,
+    pub logit: f32,
+    pub probability: f32,
+    pub method: &'static str,
+    /// The clip whose label the frame shows (video models).
+    pub clip: Option<u64>,
 }
 
 /// With `scan`, explains frames only to record the largest map value (the first pass
@@ -241,6 +264,7 @@ impl<'a> ModelStage<'a> {
                     logit: e.logit,
                     probability: e.probability,
                     method: self.explainer.method().name(),
+                    clip: None,
                 });
             }
         }
@@ -261,6 +285,7 @@ impl<'a> ModelStage<'a> {
                 map,
                 explained,
                 metrics,
+                clips: Vec::new(),
             };
             if tx.send(e).is_err() {
                 return Ok(false);
@@ -337,6 +362,7 @@ pub(super) fn render(
         }
         let record = FrameRecord {
             class: m.class,
+            clip: m.clip,
             explained: e.explained,
             index: e.frame.index,
             label: m.label,
@@ -355,6 +381,7 @@ pub(super) fn render(
             pts: e.frame.pts,
             rgb,
             record,
+            clips: e.clips,
         };
         if tx.send(r).is_err() {
             break;
@@ -367,6 +394,8 @@ pub(super) fn render(
 pub struct Sinks<'a> {
     pub frames: Option<&'a mut dyn FrameSink>,
     pub records: Option<&'a mut dyn RecordSink<FrameRecord>>,
+    /// One record per clip (video models).
+    pub clips: Option<&'a mut dyn RecordSink<ClipRecord>>,
     /// Called with (frames done, frames expected) as frames are written.
     pub progress: Option<&'a (dyn Fn(u64, Option<u64>) + Sync)>,
     /// Sees each drawn frame and its record, in order, before the sinks take them (a
@@ -404,6 +433,11 @@ pub(super) fn write(
             if let Some(f) = sinks.frames.as_deref_mut() {
                 f.write(r.rgb, r.pts)?;
             }
+            if let Some(s) = sinks.clips.as_deref_mut() {
+                for c in &r.clips {
+                    s.record(c)?;
+                }
+            }
             if let Some(s) = sinks.records.as_deref_mut() {
                 s.record(&r.record)?;
             }
@@ -424,6 +458,9 @@ pub(super) fn write(
         f.finish(cancel.load(Ordering::Relaxed))?;
     }
     if let Some(s) = sinks.records.as_deref_mut() {
+        s.finish()?;
+    }
+    if let Some(s) = sinks.clips.as_deref_mut() {
         s.finish()?;
     }
     ctl.busy.add(t.elapsed(), 0);
