@@ -178,7 +178,7 @@ impl<'a> ClipStage<'a> {
         busy: &Busy,
     ) -> Result<bool, PipelineError> {
         if self.formed.is_empty() {
-            return Ok(true);
+            return self.emit(tx);
         }
         let t = Instant::now();
         let starts = std::mem::take(&mut self.formed);

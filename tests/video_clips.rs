@@ -1,0 +1,304 @@
+//! Video models (3D CNNs) in the streaming pipeline: clips cut from the frames, every
+//! frame annotated with the slice of its time position, clip records, bounded memory,
+//! and a map whose temporal peak is where the motion is.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use camstream_media::decode::{VideoDecoder, VideoInfo};
+use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
+use camstream_train::synth::video::{write_clip, ClipSpec};
+use candle_core::{Device, Tensor};
+use common::{camstream, ok, s};
+use image::{Rgb, RgbImage};
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn frames_of(path: &Path) -> (u64, bool) {
+    let mut d = VideoDecoder::open(path, Default::default()).unwrap();
+    let audio = d.info().has_audio;
+    let mut n = 0;
+    while d.next_frame().unwrap().is_some() {
+        n += 1;
+    }
+    (n, audio)
+}
+
+/// 60 frames with audio through r2plus1d_18: clips of 8 samples every 4, every 2nd
+/// frame a sample. 30 samples make clips at samples 0, 4, ..., 20 and a last one from 24
+/// padded with sample 29: 7 clips, every frame written once, with its clip.
+#[test]
+fn a_video_model_annotates_every_frame_with_its_clip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.mp4");
+    let spec = ClipSpec {
+        width: 160,
+        height: 96,
+        fps: 25,
+        frames: 60,
+        shapes: 1,
+        audio: true,
+        vfr: false,
+        seed: 5,
+    };
+    write_clip(&input, "mp4", &spec).unwrap();
+    let (out, frames, clips) = (
+        tmp.path().join("out.mp4"),
+        tmp.path().join("frames.jsonl"),
+        tmp.path().join("clips.jsonl"),
+    );
+    ok(&camstream(&[
+        "video",
+        s(&input),
+        "-o",
+        s(&out),
+        "-m",
+        "r2plus1d_18",
+        "--clip-len",
+        "8",
+        "--clip-stride",
+        "4",
+        "--frame-step",
+        "2",
+        "--frames-json",
+        s(&frames),
+        "--clips-json",
+        s(&clips),
+        "-q",
+    ]));
+    assert_eq!(frames_of(&out), (60, true), "frame-exact, with its audio");
+    let c = lines(&clips);
+    assert_eq!(c.len(), 7);
+    for (k, r) in c.iter().enumerate() {
+        assert_eq!(r["clip"], k as u64);
+        assert_eq!(r["first_frame"], 8 * k as u64, "sample 4k is frame 8k");
+        assert_eq!(r["padded"], k == 6);
+        let last = if k == 6 { 58 } else { 8 * k as u64 + 14 };
+        assert_eq!(r["last_frame"], last);
+    }
+    let f = lines(&frames);
+    assert_eq!(f.len(), 60);
+    for (i, r) in f.iter().enumerate() {
+        assert_eq!(r["index"], i as u64);
+        // The nearest clip's middle: clip k covers samples 4k..4k+8, middle 4k + 3.5.
+        let q = i as f64 / 2.0;
+        let q = q.floor();
+        let nearest = (0..7u64)
+            .min_by(|&a, &b| {
+                let d = |k: u64| ((4 * k) as f64 + 3.5 - q).abs();
+                d(a).partial_cmp(&d(b)).unwrap()
+            })
+            .unwrap();
+        assert_eq!(r["clip"], nearest, "frame {i}");
+        let class = &c[nearest as usize]["class"];
+        assert_eq!(&r["class"], class, "frame {i} shows its clip's class");
+    }
+}
+
+/// A hand-built motion detector, as a TOML config: `diff` = the temporal difference of
+/// the grey level, both signs (ReLU), averaged; class 0 ("motion") weighs both signs
+/// +1, class 1 ("still") -1. Grad-CAM for class 0 at `relu` is then |frame difference|:
+/// it is where and when something moves.
+fn motion_model(dir: &Path) -> PathBuf {
+    let third = 1.0f32 / 3.0;
+    let mut w = vec![0f32; 2 * 3 * 2];
+    for c in 0..3 {
+        w[c * 2] = -third; // channel 0: later - earlier
+        w[c * 2 + 1] = third;
+        w[6 + c * 2] = third; // channel 1: earlier - later
+        w[6 + c * 2 + 1] = -third;
+    }
+    let dev = Device::Cpu;
+    let tensors: HashMap<String, Tensor> = [
+        (
+            "diff.weight",
+            Tensor::from_vec(w, (2, 3, 2, 1, 1), &dev).unwrap(),
+        ),
+        (
+            "fc.weight",
+            Tensor::from_vec(vec![1f32, 1.0, -1.0, -1.0], (2, 2), &dev).unwrap(),
+        ),
+        (
+            "fc.bias",
+            Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    candle_core::safetensors::save(&tensors, dir.join("motion.safetensors")).unwrap();
+    let toml = r#"
+[model]
+arch = "sequential"
+labels = ["motion", "still"]
+target_layer = "relu"
+weights = "motion.safetensors"
+[input]
+kind = "clip"
+channels = 3
+size = [8, 32, 32]
+mean = [0.0]
+std = [1.0]
+scale = 255.0
+resize = "stretch"
+[[layer]]
+name = "diff"
+op = "conv3d"
+[[layer]]
+name = "relu"
+op = "relu"
+[[layer]]
+name = "pool"
+op = "global_avgpool"
+[[layer]]
+name = "fc"
+op = "linear"
+"#;
+    let path = dir.join("motion.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// A grey video with a white square that stands still except during frames
+/// `moving` (it slides right by 2 px a frame there).
+fn square_video(path: &Path, frames: u32, moving: std::ops::Range<u32>) {
+    let (w, h) = (64u32, 64u32);
+    let info = VideoInfo {
+        path: path.into(),
+        width: w,
+        height: h,
+        rate: (25, 1),
+        time_base: (1, 25),
+        duration_s: frames as f64 / 25.0,
+        frames_hint: Some(frames as u64),
+        has_audio: false,
+        rotation: 0,
+    };
+    let opts = EncodeOptions {
+        crf: 10,
+        preset: "ultrafast".into(),
+        threads: 0,
+    };
+    let mut enc = VideoEncoder::create(path, "mp4", &info, &opts, AudioSource::None).unwrap();
+    let mut x = 8u32;
+    for f in 0..frames {
+        if moving.contains(&f) {
+            x += 2;
+        }
+        let img = RgbImage::from_fn(w, h, |px, py| {
+            let inside = (x..x + 12).contains(&px) && (26..38).contains(&py);
+            Rgb(if inside { [240; 3] } else { [60; 3] })
+        });
+        enc.write(&img, f as i64).unwrap();
+    }
+    enc.finish(None).unwrap();
+}
+
+/// The square moves during frames 20..28 of 48 only. Clips of 8 side by side: the
+/// clip map of class "motion" is zero where nothing moves, so the hottest frames (their
+/// peaks in the frame records) are inside the interval, and clips without motion have
+/// only cold frames.
+#[test]
+fn the_temporal_peak_falls_where_the_shape_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = motion_model(tmp.path());
+    let input = tmp.path().join("square.mp4");
+    square_video(&input, 48, 20..28);
+    let out = tmp.path().join("out.mp4");
+    let frames = tmp.path().join("frames.jsonl");
+    // One scale for the whole video (`clip`), so still clips stay cold.
+    ok(&camstream(&[
+        "video",
+        s(&input),
+        "-o",
+        s(&out),
+        "-m",
+        s(&model),
+        "-c",
+        "motion",
+        "--frames-json",
+        s(&frames),
+        "--norm",
+        "clip",
+        "--no-label",
+        "-q",
+    ]));
+    // Decode the annotated video. The picture is grey, so red minus blue is the
+    // overlay's colour alone (JET runs from blue, cold, to red, hot): a frame's heat is
+    // its hottest pixel's.
+    let mut d = VideoDecoder::open(&out, Default::default()).unwrap();
+    let mut heat = Vec::new();
+    while let Some(f) = d.next_frame().unwrap() {
+        let rb = f.rgb.pixels().map(|p| p[0] as f64 - p[2] as f64);
+        heat.push(rb.fold(f64::NEG_INFINITY, f64::max));
+    }
+    assert_eq!(heat.len(), 48);
+    let peak = (0..48)
+        .max_by(|&a, &b| heat[a].partial_cmp(&heat[b]).unwrap())
+        .unwrap();
+    eprintln!("heat per frame: {heat:.0?}; peak at frame {peak}");
+    assert!((19..29).contains(&peak), "peak at frame {peak}: {heat:?}");
+    let still = heat[..12]
+        .iter()
+        .chain(&heat[40..])
+        .fold(f64::NEG_INFINITY, |m, v| m.max(*v));
+    assert!(
+        heat[peak] > still + 20.0,
+        "moving {:.0} vs still {still:.0}",
+        heat[peak]
+    );
+    let records = lines(&frames);
+    assert!(records.iter().all(|r| r["label"] == "motion"));
+}
+
+/// Memory is bounded by the clip length, never by the video: 10 s and 60 s of input
+/// through the clip pipeline peak at the same RSS (the report's figure).
+#[test]
+fn clip_memory_is_flat_from_10_to_60_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = motion_model(tmp.path());
+    let mut peaks = Vec::new();
+    for (name, frames) in [("s10.mp4", 250), ("s60.mp4", 1500)] {
+        let input = tmp.path().join(name);
+        let spec = ClipSpec {
+            width: 320,
+            height: 180,
+            fps: 25,
+            frames,
+            shapes: 1,
+            audio: false,
+            vfr: false,
+            seed: 3,
+        };
+        write_clip(&input, "mp4", &spec).unwrap();
+        let (out, report) = (tmp.path().join("o.mp4"), tmp.path().join("r.json"));
+        ok(&camstream(&[
+            "video",
+            s(&input),
+            "-o",
+            s(&out),
+            "-m",
+            s(&model),
+            "--clip-stride",
+            "4",
+            "--report",
+            s(&report),
+            "-q",
+        ]));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(r["frames"], frames);
+        peaks.push(r["peak_rss_mb"].as_f64().unwrap());
+    }
+    eprintln!("peak RSS: 10 s {:.1} MB, 60 s {:.1} MB", peaks[0], peaks[1]);
+    // A frame kept per frame would add 1250 x 170 KB = 210 MB.
+    assert!(peaks[1] <= peaks[0] * 1.15, "{peaks:?}");
+}
