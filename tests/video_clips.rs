@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use camstream_media::decode::{VideoDecoder, VideoInfo};
 use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
 use camstream_train::synth::video::{write_clip, ClipSpec};
-use candle_core::{Device, Tensor};
 use common::{camstream, ok, s};
 use image::{Rgb, RgbImage};
 
@@ -103,68 +101,10 @@ fn a_video_model_annotates_every_frame_with_its_clip() {
     }
 }
 
-/// A hand-built motion detector, as a TOML config: `diff` = the temporal difference of
-/// the grey level, both signs (ReLU), averaged; class 0 ("motion") weighs both signs
-/// +1, class 1 ("still") -1. Grad-CAM for class 0 at `relu` is then |frame difference|:
-/// it is where and when something moves.
-fn motion_model(dir: &Path) -> PathBuf {
-    let third = 1.0f32 / 3.0;
-    let mut w = vec![0f32; 2 * 3 * 2];
-    for c in 0..3 {
-        w[c * 2] = -third; // channel 0: later - earlier
-        w[c * 2 + 1] = third;
-        w[6 + c * 2] = third; // channel 1: earlier - later
-        w[6 + c * 2 + 1] = -third;
-    }
-    let dev = Device::Cpu;
-    let tensors: HashMap<String, Tensor> = [
-        (
-            "diff.weight",
-            Tensor::from_vec(w, (2, 3, 2, 1, 1), &dev).unwrap(),
-        ),
-        (
-            "fc.weight",
-            Tensor::from_vec(vec![1f32, 1.0, -1.0, -1.0], (2, 2), &dev).unwrap(),
-        ),
-        (
-            "fc.bias",
-            Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    candle_core::safetensors::save(&tensors, dir.join("motion.safetensors")).unwrap();
-    let toml = r#"
-[model]
-arch = "sequential"
-labels = ["motion", "still"]
-target_layer = "relu"
-weights = "motion.safetensors"
-[input]
-kind = "clip"
-channels = 3
-size = [8, 32, 32]
-mean = [0.0]
-std = [1.0]
-scale = 255.0
-resize = "stretch"
-[[layer]]
-name = "diff"
-op = "conv3d"
-[[layer]]
-name = "relu"
-op = "relu"
-[[layer]]
-name = "pool"
-op = "global_avgpool"
-[[layer]]
-name = "fc"
-op = "linear"
-"#;
-    let path = dir.join("motion.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+/// The hand-built motion detector of `samples/models/motion3d.toml`: Grad-CAM of class
+/// "motion" at `relu` is |frame difference|, where and when something moves.
+fn motion_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/models/motion3d.toml")
 }
 
 /// A grey video with a white square that stands still except during frames
@@ -209,7 +149,7 @@ fn square_video(path: &Path, frames: u32, moving: std::ops::Range<u32>) {
 #[test]
 fn the_temporal_peak_falls_where_the_shape_moves() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = motion_model(tmp.path());
+    let model = motion_model();
     let input = tmp.path().join("square.mp4");
     square_video(&input, 48, 20..28);
     let out = tmp.path().join("out.mp4");
@@ -264,7 +204,7 @@ fn the_temporal_peak_falls_where_the_shape_moves() {
 #[test]
 fn clip_memory_is_flat_from_10_to_60_seconds() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = motion_model(tmp.path());
+    let model = motion_model();
     let mut peaks = Vec::new();
     for (name, frames) in [("s10.mp4", 250), ("s60.mp4", 1500)] {
         let input = tmp.path().join(name);

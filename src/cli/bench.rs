@@ -12,7 +12,7 @@ use clap::Args;
 use camstream_core::cam::Needs;
 use camstream_core::cam::{upsample_to_source, Targets};
 use camstream_core::model::{fastconv, resnet, ModelRequest, ModelSource, Network};
-use camstream_core::preprocess::prepare_image;
+use camstream_core::preprocess::{prepare_image, InputKind};
 use camstream_core::{CamConfig, ExplainOptions, Explainer, Input, Method};
 use camstream_media::render::{overlay, JET};
 
@@ -29,9 +29,10 @@ pub struct BenchArgs {
     pub layer: Option<String>,
     #[arg(long, short = 'b', default_value_t = 8)]
     pub batch: usize,
-    /// Input height and width for built-ins (configs use their own size)
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Input height and width for built-ins (configs use their own size) [default: 224;
+    /// 112 for video models, which take clips of 16 frames]
+    #[arg(long)]
+    pub size: Option<usize>,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
@@ -132,11 +133,39 @@ fn time(
     Ok(time_each(iters, warmup, batch, &mut jobs)?.remove(0))
 }
 
+/// Preprocessing and overlay of a synthetic 720p frame, one frame per iteration.
+fn host_stages(a: &BenchArgs, net: &Network, cam: &Explainer, x: &Tensor) -> Result<(Timing, Timing)> {
+    let frame = image::RgbImage::from_fn(1280, 720, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let pre = time(a.iters, a.warmup, 1, || {
+        std::hint::black_box(prepare_image(&frame, &net.input));
+        Ok(())
+    })?;
+    let out = cam.run(x, &Targets::TopOne)?;
+    let p = prepare_image(&frame, &net.input);
+    let model = [p.size[0], p.size[1]];
+    let mut px = frame.clone().into_raw();
+    let ovl = time(a.iters, a.warmup, 1, || {
+        let mask = upsample_to_source(
+            out.raw_map(0),
+            &out.spatial,
+            model,
+            p.placement.model.map(|v| v as usize),
+            [720, 1280],
+            true,
+        );
+        overlay(&mut px, &mask, &JET, 0.5);
+        Ok(())
+    })?;
+    Ok((pre, ovl))
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     let device = super::device();
     let source = super::parse_model(&a.model)?;
     let mut net = match (&source, &a.weights) {
-        (ModelSource::Builtin(arch), None) => {
+        (ModelSource::Builtin(arch), None) if !arch.is_video() => {
             let w = resnet::random_weights(arch.name(), 1000, 0, &device)?;
             resnet::build_builtin(arch.name(), &w, &device)?
         }
@@ -147,9 +176,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             Network::load(&req, &device)?
         }
     };
+    let clips = net.input.kind == InputKind::Clip;
     if matches!(source, ModelSource::Builtin(_)) {
-        net.input.size = vec![a.size, a.size];
+        let s = a.size.unwrap_or(if clips { 112 } else { 224 });
+        net.input.size = if clips {
+            vec![net.input.size[0], s, s]
+        } else {
+            vec![s, s]
+        };
     }
+    // What one sample is, in the rates printed.
+    let unit = if clips { "clips/s" } else { "frames/s" };
     let config = |method| CamConfig {
         aug_smooth: a.aug_smooth,
         method_batch: a.method_batch.map(|b| b as usize),
@@ -234,30 +271,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let threads = candle_core::utils::get_num_threads();
 
-    // Host stages on a synthetic 720p frame, one frame per iteration.
-    let frame = image::RgbImage::from_fn(1280, 720, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
-    });
-    let pre = time(a.iters, a.warmup, 1, || {
-        std::hint::black_box(prepare_image(&frame, &net.input));
-        Ok(())
-    })?;
-    let out = cam.run(&x, &Targets::TopOne)?;
-    let p = prepare_image(&frame, &net.input);
-    let model = [p.size[0], p.size[1]];
-    let mut px = frame.clone().into_raw();
-    let ovl = time(a.iters, a.warmup, 1, || {
-        let mask = upsample_to_source(
-            out.raw_map(0),
-            &out.spatial,
-            model,
-            p.placement.model.map(|v| v as usize),
-            [720, 1280],
-            true,
-        );
-        overlay(&mut px, &mask, &JET, 0.5);
-        Ok(())
-    })?;
+    let (pre, ovl) = if clips {
+        (None, None) // per-frame host stages; clip maps are sliced in time first
+    } else {
+        let (pre, ovl) = host_stages(a, &net, &cam, &x)?;
+        (Some(pre), Some(ovl))
+    };
     let video = match &a.video {
         Some(v) => Some(super::video::bench(&cam, v, a.batch, &a.preset)?),
         None => None,
@@ -276,7 +295,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} layer {layer}{}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} frames/s\n  Grad-CAM / forward time: {ratio:.2}",
+            "{} layer {layer}{}, batch {} x {:?}, {:?}, {threads} threads\n  forward : median {:.1} ms (min {:.1}, max {:.1}) = {:.1} {unit}\n  Grad-CAM: median {:.1} ms (min {:.1}, max {:.1}) = {:.1} {unit}\n  Grad-CAM / forward time: {ratio:.2}",
             a.model, if a.aug_smooth { " (aug-smooth)" } else { "" }, a.batch, &shape[1..], device.location(), fwd.median_ms, fwd.min_ms, fwd.max_ms, fwd.frames_per_s,
             gc.median_ms, gc.min_ms, gc.max_ms, gc.frames_per_s
         );
@@ -286,10 +305,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 c.forward_gflop, c.forward_gflops, c.forward_gflops / c.gemm_gflops, c.gemm_gflops
             );
         }
-        println!(
-            "  preprocess 720p: median {:.2} ms = {:.0} frames/s (one thread)\n  overlay 720p   : median {:.2} ms = {:.0} frames/s (one worker)",
-            pre.median_ms, pre.frames_per_s, ovl.median_ms, ovl.frames_per_s
-        );
+        if let (Some(pre), Some(ovl)) = (&pre, &ovl) {
+            println!(
+                "  preprocess 720p: median {:.2} ms = {:.0} frames/s (one thread)\n  overlay 720p   : median {:.2} ms = {:.0} frames/s (one worker)",
+                pre.median_ms, pre.frames_per_s, ovl.median_ms, ovl.frames_per_s
+            );
+        }
         for m in &per_method {
             println!(
                 "  {:<12}: median {:.1} ms = {:.1} frames/s; {:.2} x forward, {:.2} x Grad-CAM",

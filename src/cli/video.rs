@@ -271,10 +271,11 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             .map(|s| format!("{} {:.0}", s.stage, s.per_s))
             .collect();
         eprintln!(
-            "{}{} frames ({} explained) in {:.1} s: {:.1} frames/s end to end; stage frames/s: {}; peak memory {:.0} MB{}",
+            "{}{} frames ({} {}) in {:.1} s: {:.1} frames/s end to end; stage frames/s: {}; peak memory {:.0} MB{}",
             if report.interrupted { "interrupted: " } else { "" },
             report.frames,
             report.explained,
+            if clip_model { "clips" } else { "explained" },
             report.wall_s,
             report.fps,
             stages.join(", "),
