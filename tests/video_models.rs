@@ -111,3 +111,67 @@ fn the_image_command_explains_a_clip() {
         assert_eq!((strip.width(), strip.height()), (8 * 56, 56));
     }
 }
+
+/// The CAM family on a 3D CNN (the clip3d family's model through its TOML config), each
+/// method's final (T, H, W) map against pytorch-grad-cam's, where its code takes 5-D
+/// activations (`tests/fixtures/video3d/make_methods.py`); EigenCAM's and EigenGradCAM's
+/// projections up to their sign.
+#[test]
+fn methods_on_clips_match_pytorch_grad_cam() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("video3d");
+    let model = fixtures().join("families/clip3d/model.toml");
+    let input = dir.join("clip3d_input.npy");
+    let mut maps: Vec<Vec<f32>> = Vec::new();
+    for method in [
+        "gradcam++",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "eigencam",
+        "eigengradcam",
+    ] {
+        let out = tmp.path().join(method);
+        ok(&camstream(&[
+            "image",
+            "-m",
+            s(&model),
+            "-l",
+            "relu3",
+            "--method",
+            method,
+            "--cam-npy",
+            "-o",
+            s(&out),
+            s(&input),
+        ]));
+        let (got, shape) = npy(out.join("clip3d_input.heatmap.npy"));
+        let (want, want_shape) = npy(dir.join(format!("clip3d_{method}_final.npy")));
+        assert_eq!(shape, want_shape, "{method}");
+        // A projection's sign is the SVD's choice: compare it up to sign, and the final
+        // map (ReLU of the projection) where the signs agree.
+        let mut flipped = false;
+        if method.starts_with("eigen") {
+            let (raw, _) = npy(out.join("clip3d_input.cam.npy"));
+            let (want_raw, _) = npy(dir.join(format!("clip3d_{method}_raw.npy")));
+            let neg: Vec<f32> = raw.iter().map(|v| -v).collect();
+            let (same, other) = (rel_err(&raw, &want_raw), rel_err(&neg, &want_raw));
+            flipped = other < same;
+            let err = same.min(other);
+            eprintln!("{method:<13} raw   {err:.1e} (sign flipped: {flipped})");
+            assert!(err <= 1e-4, "{method}: raw error {err}");
+        }
+        if !flipped {
+            let err = rel_err(&got, &want);
+            eprintln!("{method:<13} final {err:.1e}");
+            assert!(err <= 1e-4, "{method}: final error {err}");
+        }
+        maps.push(got);
+    }
+    // The methods differ on this model, so each reference checks its own method.
+    for (i, a) in maps.iter().enumerate() {
+        for b in &maps[i + 1..] {
+            assert!(rel_err(a, b) > 1e-3);
+        }
+    }
+}

@@ -134,7 +134,12 @@ fn time(
 }
 
 /// Preprocessing and overlay of a synthetic 720p frame, one frame per iteration.
-fn host_stages(a: &BenchArgs, net: &Network, cam: &Explainer, x: &Tensor) -> Result<(Timing, Timing)> {
+fn host_stages(
+    a: &BenchArgs,
+    net: &Network,
+    cam: &Explainer,
+    x: &Tensor,
+) -> Result<(Timing, Timing)> {
     let frame = image::RgbImage::from_fn(1280, 720, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
     });

@@ -352,6 +352,39 @@ mod tests {
         }
     }
 
+    /// The same for a video model: r3d_18 (portable random weights) on a 4x16x16 clip at
+    /// `layer2` (128 channels at 2x4x4: 32 trilinear basis volumes that overlap), the
+    /// stem a 3x7x7 Conv3d with its BatchNorm folded.
+    #[test]
+    fn stem_basis_matches_whole_passes_on_clips() {
+        let dev = Device::Cpu;
+        let w = crate::model::video_resnet::random_weights("r3d_18", 10, 1, &dev).unwrap();
+        let net = crate::model::video_resnet::build("r3d_18", &w, &dev).unwrap();
+        assert_eq!(net.body.affine_stem().as_deref(), Some("stem.1"));
+        let mut rng = crate::random::rng(4);
+        let v: Vec<f32> = (0..3 * 4 * 16 * 16)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let x = Tensor::from_vec(v, (1, 3, 4, 16, 16), &dev).unwrap();
+        let (a, _) = net.body.split(&x, "layer2").unwrap();
+        assert_eq!(a.dims(), &[1, 128, 2, 4, 4]);
+        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let channels: Vec<&[f32]> = host.chunks(32).collect();
+        let masks = Masks::new(&x, &channels, &[2, 4, 4], 3, 32);
+        assert_eq!(masks.stem(net.body.as_ref()).as_deref(), Some("stem.1"));
+        let whole = masks.scores(net.body.as_ref(), None).unwrap();
+        let stem = masks
+            .scores(net.body.as_ref(), net.body.affine_stem())
+            .unwrap();
+        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let spread = whole.iter().fold(f32::MIN, |m, &v| m.max(v))
+            - whole.iter().fold(f32::MAX, |m, &v| m.min(v));
+        assert!(spread > 1e-3 * scale, "masks must change the score");
+        for (c, (w, s)) in whole.iter().zip(&stem).enumerate() {
+            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
+        }
+    }
+
     /// The same through an ONNX graph (the shapes CNN, BN folded by the exporter): its
     /// first Conv's output is the stem, and the tail runs from it.
     #[cfg(feature = "onnx")]

@@ -123,6 +123,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)] // scipy's output as printed
     fn matches_scipy_in_3d() {
         // a = np.arange(12, dtype=np.float32).reshape(2, 3, 2) ** 2 / 10
         // scipy.ndimage.zoom(a, [3/2, 5/3, 4/2]).flatten()  (scipy 1.17.1)
@@ -144,6 +145,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn overshoots_like_a_cubic_spline() {
         // scipy.ndimage.zoom(np.float32([0, 1, 0, 0, 4]), 9/5): below zero between peaks,
         // which a linear resize never does.
