@@ -295,21 +295,32 @@ fn mismatched_weights_and_configs_name_the_problem() {
     let cfg = t.join("bad_op.toml");
     std::fs::write(
         &cfg,
-        text.replace("op = \"maxpool1d\"", "op = \"maxpool3d\""),
+        text.replace("op = \"maxpool1d\"", "op = \"maxpool4d\""),
     )
     .unwrap();
     let w = fixtures().join("ecg/ecg_cnn.safetensors");
-    let e = fails(&camstream(&[
-        "signal",
-        "-m",
-        s(&cfg),
-        "-w",
-        s(&w),
-        s(&ecg_input),
-        "-o",
-        s(t),
-    ]));
-    assert!(e.contains("maxpool3d") && e.contains("maxpool1d"), "{e}");
+    let signal = |cfg: &std::path::Path| {
+        fails(&camstream(&[
+            "signal",
+            "-m",
+            s(cfg),
+            "-w",
+            s(&w),
+            s(&ecg_input),
+            "-o",
+            s(t),
+        ]))
+    };
+    let e = signal(&cfg);
+    assert!(e.contains("maxpool4d") && e.contains("maxpool1d"), "{e}");
+    // A known op of the wrong rank says so.
+    std::fs::write(
+        &cfg,
+        text.replace("op = \"maxpool1d\"", "op = \"maxpool3d\""),
+    )
+    .unwrap();
+    let e = signal(&cfg);
+    assert!(e.contains("a 3D layer in a model whose input is 1D"), "{e}");
 
     let cfg = t.join("missing.toml");
     std::fs::write(&cfg, text.replace("name = \"fc\"", "name = \"head\"")).unwrap();

@@ -7,7 +7,9 @@
 # With MOBILE=DIR, also the mobile-class models at batch 8 (mobile_peers.py): DIR holds
 # the ONNX exports (mobile_peers.py --arch A --export DIR/A.onnx); EfficientNet-Lite0 is
 # the bundled TOML. With METHODS=1, also ScoreCAM and AblationCAM at batch 1 against
-# pytorch-grad-cam's (method_peers.py); MODELS=0 skips the Grad-CAM models.
+# pytorch-grad-cam's (method_peers.py); MODELS=0 skips the Grad-CAM models. With
+# VIDEO=1, also the video ResNets (r3d_18, r2plus1d_18) on clips of 16x112x112 at batch 1,
+# in clips/s, against video_model_peers.py (channels_last_3d or contiguous).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${1:-2}
@@ -34,6 +36,16 @@ if [ "${METHODS:-0}" = 1 ]; then
       sed "s/^{/{\"who\": \"camstream\", \"round\": $round, /"
     $py benches/peers/method_peers.py --threads "$threads" 2>/dev/null |
       $py -c "import json,sys; r=json.load(sys.stdin); r['who']='torch'; r['round']=$round; print(json.dumps(r))"
+  done
+fi
+if [ "${VIDEO:-0}" = 1 ]; then
+  for arch in r3d_18 r2plus1d_18; do
+    for round in 1 2; do
+      $cs bench -m "$arch" -b 1 --threads "$threads" --iters 5 --warmup 1 --json |
+        sed "s/^{/{\"who\": \"camstream\", \"round\": $round, /"
+      $py benches/peers/video_model_peers.py --threads "$threads" --archs "$arch" --json |
+        $py -c "import json,sys; r=json.load(sys.stdin); r['who']='torch'; r['round']=$round; print(json.dumps(r))"
+    done
   done
 fi
 [ -n "${MOBILE:-}" ] || exit 0
