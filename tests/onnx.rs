@@ -208,10 +208,22 @@ fn input_dims(
     }
 }
 
-/// A model whose input is not (N,C,L) or (N,C,H,W) is refused, naming the shape.
+/// A model whose input is not (N,C,L), (N,C,H,W) or (N,C,T,H,W) is refused, naming the
+/// shape; a clip input to a 2D convolution names the disagreement.
 #[test]
 fn inputs_of_other_ranks_are_refused_with_their_shape() {
     let tmp = tempfile::tempdir().unwrap();
+    let p = edited(tmp.path(), "rank6.onnx", |m| {
+        let dims = input_dims(m);
+        let d = dims[2].clone();
+        dims.insert(2, d.clone());
+        dims.insert(2, d);
+    });
+    let e = fails(&camstream(&["layers", "-m", s(&p)]));
+    assert!(
+        e.contains("input `input` has shape [?, 3, 64, 64, 64, 64]") && e.contains("(N,C,T,H,W)"),
+        "{e}"
+    );
     let p = edited(tmp.path(), "video.onnx", |m| {
         let dims = input_dims(m);
         let d = dims[2].clone();
@@ -219,7 +231,8 @@ fn inputs_of_other_ranks_are_refused_with_their_shape() {
     });
     let e = fails(&camstream(&["layers", "-m", s(&p)]));
     assert!(
-        e.contains("input `input` has shape [?, 3, 64, 64, 64]") && e.contains("(N,C,H,W)"),
+        e.contains("Conv of input [1, 3, 64, 64, 64], weight [8, 3, 7, 7]")
+            && e.contains("shapes disagree"),
         "{e}"
     );
 }

@@ -43,6 +43,23 @@ pub fn portable(name: &str, seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Test tensors of uniform values in [-0.5, 0.5) from a small LCG (no RNG state to
+/// thread through).
+#[cfg(test)]
+pub(crate) fn test_tensor(shape: &[usize], seed: u64) -> candle_core::Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect();
+    candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu).expect("shape fits")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

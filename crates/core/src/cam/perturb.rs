@@ -319,6 +319,47 @@ mod tests {
     use candle_core::Device;
     use rand::Rng;
 
+    /// Scores of `x`'s masks at `layer` through the stem route equal those of running
+    /// every masked input whole (within 1e-5 of the largest), and the masks matter.
+    fn assert_stem_route_matches(
+        net: &crate::model::Network,
+        x: &Tensor,
+        layer: &str,
+        class: usize,
+        chosen: bool,
+    ) {
+        let stem = net.body.affine_stem().expect("an affine stem");
+        let (a, _) = net.body.split(x, layer).unwrap();
+        let spatial = a.dims()[2..].to_vec();
+        let p: usize = spatial.iter().product();
+        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let channels: Vec<&[f32]> = host.chunks(p).collect();
+        let masks = Masks::new(x, &channels, &spatial, class, 32);
+        // Whether `scores` would take the route by itself (enough channels per basis map).
+        assert_eq!(
+            masks.stem(net.body.as_ref()).is_some(),
+            chosen,
+            "route chosen"
+        );
+        let whole = masks.scores(net.body.as_ref(), None).unwrap();
+        let via = masks.scores(net.body.as_ref(), Some(stem)).unwrap();
+        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let spread = whole.iter().fold(f32::MIN, |m, &v| m.max(v))
+            - whole.iter().fold(f32::MAX, |m, &v| m.min(v));
+        assert!(spread > 1e-3 * scale, "masks must change the score");
+        for (c, (w, s)) in whole.iter().zip(&via).enumerate() {
+            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
+        }
+    }
+
+    fn input(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::random::rng(seed);
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
     /// The stem route gives the scores of running every masked input whole. ResNet-18
     /// (random weights) at `layer3` of a 64x64 input: 256 channels at 4x4, so 16 basis
     /// maps that overlap, on a stem (conv1 7x7/2 with bn1 folded) with zero padding.
@@ -328,28 +369,7 @@ mod tests {
         let w = resnet::random_weights("resnet18", 10, 7, &dev).unwrap();
         let net = resnet::build_builtin("resnet18", &w, &dev).unwrap();
         assert_eq!(net.body.affine_stem().as_deref(), Some("bn1"));
-        let mut rng = crate::random::rng(3);
-        let v: Vec<f32> = (0..3 * 64 * 64)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect();
-        let x = Tensor::from_vec(v, (1, 3, 64, 64), &dev).unwrap();
-        let (a, _) = net.body.split(&x, "layer3").unwrap();
-        assert_eq!(a.dims(), &[1, 256, 4, 4]);
-        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let channels: Vec<&[f32]> = host.chunks(16).collect();
-        let masks = Masks::new(&x, &channels, &[4, 4], 3, 64);
-        assert_eq!(masks.stem(net.body.as_ref()).as_deref(), Some("bn1"));
-        let whole = masks.scores(net.body.as_ref(), None).unwrap();
-        let stem = masks
-            .scores(net.body.as_ref(), net.body.affine_stem())
-            .unwrap();
-        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let spread = whole.iter().fold(f32::MIN, |m, &v| m.max(v))
-            - whole.iter().fold(f32::MAX, |m, &v| m.min(v));
-        assert!(spread > 1e-2 * scale, "masks must change the score");
-        for (c, (w, s)) in whole.iter().zip(&stem).enumerate() {
-            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
-        }
+        assert_stem_route_matches(&net, &input(&[1, 3, 64, 64], 3), "layer3", 3, true);
     }
 
     /// The same for a video model: r3d_18 (portable random weights) on a 4x16x16 clip at
@@ -361,28 +381,7 @@ mod tests {
         let w = crate::model::video_resnet::random_weights("r3d_18", 10, 1, &dev).unwrap();
         let net = crate::model::video_resnet::build("r3d_18", &w, &dev).unwrap();
         assert_eq!(net.body.affine_stem().as_deref(), Some("stem.1"));
-        let mut rng = crate::random::rng(4);
-        let v: Vec<f32> = (0..3 * 4 * 16 * 16)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect();
-        let x = Tensor::from_vec(v, (1, 3, 4, 16, 16), &dev).unwrap();
-        let (a, _) = net.body.split(&x, "layer2").unwrap();
-        assert_eq!(a.dims(), &[1, 128, 2, 4, 4]);
-        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let channels: Vec<&[f32]> = host.chunks(32).collect();
-        let masks = Masks::new(&x, &channels, &[2, 4, 4], 3, 32);
-        assert_eq!(masks.stem(net.body.as_ref()).as_deref(), Some("stem.1"));
-        let whole = masks.scores(net.body.as_ref(), None).unwrap();
-        let stem = masks
-            .scores(net.body.as_ref(), net.body.affine_stem())
-            .unwrap();
-        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let spread = whole.iter().fold(f32::MIN, |m, &v| m.max(v))
-            - whole.iter().fold(f32::MAX, |m, &v| m.min(v));
-        assert!(spread > 1e-3 * scale, "masks must change the score");
-        for (c, (w, s)) in whole.iter().zip(&stem).enumerate() {
-            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
-        }
+        assert_stem_route_matches(&net, &input(&[1, 3, 4, 16, 16], 4), "layer2", 3, true);
     }
 
     /// The same through an ONNX graph (the shapes CNN, BN folded by the exporter): its
@@ -395,23 +394,8 @@ mod tests {
             .join("../../tests/fixtures/shapes/shapes_cnn.onnx");
         let req = ModelRequest::new(ModelSource::Onnx(file));
         let net = Network::load(&req, &Device::Cpu).unwrap();
-        let stem = net.body.affine_stem().expect("a first Conv");
-        let mut rng = crate::random::rng(5);
-        let v: Vec<f32> = (0..3 * 64 * 64)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect();
-        let x = Tensor::from_vec(v, (1, 3, 64, 64), &Device::Cpu).unwrap();
-        let (a, _) = net.body.split(&x, &net.default_layer).unwrap();
-        let spatial = a.dims()[2..].to_vec();
-        let host = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let p: usize = spatial.iter().product();
-        let channels: Vec<&[f32]> = host.chunks(p).collect();
-        let masks = Masks::new(&x, &channels, &spatial, 1, 16);
-        let whole = masks.scores(net.body.as_ref(), None).unwrap();
-        let via = masks.scores(net.body.as_ref(), Some(stem)).unwrap();
-        let scale = whole.iter().fold(1f32, |m, v| m.max(v.abs()));
-        for (c, (w, s)) in whole.iter().zip(&via).enumerate() {
-            assert!((w - s).abs() <= 1e-5 * scale, "channel {c}: {w} vs {s}");
-        }
+        let layer = net.default_layer.clone();
+        // 64 channels at 8x8: too few for the route to be chosen, forced here.
+        assert_stem_route_matches(&net, &input(&[1, 3, 64, 64], 5), &layer, 1, false);
     }
 }

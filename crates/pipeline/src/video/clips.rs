@@ -8,17 +8,17 @@
 //! `(len + batch * stride) * step` frames, never the video.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use camstream_core::cam::{resize_final, Targets};
+use camstream_core::cam::resize_final;
 use camstream_core::record::ClipRecord;
-use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
+use camstream_core::{Explainer, Explanation, Input};
 
-use super::stages::{Explained, FrameMap, ModelConfig, Prepared};
+use super::stages::{explain_batch, record_peak, Explained, FrameMap, ModelConfig, Prepared};
 use crate::norm::Normaliser;
 use crate::{inject, Busy, PipelineError, Stage, StageCtl as Ctl};
 
@@ -190,21 +190,9 @@ impl<'a> ClipStage<'a> {
         let channels = self.explainer.network().input.channels;
         let shape = [channels, self.len, size[0], size[1]];
         let inputs: Vec<Input> = clips.iter().map(|c| Input::new(c, &shape)).collect();
-        let targets = self.config.class.map_or(Targets::TopOne, Targets::All);
-        let options = ExplainOptions {
-            batch: inputs.len(),
-            top_k: 1,
-            final_map: false,
-        };
-        let out = self.explainer.explain(&inputs, &targets, &options)?;
-        self.explained
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        let out = explain_batch(self.explainer, self.config, &inputs, self.explained)?;
         if let Some(max) = self.scan {
-            let peak = out
-                .iter()
-                .flat_map(|e| e.raw.iter().copied())
-                .fold(0.0f32, f32::max);
-            max.fetch_max(peak.to_bits(), Ordering::Relaxed);
+            record_peak(max, &out);
         } else {
             for (e, &s) in out.into_iter().zip(&starts) {
                 self.spread(e, s);

@@ -233,22 +233,9 @@ impl<'a> ModelStage<'a> {
                 inject(Stage::Model, pending[i].frame.index)?;
                 inputs.push(Input::new(&pending[i].input, &shape));
             }
-            let targets = self.config.class.map_or(Targets::TopOne, Targets::All);
-            let options = ExplainOptions {
-                batch: chosen.len(),
-                top_k: 1,
-                final_map: false,
-            };
-            let out = self.explainer.explain(&inputs, &targets, &options)?;
-            self.explained
-                .fetch_add(chosen.len() as u64, Ordering::Relaxed);
+            let out = explain_batch(self.explainer, self.config, &inputs, self.explained)?;
             if let Some(max) = self.scan {
-                let peak = out
-                    .iter()
-                    .flat_map(|e| e.raw.iter().copied())
-                    .fold(0.0f32, f32::max);
-                // Non-negative floats order like their bit patterns.
-                max.fetch_max(peak.to_bits(), Ordering::Relaxed);
+                record_peak(max, &out);
                 busy.add(t.elapsed(), pending.len() as u64);
                 pending.clear();
                 return Ok(true);
@@ -293,6 +280,35 @@ impl<'a> ModelStage<'a> {
         }
         Ok(true)
     }
+}
+
+/// Explains one batch of model inputs for the configured class (or each one's top-1),
+/// without final maps (the overlay draws at the frame's size), and counts them.
+pub(super) fn explain_batch(
+    explainer: &Explainer,
+    config: &ModelConfig,
+    inputs: &[Input],
+    explained: &AtomicU64,
+) -> Result<Vec<camstream_core::Explanation>, PipelineError> {
+    let targets = config.class.map_or(Targets::TopOne, Targets::All);
+    let options = ExplainOptions {
+        batch: inputs.len(),
+        top_k: 1,
+        final_map: false,
+    };
+    let out = explainer.explain(inputs, &targets, &options)?;
+    explained.fetch_add(out.len() as u64, Ordering::Relaxed);
+    Ok(out)
+}
+
+/// The first pass of `Norm::Clip`: the largest map value so far, kept in `max`.
+pub(super) fn record_peak(max: &AtomicU32, out: &[camstream_core::Explanation]) {
+    let peak = out
+        .iter()
+        .flat_map(|e| e.raw.iter().copied())
+        .fold(0.0f32, f32::max);
+    // Non-negative floats order like their bit patterns.
+    max.fetch_max(peak.to_bits(), Ordering::Relaxed);
 }
 
 impl ModelStage<'_> {

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{
@@ -215,53 +215,7 @@ impl Conv3dOp {
     }
 }
 
-impl CustomOp1 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        "camstream-conv3d"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(contiguous_f32(s, l)?, dims5(l)?, None)
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let grad = self.act.backward(res, grad)?;
-        Ok(Some(self.input_grad(arg, &grad)?))
-    }
-}
-
-impl CustomOp2 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        "camstream-conv3d-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let residual = contiguous_f32(s2, l2)?;
-        self.forward(contiguous_f32(s1, l1)?, dims5(l1)?, Some(residual))
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        _arg2: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = self.act.backward(res, grad)?;
-        Ok((Some(self.input_grad(arg1, &grad)?), Some(grad)))
-    }
-}
+super::epilogue_op!(Conv3dOp, "camstream-conv3d", dims5);
 
 /// d(loss)/d(input) from d(loss)/d(output): per clip and band, W^T times the gradient,
 /// then scattered back (the transpose of `im2col3`).

@@ -26,7 +26,7 @@ pub use depthwise::DepthwiseOp;
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -615,53 +615,74 @@ impl ConvOp {
     }
 }
 
-impl CustomOp1 for ConvOp {
-    fn name(&self) -> &'static str {
-        "camstream-conv"
-    }
+/// The candle glue of a convolution op whose epilogue may add a residual: as a
+/// `CustomOp1` (`$name`) and as a `CustomOp2` (`$name-add`, the residual shaped like the
+/// output). Backward: through the fused activation (from the saved output), then the
+/// op's `input_grad`; the residual takes the gradient as it is.
+macro_rules! epilogue_op {
+    ($op:ty, $name:literal, $dims:expr) => {
+        impl candle_core::CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(contiguous_f32(s, l)?, l.shape().dims4()?, None)
-    }
+            fn cpu_fwd(
+                &self,
+                s: &candle_core::CpuStorage,
+                l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                self.forward(
+                    $crate::model::fastconv::contiguous_f32(s, l)?,
+                    $dims(l)?,
+                    None,
+                )
+            }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let grad = self.act.backward(res, grad)?;
-        Ok(Some(self.input_grad(arg, &grad)?))
-    }
+            fn bwd(
+                &self,
+                arg: &candle_core::Tensor,
+                res: &candle_core::Tensor,
+                grad: &candle_core::Tensor,
+            ) -> candle_core::Result<Option<candle_core::Tensor>> {
+                let grad = self.act.backward(res, grad)?;
+                Ok(Some(self.input_grad(arg, &grad)?))
+            }
+        }
+
+        impl candle_core::CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                concat!($name, "-add")
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                let residual = $crate::model::fastconv::contiguous_f32(s2, l2)?;
+                let x = $crate::model::fastconv::contiguous_f32(s1, l1)?;
+                self.forward(x, $dims(l1)?, Some(residual))
+            }
+
+            fn bwd(
+                &self,
+                arg1: &candle_core::Tensor,
+                _arg2: &candle_core::Tensor,
+                res: &candle_core::Tensor,
+                grad: &candle_core::Tensor,
+            ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)>
+            {
+                let grad = self.act.backward(res, grad)?;
+                Ok((Some(self.input_grad(arg1, &grad)?), Some(grad)))
+            }
+        }
+    };
 }
+pub(crate) use epilogue_op;
 
-impl CustomOp2 for ConvOp {
-    fn name(&self) -> &'static str {
-        "camstream-conv-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let residual = contiguous_f32(s2, l2)?;
-        self.forward(contiguous_f32(s1, l1)?, l1.shape().dims4()?, Some(residual))
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        _arg2: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = self.act.backward(res, grad)?;
-        Ok((Some(self.input_grad(arg1, &grad)?), Some(grad)))
-    }
-}
+epilogue_op!(ConvOp, "camstream-conv", |l: &Layout| l.shape().dims4());
 
 /// Multiply-adds done by the CPU convolutions since the process started, so that
 /// `bench` can report a model's GFLOP/s against the machine's GEMM ceiling.

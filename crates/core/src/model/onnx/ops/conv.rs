@@ -115,15 +115,19 @@ fn conv(c: &Ctx) -> OpResult {
         fresh = build();
         &fresh
     };
-    let residual = match c.residual {
-        Some(name) => Some(
-            c.values
-                .get(name)
-                .ok_or_else(|| unsupported(format!("fused residual `{name}` not computed")))?,
-        ),
-        None => None,
-    };
-    one(conv.forward_with(&x, c.act, residual)?)
+    one(conv.forward_with(&x, c.act, fused_residual(c)?)?)
+}
+
+/// The residual a fusion adds in the conv's epilogue (see `fuse.rs`), if any.
+fn fused_residual<'c>(c: &'c Ctx) -> Result<Option<&'c Tensor>, OpError> {
+    match c.residual {
+        Some(name) => c
+            .values
+            .get(name)
+            .map(Some)
+            .ok_or_else(|| unsupported(format!("fused residual `{name}` not computed"))),
+        None => Ok(None),
+    }
 }
 
 /// `ints` of a 3D operator as (t, h, w), `default` where absent.
@@ -181,15 +185,7 @@ fn conv3d(c: &Ctx, x: Tensor, w: Tensor) -> OpResult {
         fresh = build();
         &fresh
     };
-    let residual = match c.residual {
-        Some(name) => Some(
-            c.values
-                .get(name)
-                .ok_or_else(|| unsupported(format!("fused residual `{name}` not computed")))?,
-        ),
-        None => None,
-    };
-    one(conv.forward_with(&x, c.act, residual)?)
+    one(conv.forward_with(&x, c.act, fused_residual(c)?)?)
 }
 
 /// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,
