@@ -61,19 +61,7 @@ impl Packed3 {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Self> {
-        let weight = weight
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        if weight.len() != geo.c_out * geo.k_size() {
-            candle_core::bail!(
-                "packed conv3d: weight has {} values for {geo:?}",
-                weight.len()
-            );
-        }
-        let bias = bias
-            .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1())
-            .transpose()?;
+        let (weight, bias) = super::host_weights(weight, bias, geo.c_out * geo.k_size(), &geo)?;
         Ok(Self { geo, weight, bias })
     }
 }

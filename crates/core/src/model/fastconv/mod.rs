@@ -71,19 +71,7 @@ pub struct Packed {
 
 impl Packed {
     pub fn new(geo: Geometry, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Self> {
-        let weight = weight
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        if weight.len() != geo.c_out * geo.k_size() {
-            candle_core::bail!(
-                "packed conv: weight has {} values for {geo:?}",
-                weight.len()
-            );
-        }
-        let bias = bias
-            .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1())
-            .transpose()?;
+        let (weight, bias) = host_weights(weight, bias, geo.c_out * geo.k_size(), &geo)?;
         let winograd = (winograd::eligible(&geo) && winograd::enabled())
             .then(|| winograd::transform_weights(&geo, &weight));
         Ok(Self {
@@ -93,6 +81,26 @@ impl Packed {
             winograd,
         })
     }
+}
+
+/// A convolution's weights (`len` values, row-major) and bias on the host as f32.
+fn host_weights(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    len: usize,
+    geo: &dyn std::fmt::Debug,
+) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let w: Vec<f32> = weight
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    if w.len() != len {
+        candle_core::bail!("packed conv: weight has {} values for {geo:?}", w.len());
+    }
+    let bias = bias
+        .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1())
+        .transpose()?;
+    Ok((w, bias))
 }
 
 /// Output planes up to this size (ResNet's layer3 and layer4 at 224x224) are computed

@@ -190,56 +190,42 @@ fn conv3d(c: &Ctx, x: Tensor, w: Tensor) -> OpResult {
 
 /// MaxPool and AveragePool, with asymmetric pads and `ceil_mode` (GoogLeNet,
 /// SqueezeNet): the extra windows that ceil mode adds become padding at the end, -inf
-/// for max pooling, so values and gradients are PyTorch's.
+/// for max pooling, so values and gradients are PyTorch's. 3D pooling (video models)
+/// takes per-axis kernels and strides.
 fn pool(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
     let k = c.ints("kernel_shape").unwrap_or_default();
     let rank = k.len();
+    let max = c.node.op == "MaxPool";
+    let kind = if max { PoolKind::Max } else { PoolKind::Avg };
     if rank == 3 {
-        return pool3d(c, x);
+        let kernel = axes3(c, "kernel_shape", 1)?;
+        let stride = axes3(c, "strides", 1)?;
+        if kernel.contains(&0) || stride.contains(&0) {
+            return Err(unsupported(format!(
+                "pooling kernel {kernel:?} strides {stride:?}"
+            )));
+        }
+        let sides = pool_sides(c, &x, &kernel, &stride, max)?;
+        let padding = [sides[0], sides[1], sides[2]];
+        return one(Pool3d {
+            kind,
+            kernel,
+            stride,
+            padding,
+        }
+        .forward(&x)?);
     }
     let dims = dims_of(rank)?;
     let kernel = uniform(Some(k), rank, "kernel_shape")?;
     let stride = uniform(c.ints("strides"), rank, "strides")?;
-    if c.ints("dilations")
-        .is_some_and(|d| d.iter().any(|&v| v != 1))
-    {
-        return Err(unsupported("dilated pooling"));
-    }
-    if !matches!(
-        c.string("auto_pad").as_deref(),
-        None | Some("") | Some("NOTSET")
-    ) {
-        return Err(unsupported("auto_pad on pooling"));
-    }
-    let mut sides = pads(c, rank)?;
-    let ceil = c.int("ceil_mode").unwrap_or(0) != 0;
-    let max = c.node.op == "MaxPool";
-    if ceil {
-        for (d, side) in sides.iter_mut().enumerate() {
-            let len = x.dim(2 + d)?;
-            let extra = ceil_extra(len, *side, kernel, stride);
-            if extra > 0 && !max {
-                return Err(unsupported(
-                    "AveragePool with ceil_mode=1 over a partial window",
-                ));
-            }
-            side.1 += extra;
-        }
-    }
-    let padded = sides.iter().any(|&(a, b)| a + b > 0);
-    if !max && padded && c.int("count_include_pad").unwrap_or(0) == 0 {
-        return Err(unsupported(
-            "AveragePool with padding and count_include_pad=0",
-        ));
-    }
-    let fill = if max { f32::NEG_INFINITY } else { 0.0 };
-    let x = if padded {
+    let sides = pool_sides(c, &x, &vec![kernel; rank], &vec![stride; rank], max)?;
+    let x = if sides.iter().any(|&(a, b)| a + b > 0) {
+        let fill = if max { f32::NEG_INFINITY } else { 0.0 };
         pad_spatial(&x, &sides, fill)?
     } else {
         x
     };
-    let kind = if max { PoolKind::Max } else { PoolKind::Avg };
     one(Pool {
         kind,
         dims,
@@ -250,16 +236,16 @@ fn pool(c: &Ctx) -> OpResult {
     .forward(&x)?)
 }
 
-/// MaxPool3d and AvgPool3d: per-axis kernels, strides and pads, ceil mode as end
-/// padding (as in 2D).
-fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
-    let kernel = axes3(c, "kernel_shape", 1)?;
-    let stride = axes3(c, "strides", 1)?;
-    if kernel.contains(&0) || stride.contains(&0) {
-        return Err(unsupported(format!(
-            "pooling kernel {kernel:?} strides {stride:?}"
-        )));
-    }
+/// A pooling node's (begin, end) padding per spatial dim, ceil mode's extra windows
+/// included; refuses what PyTorch's pools cannot be (dilation, auto_pad, average pools
+/// over partial or zero-excluding windows).
+fn pool_sides(
+    c: &Ctx,
+    x: &Tensor,
+    kernel: &[usize],
+    stride: &[usize],
+    max: bool,
+) -> Result<Vec<(usize, usize)>, OpError> {
     if c.ints("dilations")
         .is_some_and(|d| d.iter().any(|&v| v != 1))
     {
@@ -271,8 +257,7 @@ fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
     ) {
         return Err(unsupported("auto_pad on pooling"));
     }
-    let mut sides = pads(c, 3)?;
-    let max = c.node.op == "MaxPool";
+    let mut sides = pads(c, kernel.len())?;
     if c.int("ceil_mode").unwrap_or(0) != 0 {
         for (d, side) in sides.iter_mut().enumerate() {
             let extra = ceil_extra(x.dim(2 + d)?, *side, kernel[d], stride[d]);
@@ -290,15 +275,7 @@ fn pool3d(c: &Ctx, x: Tensor) -> OpResult {
             "AveragePool with padding and count_include_pad=0",
         ));
     }
-    let kind = if max { PoolKind::Max } else { PoolKind::Avg };
-    let padding = [sides[0], sides[1], sides[2]];
-    one(Pool3d {
-        kind,
-        kernel,
-        stride,
-        padding,
-    }
-    .forward(&x)?)
+    Ok(sides)
 }
 
 fn pad(c: &Ctx) -> OpResult {
