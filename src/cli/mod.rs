@@ -286,6 +286,9 @@ pub struct ExplainArgs {
 /// Library parameters (named in messages as `` `rate` ``) and the flags that set them.
 const FLAGS: &[(&str, &str)] = &[
     ("channel", "--channel"),
+    ("clip_len", "--clip-len"),
+    ("clip_stride", "--clip-stride"),
+    ("clips_json", "--clips-json"),
     ("crf", "--crf"),
     ("device", "--device"),
     ("frames_json", "--frames-json"),
