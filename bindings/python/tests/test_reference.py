@@ -82,3 +82,19 @@ def test_overlay_equals_show_cam_on_image_byte_for_byte():
     view = rgb[0][:, ::2]
     assert np.array_equal(camstream.overlay(view, masks[0][:, ::2]),
                           camstream.overlay(np.ascontiguousarray(view), np.ascontiguousarray(masks[0][:, ::2])))
+
+
+def test_a_3d_cnn_on_clips():
+    """(N, C, T, H, W) clips through a video model (the clip3d family's TOML config):
+    raw (N, t, h, w) and final (N, T, H, W) maps equal pytorch-grad-cam's, whose 5-D final
+    map is scipy's cubic-spline zoom (tests/fixtures/families/make.py)."""
+    d = FIXTURES / "families" / "clip3d"
+    x = np.load(d / "input.npy")
+    ex = camstream.Explainer(str(d / "model.toml"), layer="relu3")
+    assert ex.kind == "clip"
+    r = ex.explain(x, batch=4)
+    raw = np.load(d / "gradcam_pred_raw.npy")
+    final = np.load(d / "gradcam_pred_final.npy")
+    assert r.raw.shape == raw.shape and r.heatmap.shape == final.shape == x.shape[:1] + x.shape[2:]
+    assert np.abs(r.raw - raw).max() <= TOL * np.abs(raw).max()
+    assert np.abs(r.heatmap - final).max() <= TOL
