@@ -195,7 +195,7 @@ impl<'a> ClipStage<'a> {
             record_peak(max, &out);
         } else {
             for (e, &s) in out.into_iter().zip(&starts) {
-                self.spread(e, s);
+                self.spread(e, s)?;
             }
         }
         let sent = self.emit(tx)?;
@@ -236,10 +236,22 @@ impl<'a> ClipStage<'a> {
     }
 
     /// Adds the clip's map, one slice per sample position, to the frames it covers.
-    fn spread(&mut self, e: Explanation, start: u64) {
+    /// A target after the network has pooled time away gives (h, w) maps: the same map
+    /// for the clip's every frame.
+    fn spread(&mut self, e: Explanation, start: u64) -> Result<(), PipelineError> {
         let map = self.normaliser.apply(self.config.norm, &e.raw, e.scaled);
-        let &[t, h, w] = e.spatial.as_slice() else {
-            return; // a clip model's target has (t, h, w) maps; checked by the explainer
+        let [t, h, w] = match *e.spatial.as_slice() {
+            [t, h, w] => [t, h, w],
+            [h, w] => [1, h, w],
+            ref other => {
+                return Err(PipelineError::BadOption {
+                    name: "layer",
+                    why: format!(
+                        "`{}` gives maps of shape {other:?}; a video model's frames need (t, h, w) or (h, w)",
+                        e.layer
+                    ),
+                })
+            }
         };
         let mut slices = resize_final(&map, &[t, h, w], &[self.len, h, w]);
         // The cubic spline overshoots a little between samples.
@@ -266,7 +278,7 @@ impl<'a> ClipStage<'a> {
             .map(|s| (s.p.frame.index, s.p.frame.seconds))
             .collect();
         let (Some(first), Some(last)) = (sampled.first(), sampled.last()) else {
-            return;
+            return Ok(()); // no frame of this clip is waiting (none can be)
         };
         let record = ClipRecord {
             class: meta.class,
@@ -302,6 +314,7 @@ impl<'a> ClipStage<'a> {
                 slot.nearest = Some((d, meta.clone()));
             }
         }
+        Ok(())
     }
 
     /// Sends the frames before the next clip's start (no later clip covers them).
