@@ -14,8 +14,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{
-    add_row_segment, band, channel_groups, contiguous_f32, count_flops, epilogue, filled, grown,
-    matmul, row_segment, with_scratch, Act,
+    add_row_segment, band, banded_jobs, contiguous_f32, count_flops, filled, matmul, row_segment,
+    Act, BandedOutput, PackedView,
 };
 
 /// Geometry of a 3D convolution; every array is (time, height, width).
@@ -151,42 +151,29 @@ impl Conv3dOp {
         }
         let ks = g.k_size();
         count_flops(n * g.c_out * vol * ks);
-        let all_rows = ot * oh;
-        let rows = band(ow);
-        let bands = all_rows.div_ceil(rows);
-        let (groups, per) = channel_groups(g.c_out, n * bands, rayon::current_num_threads());
-        let in_vol = c * t * h * w;
+        let weights = PackedView {
+            weight: &p.weight,
+            bias: p.bias.as_deref(),
+            c_out: g.c_out,
+            ks,
+            pointwise: g.pointwise(),
+            act: self.act,
+        };
+        let shape = BandedOutput {
+            n,
+            in_len: c * t * h * w,
+            rows: ot * oh,
+            ow,
+        };
         let out = filled(n * g.c_out * vol, |dst| {
-            (0..n * bands * groups).into_par_iter().for_each(|job| {
-                with_scratch(|scratch| {
-                    let (clip_band, grp) = (job / groups, job % groups);
-                    let (b, k) = (clip_band / bands, clip_band % bands);
-                    let (co0, m) = (grp * per, per.min(g.c_out - grp * per));
-                    let r0 = k * rows;
-                    let tp = rows.min(all_rows - r0) * ow;
-                    let clip = &x[b * in_vol..(b + 1) * in_vol];
-                    let at = b * g.c_out * vol + co0 * vol + r0 * ow;
-                    // SAFETY: each job writes only its own channels of its own band of its
-                    // own clip; the output outlives the loop; gemm reads the clip, the
-                    // patch and the weights in bounds; the residual is shaped like the
-                    // output.
-                    unsafe {
-                        let d = dst.get().add(at);
-                        let wt = p.weight.as_ptr().add(co0 * ks);
-                        if g.pointwise() {
-                            let src = clip.as_ptr().add(r0 * ow);
-                            matmul(m, tp, ks, d, vol, wt, ks, 1, src, vol, false, 1);
-                        } else {
-                            let col = grown(&mut scratch.bufs[0], ks * tp);
-                            im2col3(g, clip, [t, h, w], (r0, tp / ow, oh, ow), col);
-                            matmul(m, tp, ks, d, vol, wt, ks, 1, col.as_ptr(), tp, false, 1);
-                        }
-                        let bias = p.bias.as_ref().map(|v| &v[co0..co0 + m]);
-                        let res = residual.map(|r| r.as_ptr().add(at));
-                        epilogue(d, (m, tp, vol), bias, res, self.act);
-                    }
-                })
-            })
+            banded_jobs(
+                &weights,
+                &shape,
+                x,
+                residual,
+                dst,
+                &|clip, (r0, r), col, _| im2col3(g, clip, [t, h, w], (r0, r, oh, ow), col),
+            )
         });
         Ok((
             CpuStorage::F32(out),

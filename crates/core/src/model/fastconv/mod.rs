@@ -392,6 +392,80 @@ fn col2im(
     }
 }
 
+/// A convolution's packed weights as the banded jobs read them.
+struct PackedView<'a> {
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    c_out: usize,
+    /// Values per output channel's weights: one im2col column's length.
+    ks: usize,
+    /// 1x1 (x1) stride 1 without padding: the input is the patch.
+    pointwise: bool,
+    act: Act,
+}
+
+/// The output's shape as the jobs cut it: `n` samples of `in_len` input values; per
+/// channel `rows` rows of `ow` values (a 3D output's frames and rows in one sequence).
+struct BandedOutput {
+    n: usize,
+    in_len: usize,
+    rows: usize,
+    ow: usize,
+}
+
+/// Builds the im2col patch of output rows (r0, count) of one sample into `col`
+/// (`phases` is scratch for strided rows).
+type PatchFn<'a> = dyn Fn(&[f32], (usize, usize), &mut [f32], &mut Vec<f32>) + Sync + 'a;
+
+/// Each (sample, band of output rows, group of output channels) as one single-threaded
+/// product written into `dst`, then the epilogue on its rows. Small batches of small
+/// maps (batch 1 at ResNet's layer4 is one band) would leave threads idle, so the output
+/// channels are split too.
+fn banded_jobs(
+    k: &PackedView,
+    out: &BandedOutput,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    dst: SendPtr,
+    patch: &PatchFn,
+) {
+    let (ow, plane, ks) = (out.ow, out.rows * out.ow, k.ks);
+    let rows = band(ow);
+    let bands = out.rows.div_ceil(rows);
+    let (groups, per) = channel_groups(k.c_out, out.n * bands, rayon::current_num_threads());
+    (0..out.n * bands * groups).into_par_iter().for_each(|job| {
+        with_scratch(|scratch| {
+            let (sample_band, grp) = (job / groups, job % groups);
+            let (b, t) = (sample_band / bands, sample_band % bands);
+            let (co0, m) = (grp * per, per.min(k.c_out - grp * per));
+            let r0 = t * rows;
+            let r = rows.min(out.rows - r0);
+            let tp = r * ow;
+            let sample = &x[b * out.in_len..(b + 1) * out.in_len];
+            let at = b * k.c_out * plane + co0 * plane + r0 * ow;
+            // SAFETY: each job writes only its own channels of its own band of rows of
+            // its own sample; `dst` outlives the parallel loop; gemm reads the sample,
+            // the patch and the weights in bounds, and the residual is shaped like the
+            // output.
+            unsafe {
+                let d = dst.get().add(at);
+                let wt = k.weight.as_ptr().add(co0 * ks);
+                if k.pointwise {
+                    let src = sample.as_ptr().add(r0 * ow);
+                    matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
+                } else {
+                    let col = grown(&mut scratch.bufs[0], ks * tp);
+                    patch(sample, (r0, r), col, &mut scratch.phases);
+                    matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
+                }
+                let bias = k.bias.map(|b| &b[co0..co0 + m]);
+                let res = residual.map(|r| r.as_ptr().add(at));
+                epilogue(d, (m, tp, plane), bias, res, k.act);
+            }
+        })
+    });
+}
+
 /// C (m x n, row stride `rs_c`) = A (m x k, row-major) * B (k x n, row stride `rs_b`);
 /// with `accumulate`, C += A*B.
 #[allow(clippy::too_many_arguments)]
@@ -504,43 +578,28 @@ impl ConvOp {
         let p = &self.packed;
         let g = &p.geo;
         let (oh, ow) = g.out(h, w);
-        let plane = oh * ow;
-        let rows = band(ow);
-        let bands = oh.div_ceil(rows);
-        let ks = g.k_size();
-        // Small batches of small maps (batch 1 at ResNet's layer3/layer4 is one band)
-        // would leave threads idle: split the output channels too.
-        let (groups, per) = channel_groups(g.c_out, n * bands, rayon::current_num_threads());
-        (0..n * bands * groups).into_par_iter().for_each(|job| {
-            with_scratch(|scratch| {
-                let (img_band, grp) = (job / groups, job % groups);
-                let (b, t) = (img_band / bands, img_band % bands);
-                let (co0, m) = (grp * per, per.min(g.c_out - grp * per));
-                let oy0 = t * rows;
-                let r = rows.min(oh - oy0);
-                let tp = r * ow;
-                let img = &x[b * c * h * w..(b + 1) * c * h * w];
-                let at = b * g.c_out * plane + co0 * plane + oy0 * ow;
-                // SAFETY: each job writes only its own channels of its own band of rows of
-                // its own image; `out` outlives the parallel loop; gemm reads
-                // `img`/`col`/weights in bounds, and the residual is shaped like `out`.
-                unsafe {
-                    let d = dst.get().add(at);
-                    let wt = p.weight.as_ptr().add(co0 * ks);
-                    if g.pointwise() {
-                        let src = img.as_ptr().add(oy0 * ow);
-                        matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
-                    } else {
-                        let col = grown(&mut scratch.bufs[0], ks * tp);
-                        im2col(g, img, (h, w), (oy0, r, ow), col, &mut scratch.phases);
-                        matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
-                    }
-                    let bias = p.bias.as_ref().map(|b| &b[co0..co0 + m]);
-                    let res = residual.map(|r| r.as_ptr().add(at));
-                    epilogue(d, (m, tp, plane), bias, res, self.act);
-                }
-            })
-        });
+        let weights = PackedView {
+            weight: &p.weight,
+            bias: p.bias.as_deref(),
+            c_out: g.c_out,
+            ks: g.k_size(),
+            pointwise: g.pointwise(),
+            act: self.act,
+        };
+        let out = BandedOutput {
+            n,
+            in_len: c * h * w,
+            rows: oh,
+            ow,
+        };
+        banded_jobs(
+            &weights,
+            &out,
+            x,
+            residual,
+            dst,
+            &|img, (r0, r), col, phases| im2col(g, img, (h, w), (r0, r, ow), col, phases),
+        );
     }
 
     /// Small maps of a batch as one product over all images: k x (n*plane) columns,
