@@ -162,9 +162,6 @@ pub fn run(a: &VideoArgs) -> Result<()> {
             a.model.model
         );
     }
-    if clip_model && a.every > 1 {
-        bail!("--every is for frame models: a video model explains clips (see --clip-stride and --frame-step)");
-    }
     let batch = a.batch.unwrap_or(if clip_model { 2 } else { 8 });
     match a.fit.as_deref() {
         Some("letterbox") => net.input.resize = Resize::Letterbox,

@@ -86,6 +86,29 @@ pub(super) struct ClipStage<'a> {
 }
 
 impl<'a> ClipStage<'a> {
+    /// (len, stride, step) for this model, or the error of options that do not apply to
+    /// clips; checked before a file job opens anything, and by `new`.
+    pub fn settings(
+        explainer: &Explainer,
+        config: &ModelConfig,
+    ) -> Result<[usize; 3], PipelineError> {
+        let model_len = explainer.network().input.size[0];
+        if config.every > 1 {
+            return Err(PipelineError::BadOption {
+                name: "every",
+                why: "is for frame models; a video model explains clips: choose `clip_stride` and `frame_step` instead"
+                    .into(),
+            });
+        }
+        if config.metrics.is_some() {
+            return Err(PipelineError::BadOption {
+                name: "metrics",
+                why: "(faithfulness) are for frame models, not clips".into(),
+            });
+        }
+        config.clips.resolve(model_len)
+    }
+
     pub fn new(
         explainer: &'a Explainer,
         config: &'a ModelConfig,
@@ -93,21 +116,7 @@ impl<'a> ClipStage<'a> {
         scan: Option<&'a AtomicU32>,
         explained: &'a AtomicU64,
     ) -> Result<Self, PipelineError> {
-        let model_len = explainer.network().input.size[0];
-        let [len, stride, step] = config.clips.resolve(model_len)?;
-        if config.every > 1 {
-            return Err(PipelineError::BadOption {
-                name: "every",
-                why: "video models explain clips: choose `clip_stride` and `frame_step` instead"
-                    .into(),
-            });
-        }
-        if config.metrics.is_some() {
-            return Err(PipelineError::BadOption {
-                name: "metrics",
-                why: "faithfulness metrics are for frame models, not clips".into(),
-            });
-        }
+        let [len, stride, step] = Self::settings(explainer, config)?;
         Ok(Self {
             explainer,
             config,

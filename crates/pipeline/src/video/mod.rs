@@ -136,6 +136,9 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
     check_paths(job)?;
     let container = container_for(&job.output)?;
     job.encode.check()?;
+    if job.frames.explainer.network().input.kind == camstream_core::preprocess::InputKind::Clip {
+        clips::ClipStage::settings(job.frames.explainer, &job.frames.model)?;
+    }
     let clip_scale = if job.frames.model.norm == Norm::Clip {
         // First pass: the clip's largest map value (the model runs twice).
         let mut source = VideoDecoder::open(&job.input, job.section)?;
