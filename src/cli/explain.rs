@@ -52,7 +52,7 @@ fn sample_count(path: &Path, net: &Network) -> Result<usize> {
         return Ok(1);
     }
     let h = camstream_media::npy::header(path)?;
-    let rank = camstream_media::inputs::spatial_rank(&net.input);
+    let rank = net.input.kind.rank();
     Ok(if h.shape.len() == rank + 2 {
         h.shape[0]
     } else {

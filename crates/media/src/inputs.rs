@@ -25,15 +25,10 @@ pub struct FileInput {
     pub view: Option<(RgbImage, [usize; 4])>,
 }
 
-/// The spatial rank (1 signals, 2 pictures and spectrograms, 3 clips) of a model's input.
-pub fn spatial_rank(spec: &InputSpec) -> usize {
-    spec.kind.rank()
-}
-
 /// Reads one file: a `.npy` of (C, spatial...) or (N, C, spatial...) float32 values,
 /// checked against `spec` (channels, finite values, not empty), or a picture (2D models).
 pub fn read_inputs(path: &Path, spec: &InputSpec) -> Result<Vec<FileInput>> {
-    let rank = spatial_rank(spec);
+    let rank = spec.kind.rank();
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -95,7 +90,7 @@ pub fn tensor_inputs(
     spec: &InputSpec,
 ) -> Result<Vec<FileInput>> {
     let path = origin;
-    let rank = spatial_rank(spec);
+    let rank = spec.kind.rank();
     if data.len() != shape.iter().product::<usize>() {
         return Err(Error::file(
             path,

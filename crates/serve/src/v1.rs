@@ -15,7 +15,7 @@ use axum::Json;
 use base64::Engine;
 use camstream_core::model::Network;
 use camstream_core::preprocess::InputKind;
-use camstream_media::inputs::{picture_input, spatial_rank, tensor_inputs};
+use camstream_media::inputs::{picture_input, tensor_inputs};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -248,7 +248,7 @@ fn picture(origin: &str, b64: &str, net: &Network) -> ApiResult<Sample> {
 fn tensor(origin: &str, v: &Value, net: &Network) -> ApiResult<Sample> {
     let (data, shape) =
         flatten(v).map_err(|why| ApiError::bad_request(format!("{origin}: {why}")))?;
-    let rank = spatial_rank(&net.input);
+    let rank = net.input.kind.rank();
     if shape.len() != rank + 1 {
         return Err(ApiError::bad_request(format!(
             "{origin}: a nested list of shape {shape:?}; this model takes {}",

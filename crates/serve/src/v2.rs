@@ -9,7 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use camstream_media::inputs::{spatial_rank, tensor_inputs};
+use camstream_media::inputs::tensor_inputs;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -122,7 +122,7 @@ fn run(model: &Model, r: &InferRequest) -> ApiResult<Value> {
             t.name, t.datatype
         )));
     }
-    let rank = spatial_rank(&net.input);
+    let rank = net.input.kind.rank();
     if t.shape.len() != rank + 2 {
         return Err(ApiError::bad_request(format!(
             "input `{}`: shape {:?}; this model takes {}",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use camstream_core::model::Network;
 use camstream_core::preprocess::{InputSpec, Placement};
-use camstream_media::inputs::{read_inputs, spatial_rank};
+use camstream_media::inputs::read_inputs;
 
 use crate::error::{Error, Result};
 use crate::eval::{Labelled, Samples};
@@ -143,7 +143,7 @@ impl Samples for DataSamples<'_> {
                         &r.shape[1..],
                         r.placement,
                         &item.path,
-                        spatial_rank(&self.spec),
+                        self.spec.kind.rank(),
                     )
                 })
                 .transpose()?
