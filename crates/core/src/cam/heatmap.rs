@@ -7,10 +7,12 @@ pub fn minmax_in_place(m: &mut [f32]) {
         return;
     }
     let min = m.iter().cloned().fold(f32::INFINITY, f32::min);
-    m.iter_mut().for_each(|v| *v -= min);
     let max = m.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let d = max + 1e-7;
-    m.iter_mut().for_each(|v| *v /= d);
+    // Subtraction rounds monotonically, so the largest shifted value is `max - min`:
+    // the same bits as shifting first and taking the maximum after, in one pass less
+    // (a 720p frame's map is a million values).
+    let d = (max - min) + 1e-7;
+    m.iter_mut().for_each(|v| *v = (*v - min) / d);
 }
 
 /// The final map of one sample, exactly as pytorch-grad-cam computes it: ReLU, min-max,
