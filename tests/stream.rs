@@ -48,8 +48,10 @@ fn memory_frames_to_channels_match_the_explainer() {
     let mut source = MemoryFrames::new(pictures.clone().into_iter(), w, h, 25);
     // The observer sees every drawn frame with its record, in order.
     let seen = std::sync::Mutex::new(Vec::new());
-    let observe = |rgb: &image::RgbImage, r: &FrameRecord| {
-        seen.lock().unwrap().push((r.index, rgb.dimensions()));
+    let observe = |p: &camstream_media::frame::Picture, r: &FrameRecord| {
+        seen.lock()
+            .unwrap()
+            .push((r.index, (p.width(), p.height())));
     };
     let sinks = Sinks {
         frames: Some(&mut frame_tx),

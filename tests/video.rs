@@ -504,3 +504,66 @@ fn a_portrait_phone_video_is_turned_upright_before_the_model() {
     eprintln!("pointing on the turned frames: {:.1} %", rate * 100.0);
     assert!(rate >= 0.75, "pointing game {rate}");
 }
+
+/// Frames kept in the decoder's YUV reach the encoder without RGB: at an even size as
+/// they are, at an odd size (4:4:4 output) through one conversion. Both must come back
+/// with their colours, and `keep_yuv` must hand out the planes the file holds.
+#[test]
+fn yuv_frames_encode_at_even_and_odd_sizes() {
+    use camstream_media::decode::VideoInfo;
+    use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
+    use camstream_media::frame::{Picture, Yuv420};
+
+    let tmp = tempfile::tempdir().unwrap();
+    for (w, h) in [(64u32, 48u32), (65, 49)] {
+        let path = tmp.path().join(format!("yuv_{w}x{h}.mp4"));
+        let info = VideoInfo {
+            path: path.clone(),
+            width: w,
+            height: h,
+            rate: (25, 1),
+            time_base: (1, 25),
+            duration_s: 0.12,
+            frames_hint: Some(3),
+            has_audio: false,
+            rotation: 0,
+        };
+        let opts = EncodeOptions {
+            crf: 10,
+            ..EncodeOptions::default()
+        };
+        // Left half red, right half blue.
+        let img = image::RgbImage::from_fn(w, h, |x, _| {
+            image::Rgb(if x < w / 2 {
+                [220, 30, 30]
+            } else {
+                [30, 30, 220]
+            })
+        });
+        let mut enc = VideoEncoder::create(&path, "mp4", &info, &opts, AudioSource::None).unwrap();
+        for pts in 0..3 {
+            let yuv = Yuv420::from_rgb(&img).unwrap();
+            enc.write(Picture::Yuv(yuv), pts).unwrap();
+        }
+        enc.finish(None).unwrap();
+
+        let mut d = VideoDecoder::open(&path, Section::default())
+            .unwrap()
+            .keep_yuv();
+        let mut n = 0;
+        while let Some(f) = d.next_frame().unwrap() {
+            // 4:2:0 files come out as planes, 4:4:4 ones in RGB.
+            assert_eq!(matches!(f.picture, Picture::Yuv(_)), w % 2 == 0, "{w}x{h}");
+            let rgb = f.picture.into_rgb().unwrap();
+            assert_eq!(rgb.dimensions(), (w, h));
+            for (x, want) in [(w / 4, [220, 30, 30]), (3 * w / 4, [30, 30, 220])] {
+                let got = rgb.get_pixel(x, h / 2).0;
+                for k in 0..3 {
+                    assert!(got[k].abs_diff(want[k]) <= 12, "{w}x{h} at x {x}: {got:?}");
+                }
+            }
+            n += 1;
+        }
+        assert_eq!(n, 3, "{w}x{h}");
+    }
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use camstream_media::decode::{VideoDecoder, VideoInfo};
 use camstream_media::encode::{AudioSource, EncodeOptions, VideoEncoder};
+use camstream_media::frame::Picture;
 use camstream_train::synth::video::{write_clip, ClipSpec};
 use common::{camstream, ok, s};
 use image::{Rgb, RgbImage};
@@ -137,7 +138,7 @@ fn square_video(path: &Path, frames: u32, moving: std::ops::Range<u32>) {
             let inside = (x..x + 12).contains(&px) && (26..38).contains(&py);
             Rgb(if inside { [240; 3] } else { [60; 3] })
         });
-        enc.write(&img, f as i64).unwrap();
+        enc.write(Picture::Rgb(img), f as i64).unwrap();
     }
     enc.finish(None).unwrap();
 }
@@ -177,7 +178,8 @@ fn the_temporal_peak_falls_where_the_shape_moves() {
     let mut d = VideoDecoder::open(&out, Default::default()).unwrap();
     let mut heat = Vec::new();
     while let Some(f) = d.next_frame().unwrap() {
-        let rb = f.rgb.pixels().map(|p| p[0] as f64 - p[2] as f64);
+        let rgb = f.picture.into_rgb().unwrap();
+        let rb = rgb.pixels().map(|p| p[0] as f64 - p[2] as f64);
         heat.push(rb.fold(f64::NEG_INFINITY, f64::max));
     }
     assert_eq!(heat.len(), 48);

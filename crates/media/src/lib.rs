@@ -7,6 +7,8 @@ pub mod decode;
 #[cfg(feature = "video")]
 pub mod encode;
 pub mod error;
+#[cfg(feature = "video")]
+pub mod frame;
 pub mod guard;
 pub mod inputs;
 pub mod io;

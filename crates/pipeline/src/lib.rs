@@ -35,6 +35,9 @@ pub enum PipelineError {
     #[cfg(feature = "video")]
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[cfg(feature = "video")]
+    #[error(transparent)]
+    Frame(#[from] camstream_media::frame::FrameError),
     #[error(transparent)]
     Model(#[from] camstream_core::Error),
     #[error(transparent)]
@@ -66,16 +69,26 @@ pub enum PipelineError {
     ReceiverGone(&'static str),
 }
 
-/// Runs a stage body, turning its error (or panic) into the pipeline's first error.
-pub(crate) fn guard(
+/// Runs a stage body on its own thread, named after the stage (so `top -H` and profilers
+/// show each stage's CPU), turning its error (or panic) into the pipeline's first error.
+pub(crate) fn spawn_stage<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
     stage: &'static str,
-    errors: &FirstError,
-    body: impl FnOnce() -> Result<(), PipelineError>,
+    errors: &'scope FirstError,
+    body: impl FnOnce() -> Result<(), PipelineError> + Send + 'scope,
 ) {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+    let run = move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => errors.set(e),
         Err(_) => errors.set(PipelineError::Panicked(stage)),
+    };
+    if std::thread::Builder::new()
+        .name(stage.into())
+        .spawn_scoped(s, run)
+        .is_err()
+    {
+        // The closure (and the channel ends it owns) is dropped: the other stages stop.
+        errors.set(PipelineError::Panicked(stage));
     }
 }
 

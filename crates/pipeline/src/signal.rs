@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::{guard, peak_rss_mb, Busy, FirstError, PipelineError, StageCtl, StageStat};
+use super::{peak_rss_mb, spawn_stage, Busy, FirstError, PipelineError, StageCtl, StageStat};
 use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
@@ -351,44 +351,38 @@ pub fn run_signal(
         let progress = job.progress;
         let cancel = job.cancel;
         let mut resampler = resampler;
-        s.spawn(move || {
-            guard("read", errors, || {
-                read_stage(
-                    reader.as_mut(),
-                    plan,
-                    resampler.as_mut(),
-                    raw_tx,
-                    StageCtl::new(errors, &busy[0]),
-                    frames_read,
-                    ReadHooks { progress, cancel },
-                )
-            })
+        spawn_stage(s, "read", errors, move || {
+            read_stage(
+                reader.as_mut(),
+                plan,
+                resampler.as_mut(),
+                raw_tx,
+                StageCtl::new(errors, &busy[0]),
+                frames_read,
+                ReadHooks { progress, cancel },
+            )
         });
         let features = &features;
-        s.spawn(move || {
-            guard("window", errors, || {
-                window_stage(
-                    features,
-                    hop,
-                    plan.len(),
-                    raw_rx,
-                    cut_tx,
-                    StageCtl::new(errors, &busy[1]),
-                )
-            })
+        spawn_stage(s, "window", errors, move || {
+            window_stage(
+                features,
+                hop,
+                plan.len(),
+                raw_rx,
+                cut_tx,
+                StageCtl::new(errors, &busy[1]),
+            )
         });
         let (explainer, model) = (job.explainer, &job.model);
-        s.spawn(move || {
-            guard("model", errors, || {
-                model_stage(
-                    explainer,
-                    model,
-                    features,
-                    cut_rx,
-                    cam_tx,
-                    StageCtl::new(errors, &busy[2]),
-                )
-            })
+        spawn_stage(s, "model", errors, move || {
+            model_stage(
+                explainer,
+                model,
+                features,
+                cut_rx,
+                cam_tx,
+                StageCtl::new(errors, &busy[2]),
+            )
         });
         let timing = Timing {
             input_rate,

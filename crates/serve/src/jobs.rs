@@ -27,6 +27,7 @@ use camstream_core::Explainer;
 use camstream_media::decode::signal::{self, OpenOptions};
 use camstream_media::decode::Section;
 use camstream_media::encode::EncodeOptions;
+use camstream_media::frame::Picture;
 use camstream_media::render::JET;
 use camstream_pipeline::signal::{run_signal, ChannelChoice, SignalJob, SignalOutput, WindowModel};
 use camstream_pipeline::{run_video, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob};
@@ -652,9 +653,13 @@ fn run_video_job(
 ) -> Result<Value, String> {
     let thumb_every = o.thumb_every.unwrap_or(10);
     let progress = |done: u64, total: Option<u64>| job.progress(done, total);
-    let observe = |rgb: &RgbImage, r: &FrameRecord| {
+    let observe = |picture: &Picture, r: &FrameRecord| {
         if r.index.is_multiple_of(thumb_every) {
-            let thumb = thumbnail_b64(rgb);
+            // Only thumbnail frames are converted to RGB.
+            let thumb = picture
+                .to_rgb()
+                .map(|rgb| thumbnail_b64(&rgb))
+                .unwrap_or_default();
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["thumbnail_jpeg_b64"] = thumb.into();
             job.push(r.index, "frame", v);

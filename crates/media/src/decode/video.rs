@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use ffmpeg::format::Pixel;
 use ffmpeg::media::Type;
-use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
+use ffmpeg::software::scaling::context::Context as Scaler;
 use ffmpeg::util::frame::video::Video as AvFrame;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
+
+use crate::frame::{Picture, Yuv420, TO_RGB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -65,7 +67,8 @@ pub struct DecodedFrame {
     /// Presentation timestamp in the stream's time base, relative to the cut start.
     pub pts: i64,
     pub seconds: f64,
-    pub rgb: RgbImage,
+    /// Upright, at the stream's first size: RGB, or YUV with [`VideoDecoder::keep_yuv`].
+    pub picture: Picture,
 }
 
 /// A section of the input: start and length in seconds.
@@ -80,6 +83,8 @@ pub struct VideoDecoder {
     ictx: ffmpeg::format::context::Input,
     decoder: ffmpeg::decoder::Video,
     scaler: Option<Scaler>,
+    /// Deliver YUV420P frames as they are decoded (see [`VideoDecoder::keep_yuv`]).
+    yuv: bool,
     stream: usize,
     info: VideoInfo,
     tb: f64,
@@ -249,6 +254,7 @@ impl VideoDecoder {
             ictx,
             decoder,
             scaler: None,
+            yuv: false,
             stream,
             tb: tbf,
             start_pts: None,
@@ -264,6 +270,13 @@ impl VideoDecoder {
 
     pub fn info(&self) -> &VideoInfo {
         &self.info
+    }
+
+    /// Frames stored as YUV420P, upright and at the stream's size (most H.264 and HEVC
+    /// files) come out as the decoder made them, with no conversion; the rest in RGB.
+    pub fn keep_yuv(mut self) -> Self {
+        self.yuv = true;
+        self
     }
 
     /// Packets the decoder rejected and skipped (as ffmpeg does).
@@ -289,12 +302,12 @@ impl VideoDecoder {
         if stale {
             // The output keeps the first frame's size if the stream changes resolution.
             self.scaler = Some(
-                Scaler::get(f.format(), w, h, Pixel::RGB24, sw, sh, Flags::BILINEAR).map_err(
-                    |e| DecodeError::Codec {
+                Scaler::get(f.format(), w, h, Pixel::RGB24, sw, sh, TO_RGB).map_err(|e| {
+                    DecodeError::Codec {
                         path: self.path.clone(),
                         msg: format!("no conversion to RGB: {e}"),
-                    },
-                )?,
+                    }
+                })?,
             );
         }
         let mut rgb = AvFrame::empty();
@@ -329,12 +342,20 @@ impl VideoDecoder {
                 return Ok(None);
             }
             let base = *self.start_pts.get_or_insert(self.start_pts());
-            let rgb = upright(self.convert_rgb(&f)?, self.info.rotation);
+            let as_is = self.yuv
+                && f.format() == Pixel::YUV420P
+                && self.info.rotation == 0
+                && (f.width(), f.height()) == (self.info.width, self.info.height);
+            let picture = if as_is {
+                Picture::Yuv(Yuv420::new(std::mem::replace(&mut f, AvFrame::empty())))
+            } else {
+                Picture::Rgb(upright(self.convert_rgb(&f)?, self.info.rotation))
+            };
             let frame = DecodedFrame {
                 index: self.next_index,
                 pts: pts - base,
                 seconds: secs - self.start_s,
-                rgb,
+                picture,
             };
             self.next_index += 1;
             return Ok(Some(frame));

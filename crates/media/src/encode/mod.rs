@@ -13,7 +13,8 @@ use ffmpeg::media::Type;
 use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg::{Dictionary, Rational};
 use ffmpeg_next as ffmpeg;
-use image::RgbImage;
+
+use crate::frame::{Picture, Yuv420};
 
 use crate::decode::VideoInfo;
 
@@ -140,7 +141,9 @@ pub struct VideoEncoder {
     ost_tb: Rational,
     frame_dur: i64,
     rgb: ffmpeg::util::frame::video::Video,
+    /// The encoder's input, converted from RGB (or from 4:2:0 into 4:4:4).
     yuv: ffmpeg::util::frame::video::Video,
+    from_yuv420: Option<Scaler>,
     audio: Audio,
     width: u32,
     height: u32,
@@ -263,7 +266,8 @@ impl VideoEncoder {
             ost_tb,
             frame_dur,
             rgb: ffmpeg::util::frame::video::Video::new(Pixel::RGB24, info.width, info.height),
-            yuv: ffmpeg::util::frame::video::Video::empty(),
+            yuv: ffmpeg::util::frame::video::Video::new(pix, info.width, info.height),
+            from_yuv420: None,
             audio,
             width: info.width,
             height: info.height,
@@ -279,27 +283,66 @@ impl VideoEncoder {
         }
     }
 
-    /// Encodes one RGB frame at `pts` (input stream time base, relative to the cut).
-    pub fn write(&mut self, rgb: &RgbImage, pts: i64) -> Result<(), EncodeError> {
-        if rgb.width() != self.width || rgb.height() != self.height {
+    /// Encodes one frame at `pts` (input stream time base, relative to the cut). A
+    /// YUV420P frame of the stream's size goes to libx264 as it is.
+    pub fn write(&mut self, picture: Picture, pts: i64) -> Result<(), EncodeError> {
+        if (picture.width(), picture.height()) != (self.width, self.height) {
             return Err(self.werr(
                 "frame size",
-                format!("{}x{} differs from the stream's", rgb.width(), rgb.height()),
+                format!(
+                    "{}x{} differs from the stream's",
+                    picture.width(),
+                    picture.height()
+                ),
             ));
         }
-        // One RGB frame, reused: its rows are overwritten in full each time.
-        let stride = self.rgb.stride(0);
-        let row = self.width as usize * 3;
-        let data = self.rgb.data_mut(0);
-        for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
-            data[y * stride..y * stride + row].copy_from_slice(line);
-        }
-        self.scaler
-            .run(&self.rgb, &mut self.yuv)
-            .map_err(|e| self.werr("colour conversion", e))?;
-        self.yuv.set_pts(Some(pts));
+        let mut yuv = match picture {
+            Picture::Yuv(p) if self.yuv.format() == Pixel::YUV420P => p,
+            Picture::Yuv(p) => {
+                // 4:4:4 output (odd sizes): one more conversion.
+                self.from_yuv420
+                    .get_or_insert(
+                        Scaler::get(
+                            Pixel::YUV420P,
+                            self.width,
+                            self.height,
+                            self.yuv.format(),
+                            self.width,
+                            self.height,
+                            Flags::BILINEAR,
+                        )
+                        .map_err(|e| self.werr("colour conversion", e))?,
+                    )
+                    .run(p.av(), &mut self.yuv)
+                    .map_err(|e| self.werr("colour conversion", e))?;
+                return self.send(None, pts);
+            }
+            Picture::Rgb(rgb) => {
+                // One RGB frame, reused: its rows are overwritten in full each time.
+                let stride = self.rgb.stride(0);
+                let row = self.width as usize * 3;
+                let data = self.rgb.data_mut(0);
+                for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
+                    data[y * stride..y * stride + row].copy_from_slice(line);
+                }
+                self.scaler
+                    .run(&self.rgb, &mut self.yuv)
+                    .map_err(|e| self.werr("colour conversion", e))?;
+                return self.send(None, pts);
+            }
+        };
+        self.send(Some(&mut yuv), pts)
+    }
+
+    /// Sends `frame` (else the conversion buffer) to libx264 and writes what comes out.
+    fn send(&mut self, frame: Option<&mut Yuv420>, pts: i64) -> Result<(), EncodeError> {
+        let frame = match frame {
+            Some(f) => f.av_mut(),
+            None => &mut self.yuv,
+        };
+        frame.set_pts(Some(pts));
         self.encoder
-            .send_frame(&self.yuv)
+            .send_frame(frame)
             .map_err(|e| self.werr("libx264", e))?;
         self.last_pts = pts;
         self.pump_audio(pts as f64 * self.tb_secs)?;

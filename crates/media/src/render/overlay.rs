@@ -38,25 +38,173 @@ pub fn overlay(rgb: &mut [u8], mask: &[f32], cmap: &Colormap, alpha: f32) {
         mask.len() * 3,
         "overlay: image and mask sizes differ"
     );
-    // Fixed point in 1/256 (within one level of the float blend): a 720p frame is a
-    // million pixels per frame, and this runs on every frame.
-    let w = (alpha.clamp(0.0, 1.0) * 256.0).round() as u32;
-    let tinted: Vec<[u32; 3]> = cmap
-        .lut
-        .iter()
-        .map(|c| {
-            [
-                w * c[0] as u32 + 128,
-                w * c[1] as u32 + 128,
-                w * c[2] as u32 + 128,
-            ]
-        })
-        .collect();
-    let keep = 256 - w;
+    let blend = Blend::new(cmap.lut.iter().copied(), alpha);
     for (px, &m) in rgb.chunks_exact_mut(3).zip(mask) {
-        let t = &tinted[(255.0 * m.clamp(0.0, 1.0)) as usize];
-        for k in 0..3 {
-            px[k] = ((t[k] + keep * px[k] as u32) >> 8) as u8;
+        let i = lut_index(m);
+        for (k, c) in px.iter_mut().enumerate() {
+            *c = blend.mix(k, i, *c);
         }
+    }
+}
+
+/// One plane of 8-bit samples, `stride` bytes apart row to row.
+pub struct Plane<'a> {
+    pub data: &'a mut [u8],
+    pub stride: usize,
+}
+
+/// An 8-bit 4:2:0 picture (BT.601, limited range, as swscale converts and libx264 takes
+/// it): luma `width` x `height`, chroma at half size rounded up.
+pub struct Yuv420Planes<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub y: Plane<'a>,
+    pub u: Plane<'a>,
+    pub v: Plane<'a>,
+}
+
+/// BT.601 limited-range YUV of an RGB colour, as swscale computes it.
+pub(crate) fn bt601_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
+    let (r, g, b) = (r as f32, g as f32, b as f32);
+    let y = 16.0 + 219.0 / 255.0 * (0.299 * r + 0.587 * g + 0.114 * b);
+    let u = 128.0 + 224.0 / 255.0 * (-0.168_736 * r - 0.331_264 * g + 0.5 * b);
+    let v = 128.0 + 224.0 / 255.0 * (0.5 * r - 0.418_688 * g - 0.081_312 * b);
+    [y, u, v].map(|c| c.round().clamp(0.0, 255.0) as u8)
+}
+
+/// [`overlay`] drawn straight into a decoded frame's 4:2:0 planes. The YUV transform is
+/// affine, so blending in YUV equals blending in RGB and converting (to within rounding),
+/// and the video path skips two full-frame colour conversions and blends half the bytes.
+/// Chroma takes the mask at each 2x2 block's top-left pixel (the maps are smooth).
+pub fn overlay_yuv(p: Yuv420Planes, mask: &[f32], cmap: &Colormap, alpha: f32) {
+    let (w, h) = (p.width, p.height);
+    assert_eq!(mask.len(), w * h, "overlay: image and mask sizes differ");
+    let blend = Blend::new(cmap.lut.iter().map(|&c| bt601_yuv(c)), alpha);
+    // One row of table indices at a time (a loop the compiler vectorises), then one
+    // table lookup per sample; chroma reuses the even rows' indices.
+    let mut index = vec![0u8; w];
+    let mut chroma =
+        p.u.data
+            .chunks_mut(p.u.stride)
+            .zip(p.v.data.chunks_mut(p.v.stride));
+    let luma = p.y.data.chunks_mut(p.y.stride).zip(mask.chunks_exact(w));
+    for (row, (luma, m)) in luma.take(h).enumerate() {
+        index
+            .iter_mut()
+            .zip(m)
+            .for_each(|(i, &m)| *i = lut_index(m));
+        luma[..w]
+            .iter_mut()
+            .zip(&index)
+            .for_each(|(px, &i)| *px = blend.mix(0, i, *px));
+        if row % 2 == 0 {
+            let Some((u, v)) = chroma.next() else { break };
+            let pairs = u.iter_mut().zip(v.iter_mut());
+            for ((u, v), &i) in pairs.zip(index.iter().step_by(2)) {
+                *u = blend.mix(1, i, *u);
+                *v = blend.mix(2, i, *v);
+            }
+        }
+    }
+}
+
+/// The colormap's table index of a map value.
+fn lut_index(m: f32) -> u8 {
+    (255.0 * m.clamp(0.0, 1.0)) as u8
+}
+
+/// The colormap pre-multiplied by the heatmap weight, per channel, in fixed point (1/256,
+/// within one level of the float blend): a 720p frame is a million pixels, and this runs
+/// on each.
+struct Blend {
+    tinted: [[u32; 256]; 3],
+    keep: u32,
+}
+
+impl Blend {
+    fn new(colours: impl Iterator<Item = [u8; 3]>, alpha: f32) -> Self {
+        let w = (alpha.clamp(0.0, 1.0) * 256.0).round() as u32;
+        let mut tinted = [[0u32; 256]; 3];
+        for (i, c) in colours.take(256).enumerate() {
+            for k in 0..3 {
+                tinted[k][i] = w * c[k] as u32 + 128;
+            }
+        }
+        Self {
+            tinted,
+            keep: 256 - w,
+        }
+    }
+
+    fn mix(&self, channel: usize, index: u8, px: u8) -> u8 {
+        ((self.tinted[channel][index as usize] + self.keep * px as u32) >> 8) as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::JET;
+
+    /// The YUV blend against the RGB blend converted with the same BT.601 transform:
+    /// within two levels (each path rounds once more than the float maths).
+    #[test]
+    fn yuv_blend_equals_rgb_blend_converted() {
+        let (w, h) = (6, 4);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        // Constant over each 2x2 block, so chroma sees what luma sees.
+        let mask: Vec<f32> = (0..w * h)
+            .map(|i| ((i % w) / 2 + 3 * ((i / w) / 2)) as f32 / 5.0)
+            .collect();
+        let mut blended = rgb.clone();
+        overlay(&mut blended, &mask, &JET, 0.4);
+
+        // The frame in 4:2:0, with chroma from each block's top-left pixel.
+        let px = |buf: &[u8], x: usize, y: usize| {
+            let i = 3 * (y * w + x);
+            bt601_yuv([buf[i], buf[i + 1], buf[i + 2]])
+        };
+        let mut y: Vec<u8> = (0..w * h).map(|i| px(&rgb, i % w, i / w)[0]).collect();
+        let chroma = |k: usize| -> Vec<u8> {
+            (0..w * h / 4)
+                .map(|i| px(&rgb, 2 * (i % (w / 2)), 2 * (i / (w / 2)))[k])
+                .collect()
+        };
+        let (mut u, mut v) = (chroma(1), chroma(2));
+        let planes = Yuv420Planes {
+            width: w,
+            height: h,
+            y: Plane {
+                data: &mut y,
+                stride: w,
+            },
+            u: Plane {
+                data: &mut u,
+                stride: w / 2,
+            },
+            v: Plane {
+                data: &mut v,
+                stride: w / 2,
+            },
+        };
+        overlay_yuv(planes, &mask, &JET, 0.4);
+        for yy in 0..h {
+            for x in 0..w {
+                let want = px(&blended, x, yy);
+                assert!(y[yy * w + x].abs_diff(want[0]) <= 2, "Y at ({x}, {yy})");
+                if x % 2 == 0 && yy % 2 == 0 {
+                    let c = (yy / 2) * (w / 2) + x / 2;
+                    assert!(u[c].abs_diff(want[1]) <= 2, "U at ({x}, {yy})");
+                    assert!(v[c].abs_diff(want[2]) <= 2, "V at ({x}, {yy})");
+                }
+            }
+        }
+        // The heat shows: the blend moved the frame.
+        assert_ne!(
+            y,
+            (0..w * h)
+                .map(|i| px(&rgb, i % w, i / w)[0])
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -7,6 +7,7 @@ use image::RgbImage;
 
 use camstream_media::decode::{DecodedFrame, VideoDecoder, VideoInfo};
 use camstream_media::encode::VideoEncoder;
+use camstream_media::frame::Picture;
 
 use crate::PipelineError;
 
@@ -91,7 +92,7 @@ impl<I: Iterator<Item = RgbImage> + Send> FrameSource for MemoryFrames<I> {
             index,
             pts: index as i64,
             seconds: index as f64 / self.info.rate.0 as f64,
-            rgb,
+            picture: Picture::Rgb(rgb),
         }))
     }
 }
@@ -99,7 +100,7 @@ impl<I: Iterator<Item = RgbImage> + Send> FrameSource for MemoryFrames<I> {
 /// Where drawn frames go, in order. A sink takes the frame: a channel passes it on
 /// without a copy.
 pub trait FrameSink: Send {
-    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError>;
+    fn write(&mut self, frame: Picture, pts: i64) -> Result<(), PipelineError>;
     /// Completes the output; `interrupted` ends any audio with the frames written so far.
     fn finish(&mut self, interrupted: bool) -> Result<(), PipelineError>;
 }
@@ -114,9 +115,9 @@ impl EncodedVideo {
 }
 
 impl FrameSink for EncodedVideo {
-    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError> {
+    fn write(&mut self, frame: Picture, pts: i64) -> Result<(), PipelineError> {
         match &mut self.0 {
-            Some(enc) => Ok(enc.write(&frame, pts)?),
+            Some(enc) => Ok(enc.write(frame, pts)?),
             None => Ok(()),
         }
     }
@@ -129,10 +130,10 @@ impl FrameSink for EncodedVideo {
     }
 }
 
-/// Drawn frames (with their pts) to a channel.
+/// Drawn frames (with their pts) to a channel, in RGB.
 impl FrameSink for Sender<(i64, RgbImage)> {
-    fn write(&mut self, frame: RgbImage, pts: i64) -> Result<(), PipelineError> {
-        self.send((pts, frame))
+    fn write(&mut self, frame: Picture, pts: i64) -> Result<(), PipelineError> {
+        self.send((pts, frame.into_rgb()?))
             .map_err(|_| PipelineError::ReceiverGone("frames"))
     }
     fn finish(&mut self, _interrupted: bool) -> Result<(), PipelineError> {

@@ -31,7 +31,8 @@ pub use stages::{ModelConfig, Observer, OverlayConfig, Sinks};
 
 use crate::norm::Norm;
 use crate::{
-    cpu_seconds, guard, peak_rss_mb, Busy, FirstError, PipelineError, Stage, StageCtl, StageStat,
+    cpu_seconds, peak_rss_mb, spawn_stage, Busy, FirstError, PipelineError, Stage, StageCtl,
+    StageStat,
 };
 
 /// What to do with each frame, whatever the frames' source and the results' sinks.
@@ -141,12 +142,13 @@ pub fn run_video(job: &VideoJob, cancel: &AtomicBool) -> Result<VideoReport, Pip
     }
     let clip_scale = if job.frames.model.norm == Norm::Clip {
         // First pass: the clip's largest map value (the model runs twice).
-        let mut source = VideoDecoder::open(&job.input, job.section)?;
+        let mut source = VideoDecoder::open(&job.input, job.section)?.keep_yuv();
         scan_max(&mut source, &job.frames, cancel)?
     } else {
         0.0
     };
-    let mut source = VideoDecoder::open(&job.input, job.section)?;
+    // Frames stay in the decoder's YUV from decode to encode when they can.
+    let mut source = VideoDecoder::open(&job.input, job.section)?.keep_yuv();
     let info = source.info().clone();
     let audio = if info.has_audio {
         let start = job.section.start.unwrap_or(0.0);
@@ -319,41 +321,36 @@ fn run_stages(
     std::thread::scope(|s| {
         let decode_ctl = ctl(0);
         let src = &mut *source;
-        s.spawn(move || {
-            guard(Stage::Decode.name(), decode_ctl.errors, || {
-                stages::decode(src, dec_tx, cancel, decode_ctl)
-            })
+        spawn_stage(s, Stage::Decode.name(), decode_ctl.errors, move || {
+            stages::decode(src, dec_tx, cancel, decode_ctl)
         });
         let pre_ctl = ctl(1);
-        s.spawn(move || {
-            guard(Stage::Preprocess.name(), pre_ctl.errors, || {
-                stages::preprocess(input, dec_rx, pre_tx, pre_ctl)
-            })
+        spawn_stage(s, Stage::Preprocess.name(), pre_ctl.errors, move || {
+            stages::preprocess(input, dec_rx, pre_tx, pre_ctl)
         });
         let model_ctl = ctl(2);
-        s.spawn(move || {
-            guard(Stage::Model.name(), model_ctl.errors, || match clips {
+        spawn_stage(
+            s,
+            Stage::Model.name(),
+            model_ctl.errors,
+            move || match clips {
                 Some(c) => c.run(pre_rx, cam_tx, model_ctl),
                 None => model.run(pre_rx, cam_tx, model_ctl),
-            })
-        });
+            },
+        );
         // A scan stops at the model: nothing is drawn or written.
         if scan.is_none() {
             for _ in 0..workers {
                 let (rx, tx, c) = (cam_rx.clone(), ren_tx.clone(), ctl(3));
                 let overlay = &job.overlay;
-                s.spawn(move || {
-                    guard(Stage::Overlay.name(), c.errors, || {
-                        stages::render(overlay, rx, tx, c)
-                    })
+                spawn_stage(s, Stage::Overlay.name(), c.errors, move || {
+                    stages::render(overlay, rx, tx, c)
                 });
             }
             let (c, written) = (ctl(4), &written);
             let sinks = &mut sinks;
-            s.spawn(move || {
-                guard(Stage::Encode.name(), c.errors, || {
-                    stages::write(sinks, expected, ren_rx, cancel, written, c)
-                })
+            spawn_stage(s, Stage::Encode.name(), c.errors, move || {
+                stages::write(sinks, expected, ren_rx, cancel, written, c)
             });
         }
         drop(cam_rx);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use image::RgbImage;
 
 use camstream_core::cam::{argmax, upsample_to_source, Targets};
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
@@ -15,7 +14,8 @@ use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
 use camstream_core::record::{ClipRecord, FrameRecord};
 use camstream_core::{ExplainOptions, Explainer, Input};
 use camstream_media::decode::DecodedFrame;
-use camstream_media::render::{draw_label, overlay, Colormap};
+use camstream_media::frame::{Picture, RgbConverter};
+use camstream_media::render::Colormap;
 
 use super::io::{FrameSink, FrameSource};
 use crate::norm::{Norm, Normaliser};
@@ -59,7 +59,7 @@ impl Explained {
 pub(super) struct Rendered {
     index: u64,
     pts: i64,
-    rgb: RgbImage,
+    picture: Picture,
     record: FrameRecord,
     clips: Vec<ClipRecord>,
 }
@@ -94,13 +94,14 @@ pub(super) fn preprocess(
 ) -> Result<(), PipelineError> {
     // A clip model's frames are pictures of its (H, W).
     let frame_spec = input.frame();
+    let mut rgb = RgbConverter::default();
     for frame in rx {
         if ctl.errors.failed() {
             break;
         }
         let t = Instant::now();
         inject(Stage::Preprocess, frame.index)?;
-        let p = prepare_image(&frame.rgb, &frame_spec);
+        let p = prepare_image(rgb.rgb(&frame.picture)?, &frame_spec);
         ctl.busy.add(t.elapsed(), 1);
         let prepared = Prepared {
             frame,
@@ -365,16 +366,16 @@ pub(super) fn render(
         }
         let t = Instant::now();
         inject(Stage::Overlay, e.frame.index)?;
-        let mut rgb = e.frame.rgb;
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let mut picture = e.frame.picture;
+        let (w, h) = (picture.width() as usize, picture.height() as usize);
         let rect = e.placement.model.map(|v| v as usize);
         let m = e.map;
         let renormalise = config.renormalise && !m.scaled;
         let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], renormalise);
         let peak = argmax(&mask);
-        overlay(&mut rgb, &mask, config.colormap, config.alpha);
+        picture.overlay(&mask, config.colormap, config.alpha);
         if config.label {
-            draw_label(&mut rgb, &format!("{} {:.2}", m.label, m.probability));
+            picture.draw_label(&format!("{} {:.2}", m.label, m.probability));
         }
         let record = FrameRecord {
             class: m.class,
@@ -395,7 +396,7 @@ pub(super) fn render(
         let r = Rendered {
             index: e.frame.index,
             pts: e.frame.pts,
-            rgb,
+            picture,
             record,
             clips: e.clips,
         };
@@ -420,7 +421,7 @@ pub struct Sinks<'a> {
 }
 
 /// Sees a drawn frame and its record (see [`Sinks::observe`]).
-pub type Observer<'a> = &'a (dyn Fn(&RgbImage, &FrameRecord) + Sync);
+pub type Observer<'a> = &'a (dyn Fn(&Picture, &FrameRecord) + Sync);
 
 /// Puts the overlay workers' frames back in order and writes them. Returns false when
 /// another stage failed: then nothing is finished.
@@ -444,10 +445,10 @@ pub(super) fn write(
             let t = Instant::now();
             inject(Stage::Encode, r.index)?;
             if let Some(see) = sinks.observe {
-                see(&r.rgb, &r.record);
+                see(&r.picture, &r.record);
             }
             if let Some(f) = sinks.frames.as_deref_mut() {
-                f.write(r.rgb, r.pts)?;
+                f.write(r.picture, r.pts)?;
             }
             if let Some(s) = sinks.clips.as_deref_mut() {
                 for c in &r.clips {

@@ -9,6 +9,7 @@ use super::shapes::{random_shape, Canvas, Shape};
 use super::Rng;
 use camstream_media::decode::VideoInfo;
 use camstream_media::encode::{AudioSource, EncodeError, EncodeOptions, VideoEncoder};
+use camstream_media::frame::Picture;
 
 #[derive(Clone, Debug)]
 pub struct ClipSpec {
@@ -119,7 +120,7 @@ pub fn write_clip(
         for m in &movers {
             boxes.push((m.shape.class, canvas.draw(&m.shape)));
         }
-        enc.write(&canvas.to_image(), pts)?;
+        enc.write(Picture::Rgb(canvas.to_image()), pts)?;
         truth.push(boxes);
         // Variable frame rate: frame durations between 0.5 and 1.5 of the nominal.
         pts += if spec.vfr {
