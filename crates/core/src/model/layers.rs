@@ -965,13 +965,18 @@ mod tests {
     #[test]
     fn depthwise_equals_grouped_conv_forward_and_backward() {
         use candle_core::Var;
-        // The last two are wider than the op's 32 lanes (a full run and a partial one).
+        // Wider than the op's 32 lanes (a full run and a partial one), and at stride 1
+        // planes so narrow that one run spans several rows (7x7 with k5, 3x3, 1 wide).
         for (stride, pad, k, h, w) in [
             (1, 1, 3, 9, 7),
             (2, 0, 3, 10, 8),
             (2, 2, 5, 11, 9),
             (1, 1, 3, 5, 70),
             (2, 1, 3, 6, 74),
+            (1, 2, 5, 7, 7),
+            (1, 1, 3, 3, 3),
+            (1, 1, 3, 40, 1),
+            (1, 0, 3, 12, 35),
         ] {
             let c = 6;
             let conv = Conv {

@@ -57,8 +57,14 @@ impl DepthwiseOp {
             candle_core::bail!("depthwise conv: a {h}x{w} input does not fit the filters {g:?}");
         }
         let (oh, ow) = ((hp - span(g.kh)) / s + 1, (wp - span(g.kw)) / s + 1);
-        // The last tap reads from (kw-1)*d/s on, LANES at a time from every x0 < ow.
-        let per = wp.div_ceil(s).max((g.kw - 1) * g.dw / s + ow) + LANES;
+        let per = if s == 1 {
+            // Rows back to back: a run of LANES outputs may span several narrow rows
+            // (see `plane`); the spare values follow the last row.
+            wp
+        } else {
+            // The last tap reads from (kw-1)*d/s on, LANES at a time from every x0 < ow.
+            wp.div_ceil(s).max((g.kw - 1) * g.dw / s + ow) + LANES
+        };
         Ok(Stage {
             h,
             w,
@@ -74,10 +80,19 @@ impl DepthwiseOp {
     }
 }
 
+impl Stage {
+    /// Values a staged plane takes: its rows and LANES spare.
+    fn len(&self) -> usize {
+        self.rows * self.row + LANES
+    }
+}
+
 /// Copies plane `x` (h x w) into `buf` as `st` says: zero padding, rows of phases.
 fn stage_plane(x: &[f32], st: Stage, buf: &mut [f32]) {
     let (p, s) = (st.left, st.s);
-    for (py, dst) in buf.chunks_exact_mut(st.row).enumerate() {
+    let (rows, spare) = buf.split_at_mut(st.rows * st.row);
+    spare.fill(0.0);
+    for (py, dst) in rows.chunks_exact_mut(st.row).enumerate() {
         dst.fill(0.0);
         let Some(src) = py
             .checked_sub(st.top)
@@ -124,6 +139,9 @@ fn plane(
     act: Act,
     out: &mut [f32],
 ) {
+    if st.s == 1 {
+        return plane_flat(buf, st, (kh, kw, d), f, bias, act, out);
+    }
     // Where each tap of an output row starts in `buf`, relative to the row's first
     // output; the same for every row but for the row offset.
     let taps: Vec<usize> = (0..kh * kw)
@@ -150,6 +168,47 @@ fn plane(
             act.apply_all(&mut acc);
             let n = LANES.min(st.ow - x0);
             orow[x0..x0 + n].copy_from_slice(&acc[..n]);
+        }
+    }
+}
+
+/// [`plane`] at stride 1, where the staged rows lie back to back (`row` = padded width):
+/// output (y, x) is computed at y * row + x, as if the plane were one long row, so a run
+/// of LANES outputs covers several rows of a narrow plane instead of one (a 7x7 map used
+/// 7 of 32 lanes per run; now about half). Outputs in the padding columns (x >= ow) are
+/// computed and dropped. Each output sums the same taps in the same order: same bits.
+#[inline(always)]
+fn plane_flat(
+    buf: &[f32],
+    st: Stage,
+    (kh, kw, d): (usize, usize, usize),
+    f: &[f32],
+    bias: f32,
+    act: Act,
+    out: &mut [f32],
+) {
+    let taps: Vec<usize> = (0..kh * kw)
+        .map(|t| (t / kw) * d * st.row + (t % kw) * d)
+        .collect();
+    let end = (st.oh - 1) * st.row + st.ow;
+    let last = taps
+        .iter()
+        .max()
+        .map_or(0, |m| m + end.div_ceil(LANES) * LANES);
+    assert!(last <= buf.len(), "depthwise staging too short");
+    for q0 in (0..end).step_by(LANES) {
+        let mut acc = sum_taps(buf, &taps, f, q0);
+        acc.iter_mut().for_each(|a| *a += bias);
+        act.apply_all(&mut acc);
+        // Scatter the run's rows, dropping the padding columns.
+        let (mut y, mut x, mut l) = (q0 / st.row, q0 % st.row, 0);
+        while l < LANES && y < st.oh {
+            let n = (st.row - x).min(LANES - l);
+            if x < st.ow {
+                let k = n.min(st.ow - x);
+                out[y * st.ow + x..][..k].copy_from_slice(&acc[l..l + k]);
+            }
+            (l, x, y) = (l + n, 0, y + 1);
         }
     }
 }
@@ -231,7 +290,7 @@ impl CustomOp1 for DepthwiseOp {
         }
         let st = self.stage(h, w)?;
         let (kh, kw, d) = (g.kh, g.kw, g.dh);
-        let staged = st.rows * st.row;
+        let staged = st.len();
         let plane_out = st.oh * st.ow;
         let out = filled(n * c * plane_out, |dst| {
             (0..n * c).into_par_iter().for_each(|pi| {
