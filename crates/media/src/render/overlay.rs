@@ -63,6 +63,36 @@ pub struct Yuv420Planes<'a> {
     pub v: Plane<'a>,
 }
 
+impl<'a> Yuv420Planes<'a> {
+    /// Planes without row padding: luma rows `width` apart, chroma rows half that
+    /// (rounded up).
+    pub fn packed(
+        width: usize,
+        height: usize,
+        y: &'a mut [u8],
+        u: &'a mut [u8],
+        v: &'a mut [u8],
+    ) -> Self {
+        let cw = width.div_ceil(2);
+        Self {
+            width,
+            height,
+            y: Plane {
+                data: y,
+                stride: width,
+            },
+            u: Plane {
+                data: u,
+                stride: cw,
+            },
+            v: Plane {
+                data: v,
+                stride: cw,
+            },
+        }
+    }
+}
+
 /// BT.601 limited-range YUV of an RGB colour, as swscale computes it.
 pub(crate) fn bt601_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
     let (r, g, b) = (r as f32, g as f32, b as f32);
@@ -171,22 +201,7 @@ mod tests {
                 .collect()
         };
         let (mut u, mut v) = (chroma(1), chroma(2));
-        let planes = Yuv420Planes {
-            width: w,
-            height: h,
-            y: Plane {
-                data: &mut y,
-                stride: w,
-            },
-            u: Plane {
-                data: &mut u,
-                stride: w / 2,
-            },
-            v: Plane {
-                data: &mut v,
-                stride: w / 2,
-            },
-        };
+        let planes = Yuv420Planes::packed(w, h, &mut y, &mut u, &mut v);
         overlay_yuv(planes, &mask, &JET, 0.4);
         for yy in 0..h {
             for x in 0..w {

@@ -131,29 +131,13 @@ mod tests {
 
     #[test]
     fn yuv_label_is_the_same_box_and_text() {
-        use super::super::overlay::Plane;
         let (w, h) = (200, 100);
         let (mut y, mut u, mut v) = (
             vec![100u8; w * h],
             vec![90u8; w * h / 4],
             vec![160u8; w * h / 4],
         );
-        let planes = Yuv420Planes {
-            width: w,
-            height: h,
-            y: Plane {
-                data: &mut y,
-                stride: w,
-            },
-            u: Plane {
-                data: &mut u,
-                stride: w / 2,
-            },
-            v: Plane {
-                data: &mut v,
-                stride: w / 2,
-            },
-        };
+        let planes = Yuv420Planes::packed(w, h, &mut y, &mut u, &mut v);
         draw_label_yuv(planes, "square 0.97");
         let l = layout(w as u32, h as u32, "square 0.97").unwrap();
         // Shaded luma: 16 + 0.35 * (100 - 16) = 45.4; white text is near 235.

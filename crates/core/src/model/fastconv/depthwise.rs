@@ -124,24 +124,39 @@ fn stage_plane(x: &[f32], st: Stage, buf: &mut [f32]) {
     }
 }
 
+/// One channel's filter: k x k taps `d` apart, its weights, bias and activation.
+#[derive(Clone, Copy)]
+struct Filter<'a> {
+    kh: usize,
+    kw: usize,
+    d: usize,
+    weights: &'a [f32],
+    bias: f32,
+    act: Act,
+}
+
+impl Filter<'_> {
+    /// act(bias + the taps' sum) for the LANES outputs whose taps start at `at` + `x0`.
+    #[inline(always)]
+    fn run(&self, buf: &[f32], at: &[usize], x0: usize) -> [f32; LANES] {
+        let mut acc = sum_taps(buf, at, self.weights, x0);
+        acc.iter_mut().for_each(|a| *a += self.bias);
+        self.act.apply_all(&mut acc);
+        acc
+    }
+}
+
 /// One output plane from its staged input: every `LANES` outputs of a row summed over
 /// the k x k taps in registers, then act(sum + bias).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
     "x86_64+avx2+fma"
 ))]
-fn plane(
-    buf: &[f32],
-    st: Stage,
-    (kh, kw, d): (usize, usize, usize),
-    f: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+fn plane(buf: &[f32], st: Stage, filter: Filter, out: &mut [f32]) {
     if st.s == 1 {
-        return plane_flat(buf, st, (kh, kw, d), f, bias, act, out);
+        return plane_flat(buf, st, filter, out);
     }
+    let Filter { kh, kw, d, .. } = filter;
     // Where each tap of an output row starts in `buf`, relative to the row's first
     // output; the same for every row but for the row offset.
     let taps: Vec<usize> = (0..kh * kw)
@@ -163,9 +178,7 @@ fn plane(
             .map_or(0, |m| m + st.ow.div_ceil(LANES) * LANES);
         assert!(last <= buf.len(), "depthwise staging too short");
         for x0 in (0..st.ow).step_by(LANES) {
-            let mut acc = sum_taps(buf, &at, f, x0);
-            acc.iter_mut().for_each(|a| *a += bias);
-            act.apply_all(&mut acc);
+            let acc = filter.run(buf, &at, x0);
             let n = LANES.min(st.ow - x0);
             orow[x0..x0 + n].copy_from_slice(&acc[..n]);
         }
@@ -178,15 +191,8 @@ fn plane(
 /// 7 of 32 lanes per run; now about half). Outputs in the padding columns (x >= ow) are
 /// computed and dropped. Each output sums the same taps in the same order: same bits.
 #[inline(always)]
-fn plane_flat(
-    buf: &[f32],
-    st: Stage,
-    (kh, kw, d): (usize, usize, usize),
-    f: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+fn plane_flat(buf: &[f32], st: Stage, filter: Filter, out: &mut [f32]) {
+    let Filter { kh, kw, d, .. } = filter;
     let taps: Vec<usize> = (0..kh * kw)
         .map(|t| (t / kw) * d * st.row + (t % kw) * d)
         .collect();
@@ -197,9 +203,7 @@ fn plane_flat(
         .map_or(0, |m| m + end.div_ceil(LANES) * LANES);
     assert!(last <= buf.len(), "depthwise staging too short");
     for q0 in (0..end).step_by(LANES) {
-        let mut acc = sum_taps(buf, &taps, f, q0);
-        acc.iter_mut().for_each(|a| *a += bias);
-        act.apply_all(&mut acc);
+        let acc = filter.run(buf, &taps, q0);
         // Scatter the run's rows, dropping the padding columns.
         let (mut y, mut x, mut l) = (q0 / st.row, q0 % st.row, 0);
         while l < LANES && y < st.oh {
@@ -298,13 +302,19 @@ impl CustomOp1 for DepthwiseOp {
                     let buf = grown(&mut scratch.phases, staged);
                     stage_plane(&x[pi * h * w..(pi + 1) * h * w], st, buf);
                     let ch = pi % c;
-                    let f = &self.packed.weight[ch * kh * kw..(ch + 1) * kh * kw];
-                    let bias = self.packed.bias.as_ref().map_or(0.0, |b| b[ch]);
+                    let filter = Filter {
+                        kh,
+                        kw,
+                        d,
+                        weights: &self.packed.weight[ch * kh * kw..(ch + 1) * kh * kw],
+                        bias: self.packed.bias.as_ref().map_or(0.0, |b| b[ch]),
+                        act: self.act,
+                    };
                     // SAFETY: plane `pi` of the output is this task's alone.
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(dst.get().add(pi * plane_out), plane_out)
                     };
-                    plane(buf, st, (kh, kw, d), f, bias, self.act, o);
+                    plane(buf, st, filter, o);
                 })
             })
         });
