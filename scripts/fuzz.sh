@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every fuzz target of fuzz/ for SECONDS each (default 20, as CI does; the closing
+# Runs every fuzz target of fuzz/ for SECONDS each (default 20; CI gives 10, the closing
 # runs of issue 16 used 600). New inputs go to a scratch corpus; fuzz/corpus/<target> is
 # read as the seeds. A crash stops the script with the fuzzer's report. FUZZ_SEED fixes
 # libFuzzer's random seed (CI sets 1, so a run is repeatable; 0, the default, draws one).
