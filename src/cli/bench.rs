@@ -165,7 +165,7 @@ fn host_stages(
             [720, 1280],
             true,
         );
-        yuv.overlay(&mask, &JET, 0.5);
+        yuv.overlay(&mask, &JET, 0.5)?;
         Ok(())
     })?;
     Ok((pre, ovl))

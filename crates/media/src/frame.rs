@@ -73,22 +73,28 @@ impl Yuv420 {
     }
 
     /// The planes, to draw on. A decoder may still hold the frame as a reference picture:
-    /// the first call copies it if it is shared.
-    pub fn planes_mut(&mut self) -> Yuv420Planes<'_> {
+    /// the first call copies it if it is shared (and fails only if that copy cannot be
+    /// allocated: drawing on the shared one would corrupt the frames decoded after it).
+    pub fn planes_mut(&mut self) -> Result<Yuv420Planes<'_>, FrameError> {
         // SAFETY: the frame is valid and owned; av_frame_make_writable copies the buffers
         // (and updates the data pointers) only when another reference exists.
-        unsafe {
-            ffmpeg::ffi::av_frame_make_writable(self.0.as_mut_ptr());
+        let copied = unsafe { ffmpeg::ffi::av_frame_make_writable(self.0.as_mut_ptr()) };
+        if copied < 0 {
+            return Err(FrameError::Convert {
+                what: "frame copy",
+                msg: ffmpeg::Error::from(copied).to_string(),
+            });
         }
         let (w, h) = (self.width() as usize, self.height() as usize);
         let strides = [0, 1, 2].map(|i| self.0.stride(i));
         let rows = [h, h.div_ceil(2), h.div_ceil(2)];
+        // SAFETY: the frame is valid; its three planes are disjoint buffers of at least
+        // stride x rows bytes, now this frame's alone, borrowed mutably through `self` for
+        // the planes' lifetime.
         let ptr = unsafe { (*self.0.as_ptr()).data };
-        // SAFETY: the three planes are disjoint buffers of at least stride x rows bytes,
-        // borrowed mutably through `self` for the planes' lifetime.
         let [y, u, v] = [0, 1, 2]
             .map(|i| unsafe { std::slice::from_raw_parts_mut(ptr[i], strides[i] * rows[i]) });
-        Yuv420Planes {
+        Ok(Yuv420Planes {
             width: w,
             height: h,
             y: Plane {
@@ -103,7 +109,7 @@ impl Yuv420 {
                 data: v,
                 stride: strides[2],
             },
-        }
+        })
     }
 }
 
@@ -129,19 +135,21 @@ impl Picture {
     }
 
     /// Blends the heatmap `mask` (height x width, in [0, 1]) over the frame.
-    pub fn overlay(&mut self, mask: &[f32], cmap: &Colormap, alpha: f32) {
+    pub fn overlay(&mut self, mask: &[f32], cmap: &Colormap, alpha: f32) -> Result<(), FrameError> {
         match self {
             Picture::Rgb(p) => overlay(p, mask, cmap, alpha),
-            Picture::Yuv(p) => overlay_yuv(p.planes_mut(), mask, cmap, alpha),
+            Picture::Yuv(p) => overlay_yuv(p.planes_mut()?, mask, cmap, alpha),
         }
+        Ok(())
     }
 
     /// Draws `text` at the top-left corner (see [`draw_label`]).
-    pub fn draw_label(&mut self, text: &str) {
+    pub fn draw_label(&mut self, text: &str) -> Result<(), FrameError> {
         match self {
             Picture::Rgb(p) => draw_label(p, text),
-            Picture::Yuv(p) => draw_label_yuv(p.planes_mut(), text),
+            Picture::Yuv(p) => draw_label_yuv(p.planes_mut()?, text),
         }
+        Ok(())
     }
 
     /// The frame in RGB: borrowed when it is, converted when it is not.

@@ -373,9 +373,9 @@ pub(super) fn render(
         let renormalise = config.renormalise && !m.scaled;
         let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], renormalise);
         let peak = argmax(&mask);
-        picture.overlay(&mask, config.colormap, config.alpha);
+        picture.overlay(&mask, config.colormap, config.alpha)?;
         if config.label {
-            picture.draw_label(&format!("{} {:.2}", m.label, m.probability));
+            picture.draw_label(&format!("{} {:.2}", m.label, m.probability))?;
         }
         let record = FrameRecord {
             class: m.class,
