@@ -8,7 +8,6 @@
 //! `(len + batch * stride) * step` frames, never the video.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +17,7 @@ use camstream_core::cam::resize_final;
 use camstream_core::record::ClipRecord;
 use camstream_core::{Explainer, Explanation, Input};
 
-use super::stages::{explain_batch, record_peak, Explained, FrameMap, ModelConfig, Prepared};
-use crate::norm::Normaliser;
+use super::stages::{Explained, Explaining, FrameMap, ModelConfig, Prepared};
 use crate::{inject, Busy, PipelineError, Stage, StageCtl as Ctl};
 
 /// How a video model's clips are cut from the frames (`None`: the model's own length;
@@ -68,11 +66,7 @@ struct Slot {
 }
 
 pub(super) struct ClipStage<'a> {
-    explainer: &'a Explainer,
-    config: &'a ModelConfig,
-    normaliser: Normaliser,
-    scan: Option<&'a AtomicU32>,
-    explained: &'a AtomicU64,
+    ex: Explaining<'a>,
     len: usize,
     stride: usize,
     step: u64,
@@ -109,20 +103,10 @@ impl<'a> ClipStage<'a> {
         config.clips.resolve(model_len)
     }
 
-    pub fn new(
-        explainer: &'a Explainer,
-        config: &'a ModelConfig,
-        clip_scale: f32,
-        scan: Option<&'a AtomicU32>,
-        explained: &'a AtomicU64,
-    ) -> Result<Self, PipelineError> {
-        let [len, stride, step] = Self::settings(explainer, config)?;
+    pub fn new(ex: Explaining<'a>) -> Result<Self, PipelineError> {
+        let [len, stride, step] = Self::settings(ex.explainer, ex.config)?;
         Ok(Self {
-            explainer,
-            config,
-            normaliser: Normaliser::with_clip_scale(clip_scale),
-            scan,
-            explained,
+            ex,
             len,
             stride,
             step: step as u64,
@@ -140,7 +124,7 @@ impl<'a> ClipStage<'a> {
         tx: Sender<Explained>,
         ctl: Ctl,
     ) -> Result<(), PipelineError> {
-        let batch = self.config.batch.max(1);
+        let batch = self.ex.config.batch.max(1);
         let mut last_sample = None;
         for p in rx {
             if ctl.errors.failed() {
@@ -196,13 +180,11 @@ impl<'a> ClipStage<'a> {
             .map(|&s| self.clip_input(s))
             .collect::<Result<_, _>>()?;
         let size = self.frames[0].p.size;
-        let channels = self.explainer.network().input.channels;
+        let channels = self.ex.explainer.network().input.channels;
         let shape = [channels, self.len, size[0], size[1]];
         let inputs: Vec<Input> = clips.iter().map(|c| Input::new(c, &shape)).collect();
-        let out = explain_batch(self.explainer, self.config, &inputs, self.explained)?;
-        if let Some(max) = self.scan {
-            record_peak(max, &out);
-        } else {
+        let out = self.ex.explain(&inputs)?;
+        if !self.ex.scanned(&out) {
             for (e, &s) in out.into_iter().zip(&starts) {
                 self.spread(e, s)?;
             }
@@ -248,7 +230,7 @@ impl<'a> ClipStage<'a> {
     /// A target after the network has pooled time away gives (h, w) maps: the same map
     /// for the clip's every frame.
     fn spread(&mut self, e: Explanation, start: u64) -> Result<(), PipelineError> {
-        let map = self.normaliser.apply(self.config.norm, &e.raw, e.scaled);
+        let map = self.ex.map(&e);
         let [t, h, w] = match *e.spatial.as_slice() {
             [t, h, w] => [t, h, w],
             [h, w] => [1, h, w],
@@ -276,7 +258,7 @@ impl<'a> ClipStage<'a> {
             label: e.label,
             logit: e.logit,
             probability: e.probability,
-            method: self.explainer.method().name(),
+            method: self.ex.explainer.method().name(),
             clip: Some(clip),
         };
         let end = start + self.len as u64;
@@ -330,7 +312,7 @@ impl<'a> ClipStage<'a> {
     fn emit(&mut self, tx: &Sender<Explained>) -> Result<bool, PipelineError> {
         while self.frames.front().is_some_and(|s| s.q < self.next_start) {
             let slot = self.frames.pop_front().expect("front exists");
-            if self.scan.is_some() {
+            if self.ex.scan.is_some() {
                 continue;
             }
             let Some((_, mut map)) = slot.nearest else {

@@ -279,6 +279,12 @@ fn channel_capacity(width: u32, height: u32, batch: usize, every: usize) -> usiz
     by_count.min((CHANNEL_BYTES / (4 * frame)).max(2))
 }
 
+/// The model stage a network takes: frames one by one, or clips of frames (3D CNNs).
+enum ModelRun<'a> {
+    Frames(stages::ModelStage<'a>),
+    Clips(clips::ClipStage<'a>),
+}
+
 /// Starts every stage and waits for all of them. With `scan`, runs decode → preprocess
 /// → model only and records the largest map value; `clip_scale` is that value for the
 /// second pass.
@@ -305,18 +311,12 @@ fn run_stages(
     let expected = source.info().frames_hint;
     let input = &job.explainer.network().input;
     let clip_model = input.kind == camstream_core::preprocess::InputKind::Clip;
-    let clips = if clip_model {
-        Some(clips::ClipStage::new(
-            job.explainer,
-            &job.model,
-            clip_scale,
-            scan,
-            &explained,
-        )?)
+    let ex = stages::Explaining::new(job.explainer, &job.model, clip_scale, scan, &explained);
+    let model = if clip_model {
+        ModelRun::Clips(clips::ClipStage::new(ex)?)
     } else {
-        None
+        ModelRun::Frames(stages::ModelStage::new(ex))
     };
-    let model = stages::ModelStage::new(job.explainer, &job.model, clip_scale, scan, &explained);
 
     std::thread::scope(|s| {
         let decode_ctl = ctl(0);
@@ -333,9 +333,9 @@ fn run_stages(
             s,
             Stage::Model.name(),
             model_ctl.errors,
-            move || match clips {
-                Some(c) => c.run(pre_rx, cam_tx, model_ctl),
-                None => model.run(pre_rx, cam_tx, model_ctl),
+            move || match model {
+                ModelRun::Frames(m) => m.run(pre_rx, cam_tx, model_ctl),
+                ModelRun::Clips(c) => c.run(pre_rx, cam_tx, model_ctl),
             },
         );
         // A scan stops at the model: nothing is drawn or written.

@@ -12,7 +12,7 @@ use camstream_core::cam::{argmax, upsample_to_source, Targets};
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
 use camstream_core::record::{ClipRecord, FrameRecord};
-use camstream_core::{ExplainOptions, Explainer, Input};
+use camstream_core::{ExplainOptions, Explainer, Explanation, Input};
 use camstream_media::decode::DecodedFrame;
 use camstream_media::frame::{Picture, RgbConverter};
 use camstream_media::render::Colormap;
@@ -151,18 +151,19 @@ pub(super) struct FrameMap {
     pub clip: Option<u64>,
 }
 
-/// With `scan`, explains frames only to record the largest map value (the first pass
-/// of `Norm::Clip`, f32 bits); nothing is sent on.
-pub(super) struct ModelStage<'a> {
+/// What both model stages (frames, clips) share: the explainer and the job's model
+/// config, the map scale, and the counters they report to. With `scan`, batches are
+/// explained only to record the largest map value (the first pass of `Norm::Clip`, f32
+/// bits); nothing is sent on.
+pub(super) struct Explaining<'a> {
     pub explainer: &'a Explainer,
     pub config: &'a ModelConfig,
-    pub normaliser: Normaliser,
+    normaliser: Normaliser,
     pub scan: Option<&'a AtomicU32>,
-    pub explained: &'a AtomicU64,
-    last: Option<FrameMap>,
+    explained: &'a AtomicU64,
 }
 
-impl<'a> ModelStage<'a> {
+impl<'a> Explaining<'a> {
     pub fn new(
         explainer: &'a Explainer,
         config: &'a ModelConfig,
@@ -176,8 +177,54 @@ impl<'a> ModelStage<'a> {
             normaliser: Normaliser::with_clip_scale(clip_scale),
             scan,
             explained,
-            last: None,
         }
+    }
+
+    /// Explains one batch for the configured class (or each input's top-1), without
+    /// final maps (the overlay draws at the frame's size), and counts it.
+    pub fn explain(&self, inputs: &[Input]) -> Result<Vec<Explanation>, PipelineError> {
+        let targets = self.config.class.map_or(Targets::TopOne, Targets::All);
+        let options = ExplainOptions {
+            batch: inputs.len(),
+            top_k: 1,
+            final_map: false,
+        };
+        let out = self.explainer.explain(inputs, &targets, &options)?;
+        self.explained
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// In a scan, records the batch's largest map value and says so (the batch goes no
+    /// further).
+    pub fn scanned(&self, out: &[Explanation]) -> bool {
+        let Some(max) = self.scan else {
+            return false;
+        };
+        let peak = out
+            .iter()
+            .flat_map(|e| e.raw.iter().copied())
+            .fold(0.0f32, f32::max);
+        // Non-negative floats order like their bit patterns.
+        max.fetch_max(peak.to_bits(), Ordering::Relaxed);
+        true
+    }
+
+    /// The explanation's map as the job's normalisation scales it.
+    pub fn map(&mut self, e: &Explanation) -> Vec<f32> {
+        self.normaliser.apply(self.config.norm, &e.raw, e.scaled)
+    }
+}
+
+/// The model stage of frame models.
+pub(super) struct ModelStage<'a> {
+    ex: Explaining<'a>,
+    last: Option<FrameMap>,
+}
+
+impl<'a> ModelStage<'a> {
+    pub fn new(ex: Explaining<'a>) -> Self {
+        Self { ex, last: None }
     }
 
     pub fn run(
@@ -186,8 +233,8 @@ impl<'a> ModelStage<'a> {
         tx: Sender<Explained>,
         ctl: Ctl,
     ) -> Result<(), PipelineError> {
-        let every = self.config.every.max(1) as u64;
-        let batch = self.config.batch.max(1);
+        let every = self.ex.config.every.max(1) as u64;
+        let batch = self.ex.config.batch.max(1);
         // Frames waiting for the batch that explains them (or holds the map they reuse).
         let mut pending: Vec<Prepared> = Vec::new();
         let mut in_batch = 0usize;
@@ -220,23 +267,22 @@ impl<'a> ModelStage<'a> {
         busy: &Busy,
     ) -> Result<bool, PipelineError> {
         let t = Instant::now();
-        let every = self.config.every.max(1) as u64;
+        let every = self.ex.config.every.max(1) as u64;
         let chosen: Vec<usize> = (0..pending.len())
             .filter(|&i| pending[i].frame.index.is_multiple_of(every))
             .collect();
         let mut maps: Vec<Option<FrameMap>> = vec![None; pending.len()];
         let mut metrics: Vec<Option<Faithfulness>> = vec![None; pending.len()];
         if !chosen.is_empty() {
-            let mut shape = vec![self.explainer.network().input.channels];
+            let mut shape = vec![self.ex.explainer.network().input.channels];
             shape.extend(pending[chosen[0]].size);
             let mut inputs = Vec::with_capacity(chosen.len());
             for &i in &chosen {
                 inject(Stage::Model, pending[i].frame.index)?;
                 inputs.push(Input::new(&pending[i].input, &shape));
             }
-            let out = explain_batch(self.explainer, self.config, &inputs, self.explained)?;
-            if let Some(max) = self.scan {
-                record_peak(max, &out);
+            let out = self.ex.explain(&inputs)?;
+            if self.ex.scanned(&out) {
                 busy.add(t.elapsed(), pending.len() as u64);
                 pending.clear();
                 return Ok(true);
@@ -244,14 +290,14 @@ impl<'a> ModelStage<'a> {
             for (e, &i) in out.into_iter().zip(&chosen) {
                 metrics[i] = self.measure(&pending[i], &shape, &e)?;
                 maps[i] = Some(FrameMap {
-                    map: Arc::new(self.normaliser.apply(self.config.norm, &e.raw, e.scaled)),
+                    map: Arc::new(self.ex.map(&e)),
                     spatial: e.spatial,
                     scaled: e.scaled,
                     class: e.class,
                     label: e.label,
                     logit: e.logit,
                     probability: e.probability,
-                    method: self.explainer.method().name(),
+                    method: self.ex.explainer.method().name(),
                     clip: None,
                 });
             }
@@ -283,35 +329,6 @@ impl<'a> ModelStage<'a> {
     }
 }
 
-/// Explains one batch of model inputs for the configured class (or each one's top-1),
-/// without final maps (the overlay draws at the frame's size), and counts them.
-pub(super) fn explain_batch(
-    explainer: &Explainer,
-    config: &ModelConfig,
-    inputs: &[Input],
-    explained: &AtomicU64,
-) -> Result<Vec<camstream_core::Explanation>, PipelineError> {
-    let targets = config.class.map_or(Targets::TopOne, Targets::All);
-    let options = ExplainOptions {
-        batch: inputs.len(),
-        top_k: 1,
-        final_map: false,
-    };
-    let out = explainer.explain(inputs, &targets, &options)?;
-    explained.fetch_add(out.len() as u64, Ordering::Relaxed);
-    Ok(out)
-}
-
-/// The first pass of `Norm::Clip`: the largest map value so far, kept in `max`.
-pub(super) fn record_peak(max: &AtomicU32, out: &[camstream_core::Explanation]) {
-    let peak = out
-        .iter()
-        .flat_map(|e| e.raw.iter().copied())
-        .fold(0.0f32, f32::max);
-    // Non-negative floats order like their bit patterns.
-    max.fetch_max(peak.to_bits(), Ordering::Relaxed);
-}
-
 impl ModelStage<'_> {
     /// The faithfulness of an explained frame's map, on the frames `metrics_every` picks.
     fn measure(
@@ -320,13 +337,13 @@ impl ModelStage<'_> {
         shape: &[usize],
         e: &camstream_core::Explanation,
     ) -> Result<Option<Faithfulness>, PipelineError> {
-        let Some(config) = &self.config.metrics else {
+        let Some(config) = &self.ex.config.metrics else {
             return Ok(None);
         };
         if !p
             .frame
             .index
-            .is_multiple_of(self.config.metrics_every.max(1) as u64)
+            .is_multiple_of(self.ex.config.metrics_every.max(1) as u64)
         {
             return Ok(None);
         }
@@ -337,7 +354,7 @@ impl ModelStage<'_> {
             map: &map,
             class: e.class,
         };
-        Ok(Some(measure(self.explainer.network(), sample, config)?))
+        Ok(Some(measure(self.ex.explainer.network(), sample, config)?))
     }
 }
 
