@@ -43,11 +43,7 @@ impl Yuv420 {
             msg: e.to_string(),
         };
         let mut src = AvFrame::new(Pixel::RGB24, w, h);
-        let stride = src.stride(0);
-        let row = w as usize * 3;
-        for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
-            src.data_mut(0)[y * stride..y * stride + row].copy_from_slice(line);
-        }
+        rgb_into_frame(rgb, &mut src);
         let mut out = AvFrame::empty();
         Scaler::get(Pixel::RGB24, w, h, Pixel::YUV420P, w, h, Flags::BILINEAR)
             .map_err(err)?
@@ -221,12 +217,26 @@ impl RgbConverter {
         };
         let out = out.get_or_insert_with(AvFrame::empty);
         scaler.run(p.av(), out).map_err(|e| err(e.to_string()))?;
-        // Rows are padded to the stride: copy row by row.
-        let (row, stride) = (w as usize * 3, out.stride(0));
-        let data = out.data(0);
-        for (y, line) in self.rgb.chunks_exact_mut(row).enumerate() {
-            line.copy_from_slice(&data[y * stride..y * stride + row]);
-        }
+        frame_into_rgb(out, &mut self.rgb);
         Ok(())
+    }
+}
+
+/// Copies packed RGB rows into an RGB24 frame of the same size, whose rows are padded to
+/// its stride.
+pub(crate) fn rgb_into_frame(rgb: &RgbImage, frame: &mut AvFrame) {
+    let (row, stride) = (rgb.width() as usize * 3, frame.stride(0));
+    let data = frame.data_mut(0);
+    for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
+        data[y * stride..y * stride + row].copy_from_slice(line);
+    }
+}
+
+/// Copies an RGB24 frame's padded rows into packed RGB of the same size.
+pub(crate) fn frame_into_rgb(frame: &AvFrame, rgb: &mut RgbImage) {
+    let (row, stride) = (rgb.width() as usize * 3, frame.stride(0));
+    let data = frame.data(0);
+    for (y, line) in rgb.chunks_exact_mut(row).enumerate() {
+        line.copy_from_slice(&data[y * stride..y * stride + row]);
     }
 }

@@ -11,7 +11,7 @@ use ffmpeg::util::frame::video::Video as AvFrame;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
-use crate::frame::{Picture, Yuv420, TO_RGB};
+use crate::frame::{frame_into_rgb, Picture, Yuv420, TO_RGB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -317,15 +317,9 @@ impl VideoDecoder {
                 msg: e.to_string(),
             })?;
         }
-        // Rows are padded to the stride: copy row by row.
-        let (ow, oh) = (sw as usize, sh as usize);
-        let stride = rgb.stride(0);
-        let data = rgb.data(0);
-        let mut out = Vec::with_capacity(ow * oh * 3);
-        for y in 0..oh {
-            out.extend_from_slice(&data[y * stride..y * stride + ow * 3]);
-        }
-        Ok(RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default())
+        let mut out = RgbImage::new(sw, sh);
+        frame_into_rgb(&rgb, &mut out);
+        Ok(out)
     }
 
     /// Takes one decoded frame out of the decoder, if it has one ready.

@@ -14,7 +14,7 @@ use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg::{Dictionary, Rational};
 use ffmpeg_next as ffmpeg;
 
-use crate::frame::{Picture, Yuv420};
+use crate::frame::{rgb_into_frame, Picture, Yuv420};
 
 use crate::decode::VideoInfo;
 
@@ -319,12 +319,7 @@ impl VideoEncoder {
             }
             Picture::Rgb(rgb) => {
                 // One RGB frame, reused: its rows are overwritten in full each time.
-                let stride = self.rgb.stride(0);
-                let row = self.width as usize * 3;
-                let data = self.rgb.data_mut(0);
-                for (y, line) in rgb.as_raw().chunks_exact(row).enumerate() {
-                    data[y * stride..y * stride + row].copy_from_slice(line);
-                }
+                rgb_into_frame(&rgb, &mut self.rgb);
                 self.scaler
                     .run(&self.rgb, &mut self.yuv)
                     .map_err(|e| self.werr("colour conversion", e))?;
