@@ -517,17 +517,7 @@ fn yuv_frames_encode_at_even_and_odd_sizes() {
     let tmp = tempfile::tempdir().unwrap();
     for (w, h) in [(64u32, 48u32), (65, 49)] {
         let path = tmp.path().join(format!("yuv_{w}x{h}.mp4"));
-        let info = VideoInfo {
-            path: path.clone(),
-            width: w,
-            height: h,
-            rate: (25, 1),
-            time_base: (1, 25),
-            duration_s: 0.12,
-            frames_hint: Some(3),
-            has_audio: false,
-            rotation: 0,
-        };
+        let info = VideoInfo::constant_rate(&path, (w, h), 25, Some(3));
         let opts = EncodeOptions {
             crf: 10,
             ..EncodeOptions::default()

@@ -112,17 +112,7 @@ fn motion_model() -> PathBuf {
 /// `moving` (it slides right by 2 px a frame there).
 fn square_video(path: &Path, frames: u32, moving: std::ops::Range<u32>) {
     let (w, h) = (64u32, 64u32);
-    let info = VideoInfo {
-        path: path.into(),
-        width: w,
-        height: h,
-        rate: (25, 1),
-        time_base: (1, 25),
-        duration_s: frames as f64 / 25.0,
-        frames_hint: Some(frames as u64),
-        has_audio: false,
-        rotation: 0,
-    };
+    let info = VideoInfo::constant_rate(path, (w, h), 25, Some(frames as u64));
     let opts = EncodeOptions {
         crf: 10,
         preset: "ultrafast".into(),

@@ -56,6 +56,28 @@ pub struct VideoInfo {
 }
 
 impl VideoInfo {
+    /// A video stream to write: `frames` frames (when known) at a constant `fps`, in a
+    /// time base of one tick a frame, upright, without audio.
+    pub fn constant_rate(
+        path: impl Into<PathBuf>,
+        (width, height): (u32, u32),
+        fps: i32,
+        frames: Option<u64>,
+    ) -> Self {
+        let fps = fps.max(1);
+        Self {
+            path: path.into(),
+            width,
+            height,
+            rate: (fps, 1),
+            time_base: (1, fps),
+            duration_s: frames.map_or(0.0, |n| n as f64 / fps as f64),
+            frames_hint: frames,
+            has_audio: false,
+            rotation: 0,
+        }
+    }
+
     pub fn fps(&self) -> f64 {
         self.rate.0 as f64 / self.rate.1.max(1) as f64
     }

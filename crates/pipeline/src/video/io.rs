@@ -45,18 +45,7 @@ pub struct MemoryFrames<I> {
 impl<I: Iterator<Item = RgbImage> + Send> MemoryFrames<I> {
     /// `fps` frames per second (at least 1); every frame must be `width` x `height`.
     pub fn new(frames: I, width: u32, height: u32, fps: i32) -> Self {
-        let fps = fps.max(1);
-        let info = VideoInfo {
-            path: "<memory>".into(),
-            width,
-            height,
-            rate: (fps, 1),
-            time_base: (1, fps),
-            duration_s: 0.0,
-            frames_hint: None,
-            has_audio: false,
-            rotation: 0,
-        };
+        let info = VideoInfo::constant_rate("<memory>", (width, height), fps, None);
         Self {
             info,
             frames,

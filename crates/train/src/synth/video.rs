@@ -83,15 +83,9 @@ pub fn write_clip(
         ((1, spec.fps as i32), 1)
     };
     let info = VideoInfo {
-        path: path.into(),
-        width: w,
-        height: h,
-        rate: (spec.fps as i32, 1),
         time_base: tb,
-        duration_s: spec.frames as f64 / spec.fps as f64,
-        frames_hint: Some(spec.frames as u64),
         has_audio: spec.audio,
-        rotation: 0,
+        ..VideoInfo::constant_rate(path, (w, h), spec.fps as i32, Some(spec.frames as u64))
     };
     let audio = if spec.audio {
         AudioSource::Pcm {
