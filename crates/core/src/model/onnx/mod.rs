@@ -298,7 +298,7 @@ impl OnnxGraph {
         dims.extend(self.sample_dims(size)?);
         let x = Tensor::zeros(dims, DType::F32, device)?;
         // Every tensor kept and none fused: the probe records them all.
-        let values = self.eval_all(&x, None)?;
+        let values = self.eval_all(&x, None, None)?;
         self.fusions = fuse::plan(&self.nodes, &values, &self.output);
         self.last_read = fuse::last_reads(&self.nodes);
         let out = values.get(&self.output).ok_or_else(|| {
@@ -479,17 +479,22 @@ impl OnnxGraph {
         })
     }
 
-    /// Evaluates the whole graph. With `keep`, Conv + activation pairs whose hidden
-    /// tensors are not kept run fused, and values are dropped after their last reader
-    /// unless kept; without, every tensor is computed and kept (the probe).
+    /// Evaluates the graph. With `keep`, Conv + activation pairs whose hidden tensors are
+    /// not kept run fused, and values are dropped after their last reader unless kept;
+    /// without, every tensor is computed and kept (the probe). With `cut`, the nodes that
+    /// depend on that tensor are left out: a split's tail runs them from its leaf.
     fn eval_all(
         &self,
         x: &Tensor,
         keep: Option<&HashSet<String>>,
+        cut: Option<&str>,
     ) -> Result<HashMap<String, Tensor>> {
         let mut values = self.consts.clone();
         values.insert(self.input.clone(), x.clone());
-        let mut skip = vec![false; self.nodes.len()];
+        let mut skip = match cut {
+            Some(target) => self.downstream(target).0,
+            None => vec![false; self.nodes.len()],
+        };
         for (i, n) in self.nodes.iter().enumerate() {
             if skip[i] {
                 continue;
@@ -569,23 +574,35 @@ impl OnnxGraph {
         Ok(())
     }
 
-    /// The tensors computed before the cut at `target` that the nodes after it read,
-    /// with the target and the output: what an evaluation for a split must keep.
-    fn kept_for(&self, target: &str) -> HashSet<String> {
-        let mut dirty: HashSet<&str> = HashSet::from([target]);
-        let mut keep: HashSet<String> = HashSet::from([target.to_string(), self.output.clone()]);
-        for n in &self.nodes {
-            if n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
-                keep.extend(
-                    n.inputs
-                        .iter()
-                        .filter(|i| !dirty.contains(i.as_str()))
-                        .cloned(),
-                );
-                dirty.extend(n.outputs.iter().map(String::as_str));
-            }
-        }
-        keep
+    /// Per node, whether it depends on `target` (the tail of a split there); and the
+    /// tensors those nodes make, with the target.
+    fn downstream<'a>(&'a self, target: &'a str) -> (Vec<bool>, HashSet<&'a str>) {
+        let mut made = HashSet::from([target]);
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let after = n.inputs.iter().any(|i| made.contains(i.as_str()));
+                if after {
+                    made.extend(n.outputs.iter().map(String::as_str));
+                }
+                after
+            })
+            .collect();
+        (nodes, made)
+    }
+
+    /// The tensors computed before the cut at `target` that the nodes after it read.
+    fn read_by_tail(&self, target: &str) -> HashSet<String> {
+        let (after, made) = self.downstream(target);
+        self.nodes
+            .iter()
+            .zip(after)
+            .filter(|(_, after)| *after)
+            .flat_map(|(n, _)| &n.inputs)
+            .filter(|i| !made.contains(i.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Re-evaluates only the nodes downstream of `target`, with `leaf` in its place and
@@ -600,25 +617,19 @@ impl OnnxGraph {
             *v = v.detach();
         }
         values.insert(target.to_string(), leaf.clone());
-        let mut dirty: HashSet<&str> = HashSet::from([target]);
+        let (after, made) = self.downstream(target);
         let keep = HashSet::from([self.output.clone()]);
         let mut skip = vec![false; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
-            if skip[i] || !n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
+            if skip[i] || !after[i] {
                 continue;
             }
             match self.fusion(i, &keep, &values) {
-                Some(f) => {
-                    self.eval_fused(n, f, &mut values, &mut skip)?;
-                    dirty.insert(f.out.as_str());
-                }
-                None => {
-                    self.eval_node(n, &mut values)?;
-                    dirty.extend(n.outputs.iter().map(String::as_str));
-                }
+                Some(f) => self.eval_fused(n, f, &mut values, &mut skip)?,
+                None => self.eval_node(n, &mut values)?,
             }
         }
-        if !dirty.contains(self.output.as_str()) {
+        if !made.contains(self.output.as_str()) {
             return Err(err(
                 &self.path,
                 format!("the output does not depend on `{target}`"),
@@ -660,19 +671,11 @@ impl OnnxGraph {
         values: &HashMap<String, Tensor>,
         rows: usize,
     ) -> Result<HashMap<String, Tensor>> {
-        let mut dirty: HashSet<&str> = HashSet::from([target]);
-        let mut read = HashSet::new();
-        for n in &self.nodes {
-            if n.inputs.iter().any(|i| dirty.contains(i.as_str())) {
-                read.extend(n.inputs.iter().map(String::as_str));
-                dirty.extend(n.outputs.iter().map(String::as_str));
-            }
-        }
         let mut out = self.consts.clone();
-        for name in read.into_iter().filter(|r| !dirty.contains(r)) {
-            let Some(t) = values.get(name) else { continue };
+        for name in self.read_by_tail(target) {
+            let Some(t) = values.get(&name) else { continue };
             let per_sample =
-                t.rank() >= 2 && t.dtype().is_float() && !self.consts.contains_key(name);
+                t.rank() >= 2 && t.dtype().is_float() && !self.consts.contains_key(&name);
             let t = if per_sample {
                 let mut dims = t.dims().to_vec();
                 dims[0] = rows;
@@ -680,7 +683,7 @@ impl OnnxGraph {
             } else {
                 t.clone()
             };
-            out.insert(name.to_string(), t);
+            out.insert(name, t);
         }
         Ok(out)
     }
@@ -718,7 +721,7 @@ impl crate::model::Body for OnnxGraph {
         let mut outs = Vec::new();
         let keep = HashSet::from([self.output.clone()]);
         for c in self.chunks(x.dim(0)?) {
-            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep))?;
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep), None)?;
             outs.push(self.output_of(&v, &self.output)?.narrow(0, 0, c.1)?);
         }
         Ok(Tensor::cat(&outs, 0)?)
@@ -729,9 +732,11 @@ impl crate::model::Body for OnnxGraph {
         let chunks = self.chunks(x.dim(0)?);
         let mut acts = Vec::with_capacity(chunks.len());
         let mut states = Vec::with_capacity(chunks.len());
-        let keep = self.kept_for(&target);
+        // What the tail reads from before the cut, and the cut itself.
+        let mut keep = self.read_by_tail(&target);
+        keep.insert(target.clone());
         for &c in &chunks {
-            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep))?;
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep), Some(&target))?;
             acts.push(self.output_of(&v, &target)?.narrow(0, 0, c.1)?);
             states.push(v);
         }
