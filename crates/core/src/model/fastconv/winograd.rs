@@ -151,7 +151,7 @@ fn bands(rows: usize, most: usize, threads: usize) -> (usize, usize) {
     (per_job, rows.div_ceil(per_job))
 }
 
-/// M_ξ = U_ξ V_ξ for the 16 tile positions.
+/// M_ξ = U_ξ V_ξ for the 16 tile positions; with `threads` > 1, on the rayon pool.
 fn products(
     u: &[f32],
     v: &[f32],
@@ -160,14 +160,15 @@ fn products(
     threads: usize,
 ) {
     assert!(u.len() >= 16 * co * ci && v.len() >= 16 * ci * tb && m.len() >= 16 * co * tb);
-    for xi in 0..16 {
-        // SAFETY: U_ξ is co x ci, V_ξ ci x tb, M_ξ co x tb, all row-major, in bounds.
+    let product = |xi: usize, m: SendPtr| {
+        // SAFETY: U_ξ is co x ci, V_ξ ci x tb, M_ξ co x tb, all row-major, in bounds; each
+        // ξ writes only its own M_ξ.
         unsafe {
             matmul(
                 co,
                 tb,
                 ci,
-                m.as_mut_ptr().add(xi * co * tb),
+                m.get().add(xi * co * tb),
                 tb,
                 u.as_ptr().add(xi * co * ci),
                 ci,
@@ -175,9 +176,16 @@ fn products(
                 v.as_ptr().add(xi * ci * tb),
                 tb,
                 false,
-                threads,
+                1,
             );
         }
+    };
+    let mp = SendPtr(m.as_mut_ptr());
+    if threads > 1 {
+        // The 16 products are independent: one per task, not each split across threads.
+        (0..16).into_par_iter().for_each(|xi| product(xi, mp));
+    } else {
+        (0..16).for_each(|xi| product(xi, mp));
     }
 }
 
