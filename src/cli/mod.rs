@@ -67,11 +67,10 @@ fn configure_threads(threads: Option<u64>) {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
-    // The pool that gemm and the convolutions share, named so that a profile by thread
-    // tells the network's maths from FFmpeg's threads (it reads RAYON_NUM_THREADS).
-    let _ = rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("rayon-{i}"))
-        .build_global();
+    // The maths pool (it reads RAYON_NUM_THREADS), and this thread, which runs the
+    // network's serial ops, with subnormals flushed.
+    camstream_core::device::init_cpu_pool();
+    camstream_core::device::flush_denormals();
 }
 
 #[derive(Subcommand)]

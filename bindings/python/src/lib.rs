@@ -705,6 +705,9 @@ fn _camstream(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1");
     }
+    // The maths pool's threads flush subnormals (4x on some trained networks); Python's
+    // own thread is left as it is, for numpy's sake.
+    camstream_core::device::init_cpu_pool();
     m.add("Error", m.py().get_type::<Error>())?;
     m.add_class::<Explainer>()?;
     m.add_class::<Explained>()?;

@@ -84,6 +84,35 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
     }
 }
 
+/// Builds rayon's global pool, where gemm and the convolutions run, with its threads named
+/// `rayon-N` (a profile by thread tells them from FFmpeg's) and subnormal floats flushed
+/// on each (see [`flush_denormals`]). The size comes from `RAYON_NUM_THREADS`. Returns
+/// false when the pool already exists (built by an earlier call or by a first use).
+pub fn init_cpu_pool() -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("rayon-{i}"))
+        .start_handler(|_| flush_denormals())
+        .build_global()
+        .is_ok()
+}
+
+/// Treats subnormal floats as zero on the calling thread (x86-64's FTZ and DAZ flags;
+/// elsewhere nothing). Trained networks push activations below 1.2e-38 (SiLU and sigmoid
+/// gates of large negative inputs), and every multiply on one then costs a microcode
+/// assist: the zoo's EfficientNet-B0, BatchNorm calibrated on photos, ran its forward at
+/// 24 img/s with them and 95 without (2-vCPU Xeon, batch 8; PyTorch: 75). Values that
+/// small change no map. The flags belong to the thread, so the pool sets them on its own.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: sets two bits of this thread's SSE control register (flush-to-zero 0x8000,
+    // denormals-are-zero 0x0040), which every x86-64 CPU has; nothing else changes.
+    #[allow(deprecated)]
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +130,24 @@ mod tests {
             assert!(d.is_cpu() && msg.contains("auto"));
             let e = select(DeviceChoice::Cuda(0)).unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
+        }
+    }
+
+    /// After the call, a product that would be subnormal is zero on this thread (its own
+    /// thread: the flags must not leak into other tests).
+    #[test]
+    fn flushed_threads_make_no_subnormals() {
+        let small = std::hint::black_box(1e-20f32);
+        let before = std::thread::spawn(move || small * small).join().unwrap();
+        let after = std::thread::spawn(move || {
+            flush_denormals();
+            small * small
+        })
+        .join()
+        .unwrap();
+        assert!(before > 0.0 && before.is_subnormal());
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(after, 0.0);
         }
     }
 }
