@@ -220,18 +220,22 @@ fn pool(c: &Ctx) -> OpResult {
     let kernel = uniform(Some(k), rank, "kernel_shape")?;
     let stride = uniform(c.ints("strides"), rank, "strides")?;
     let sides = pool_sides(c, &x, &vec![kernel; rank], &vec![stride; rank], max)?;
-    let x = if sides.iter().any(|&(a, b)| a + b > 0) {
-        let fill = if max { f32::NEG_INFINITY } else { 0.0 };
-        pad_spatial(&x, &sides, fill)?
+    // The same padding on every side is the pool's own (its CPU max pool reads it as -inf
+    // without a padded copy, which was a serial copy of a ResNet stem's output); ceil
+    // mode's uneven sides are padded here.
+    let p = sides[0].0;
+    let (x, padding) = if sides.iter().all(|&s| s == (p, p)) {
+        (x, p)
     } else {
-        x
+        let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+        (pad_spatial(&x, &sides, fill)?, 0)
     };
     one(Pool {
         kind,
         dims,
         kernel,
         stride,
-        padding: 0,
+        padding,
     }
     .forward(&x)?)
 }
