@@ -158,6 +158,15 @@ fn input_dims(inp: &onnx::ValueInfoProto) -> Option<Vec<Option<usize>>> {
     }
 }
 
+/// A graph split at one tensor (see `OnnxGraph::cut`).
+struct Cut {
+    target: String,
+    /// Per node, whether it depends on the target (the tail).
+    after: Vec<bool>,
+    /// The tensors computed before the target that the tail reads.
+    reads: HashSet<String>,
+}
+
 impl OnnxGraph {
     /// Loads and checks a model; `size` gives spatial dims the file leaves dynamic.
     pub fn load(path: &Path, size: Option<&[usize]>, device: &Device) -> Result<Self> {
@@ -481,18 +490,18 @@ impl OnnxGraph {
 
     /// Evaluates the graph. With `keep`, Conv + activation pairs whose hidden tensors are
     /// not kept run fused, and values are dropped after their last reader unless kept;
-    /// without, every tensor is computed and kept (the probe). With `cut`, the nodes that
-    /// depend on that tensor are left out: a split's tail runs them from its leaf.
+    /// without, every tensor is computed and kept (the probe). With `cut`, the nodes after
+    /// it are left out: a split's tail runs them from its leaf.
     fn eval_all(
         &self,
         x: &Tensor,
         keep: Option<&HashSet<String>>,
-        cut: Option<&str>,
+        cut: Option<&Cut>,
     ) -> Result<HashMap<String, Tensor>> {
         let mut values = self.consts.clone();
         values.insert(self.input.clone(), x.clone());
         let mut skip = match cut {
-            Some(target) => self.downstream(target).0,
+            Some(cut) => cut.after.clone(),
             None => vec![false; self.nodes.len()],
         };
         for (i, n) in self.nodes.iter().enumerate() {
@@ -574,11 +583,11 @@ impl OnnxGraph {
         Ok(())
     }
 
-    /// Per node, whether it depends on `target` (the tail of a split there); and the
-    /// tensors those nodes make, with the target.
-    fn downstream<'a>(&'a self, target: &'a str) -> (Vec<bool>, HashSet<&'a str>) {
-        let mut made = HashSet::from([target]);
-        let nodes = self
+    /// The graph cut at `target`: the nodes that depend on it and what they read from
+    /// before it, found once per split. Fails when the output does not depend on it.
+    fn cut(&self, target: String) -> Result<Cut> {
+        let mut made = HashSet::from([target.as_str()]);
+        let after: Vec<bool> = self
             .nodes
             .iter()
             .map(|n| {
@@ -589,51 +598,50 @@ impl OnnxGraph {
                 after
             })
             .collect();
-        (nodes, made)
-    }
-
-    /// The tensors computed before the cut at `target` that the nodes after it read.
-    fn read_by_tail(&self, target: &str) -> HashSet<String> {
-        let (after, made) = self.downstream(target);
-        self.nodes
+        if !made.contains(self.output.as_str()) {
+            return Err(err(
+                &self.path,
+                format!("the output does not depend on `{target}`"),
+            ));
+        }
+        let reads = self
+            .nodes
             .iter()
-            .zip(after)
-            .filter(|(_, after)| *after)
+            .zip(&after)
+            .filter(|(_, after)| **after)
             .flat_map(|(n, _)| &n.inputs)
             .filter(|i| !made.contains(i.as_str()))
             .cloned()
-            .collect()
+            .collect();
+        Ok(Cut {
+            target,
+            after,
+            reads,
+        })
     }
 
-    /// Re-evaluates only the nodes downstream of `target`, with `leaf` in its place and
+    /// Re-evaluates only the nodes after the cut, with `leaf` in place of its target and
     /// every other value taken (detached) from `values`; returns the logits.
     fn forward_from(
         &self,
-        target: &str,
+        cut: &Cut,
         leaf: &Tensor,
         mut values: HashMap<String, Tensor>,
     ) -> Result<Tensor> {
         for v in values.values_mut() {
             *v = v.detach();
         }
-        values.insert(target.to_string(), leaf.clone());
-        let (after, made) = self.downstream(target);
+        values.insert(cut.target.clone(), leaf.clone());
         let keep = HashSet::from([self.output.clone()]);
         let mut skip = vec![false; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
-            if skip[i] || !after[i] {
+            if skip[i] || !cut.after[i] {
                 continue;
             }
             match self.fusion(i, &keep, &values) {
                 Some(f) => self.eval_fused(n, f, &mut values, &mut skip)?,
                 None => self.eval_node(n, &mut values)?,
             }
-        }
-        if !made.contains(self.output.as_str()) {
-            return Err(err(
-                &self.path,
-                format!("the output does not depend on `{target}`"),
-            ));
         }
         values
             .get(&self.output)
@@ -667,15 +675,15 @@ impl OnnxGraph {
     /// tensors, repeated `rows` times (constants and shape vectors stay as they are).
     fn repeat_sample(
         &self,
-        target: &str,
+        cut: &Cut,
         values: &HashMap<String, Tensor>,
         rows: usize,
     ) -> Result<HashMap<String, Tensor>> {
         let mut out = self.consts.clone();
-        for name in self.read_by_tail(target) {
-            let Some(t) = values.get(&name) else { continue };
+        for name in &cut.reads {
+            let Some(t) = values.get(name) else { continue };
             let per_sample =
-                t.rank() >= 2 && t.dtype().is_float() && !self.consts.contains_key(&name);
+                t.rank() >= 2 && t.dtype().is_float() && !self.consts.contains_key(name);
             let t = if per_sample {
                 let mut dims = t.dims().to_vec();
                 dims[0] = rows;
@@ -683,7 +691,7 @@ impl OnnxGraph {
             } else {
                 t.clone()
             };
-            out.insert(name, t);
+            out.insert(name.clone(), t);
         }
         Ok(out)
     }
@@ -728,16 +736,16 @@ impl crate::model::Body for OnnxGraph {
     }
 
     fn split<'s>(&'s self, x: &Tensor, layer: &str) -> Result<(Tensor, crate::model::Tail<'s>)> {
-        let target = self.resolve(layer)?.to_string();
+        let cut = self.cut(self.resolve(layer)?.to_string())?;
         let chunks = self.chunks(x.dim(0)?);
         let mut acts = Vec::with_capacity(chunks.len());
         let mut states = Vec::with_capacity(chunks.len());
         // What the tail reads from before the cut, and the cut itself.
-        let mut keep = self.read_by_tail(&target);
-        keep.insert(target.clone());
+        let mut keep = cut.reads.clone();
+        keep.insert(cut.target.clone());
         for &c in &chunks {
-            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep), Some(&target))?;
-            acts.push(self.output_of(&v, &target)?.narrow(0, 0, c.1)?);
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep), Some(&cut))?;
+            acts.push(self.output_of(&v, &cut.target)?.narrow(0, 0, c.1)?);
             states.push(v);
         }
         let n = x.dim(0)?;
@@ -747,7 +755,7 @@ impl crate::model::Body for OnnxGraph {
             if rows == n {
                 for (&c, values) in chunks.iter().zip(&states) {
                     let part = self.chunk_of(leaf, c)?;
-                    let out = self.forward_from(&target, &part, values.clone())?;
+                    let out = self.forward_from(&cut, &part, values.clone())?;
                     logits.push(out.narrow(0, 0, c.1)?);
                 }
             } else if n == 1 {
@@ -755,8 +763,8 @@ impl crate::model::Body for OnnxGraph {
                 // is that sample's, repeated.
                 for c in self.chunks(rows) {
                     let part = self.chunk_of(leaf, c)?;
-                    let values = self.repeat_sample(&target, &states[0], part.dim(0)?)?;
-                    let out = self.forward_from(&target, &part, values)?;
+                    let values = self.repeat_sample(&cut, &states[0], part.dim(0)?)?;
+                    let out = self.forward_from(&cut, &part, values)?;
                     logits.push(out.narrow(0, 0, c.1)?);
                 }
             } else {
