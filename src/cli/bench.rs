@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use clap::Args;
 
 use camstream_core::cam::Needs;
-use camstream_core::cam::{upsample_to_source, Targets};
+use camstream_core::cam::{SourceMap, Targets};
 use camstream_core::model::{fastconv, resnet, ModelRequest, ModelSource, Network};
 use camstream_core::preprocess::{prepare_image, InputKind};
 use camstream_core::{CamConfig, ExplainOptions, Explainer, Input, Method};
@@ -157,7 +157,8 @@ fn host_stages(
     let p = prepare_image(&frame, &net.input);
     let model = [p.size[0], p.size[1]];
     let ovl = time(a.iters, a.warmup, 1, || {
-        let mask = upsample_to_source(
+        // As the video's overlay stage: the map a row at a time, and its peak.
+        let map = SourceMap::new(
             out.raw_map(0),
             &out.spatial,
             model,
@@ -165,7 +166,8 @@ fn host_stages(
             [720, 1280],
             true,
         );
-        yuv.overlay(&mask, &JET, 0.5)?;
+        std::hint::black_box(map.peak());
+        yuv.overlay(|y, row| map.row(y, row), &JET, 0.5)?;
         Ok(())
     })?;
     Ok((pre, ovl))

@@ -11,7 +11,7 @@ use ffmpeg::util::frame::video::Video as AvFrame;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
-use crate::render::{draw_label, draw_label_yuv, overlay, overlay_yuv, Colormap};
+use crate::render::{draw_label, draw_label_yuv, overlay, overlay_yuv_rows, Colormap};
 use crate::render::{Plane, Yuv420Planes};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +130,24 @@ impl Picture {
         }
     }
 
-    /// Blends the heatmap `mask` (height x width, in [0, 1]) over the frame.
-    pub fn overlay(&mut self, mask: &[f32], cmap: &Colormap, alpha: f32) -> Result<(), FrameError> {
+    /// Blends a heatmap (height x width, in [0, 1]) over the frame; `mask_row(y, row)`
+    /// fills its row `y` (see [`overlay_yuv_rows`]).
+    pub fn overlay(
+        &mut self,
+        mut mask_row: impl FnMut(usize, &mut [f32]),
+        cmap: &Colormap,
+        alpha: f32,
+    ) -> Result<(), FrameError> {
         match self {
-            Picture::Rgb(p) => overlay(p, mask, cmap, alpha),
-            Picture::Yuv(p) => overlay_yuv(p.planes_mut()?, mask, cmap, alpha),
+            Picture::Rgb(p) => {
+                let w = p.width() as usize;
+                let mut mask = vec![0f32; w * p.height() as usize];
+                for (y, row) in mask.chunks_exact_mut(w.max(1)).enumerate() {
+                    mask_row(y, row);
+                }
+                overlay(p, &mask, cmap, alpha)
+            }
+            Picture::Yuv(p) => overlay_yuv_rows(p.planes_mut()?, mask_row, cmap, alpha),
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-use super::resize::{resize_final, resize_linear};
+use super::resize::{resize_axis, resize_final, resize_linear, LineTaps};
 
 /// pytorch-grad-cam's `scale_cam_image` normalisation: `m -= min; m /= (max + 1e-7)`,
 /// so a map that is constant (e.g. all zero after ReLU) becomes all zeros.
@@ -50,23 +50,135 @@ pub fn upsample_to_source(
     out: [usize; 2],
     renormalise: bool,
 ) -> Vec<f32> {
-    let full = model_rect == [0, 0, model[1], model[0]];
-    let mut m = if full {
-        resize_linear(map01, spatial, &out)
-    } else {
-        let at_model = resize_linear(map01, spatial, &model);
-        let [x0, y0, w, h] = model_rect;
-        let mut crop = Vec::with_capacity(w * h);
-        for y in y0..y0 + h {
-            crop.extend_from_slice(&at_model[y * model[1] + x0..y * model[1] + x0 + w]);
-        }
-        resize_linear(&crop, &[h, w], &out)
-    };
-    m.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-    if renormalise {
-        minmax_in_place(&mut m);
+    let s = SourceMap::new(map01, spatial, model, model_rect, out, renormalise);
+    let mut m = vec![0f32; out[0] * out[1]];
+    for (y, row) in m.chunks_exact_mut(out[1].max(1)).enumerate() {
+        s.row(y, row);
     }
     m
+}
+
+/// [`upsample_to_source`] one output row at a time, never held whole: a 720p frame's map
+/// is a million floats, and the video overlay reads each row once. The resize is
+/// separable; the vertical half is done here (`out` rows of the source's width), the
+/// horizontal half per row, with the same arithmetic, so rows have the same bits.
+/// The minimum, maximum and peak come from each row's extremes, which lie at the ends of
+/// its interpolation runs: a few values per row instead of every pixel.
+pub struct SourceMap {
+    /// The map resized vertically: `out[0]` rows of `width`.
+    columns: Vec<f32>,
+    width: usize,
+    line: Option<LineTaps>,
+    out: [usize; 2],
+    /// (min, max - min + 1e-7) of the clamped map, when renormalised.
+    scale: Option<(f32, f32)>,
+    /// The largest clamped value.
+    max: f32,
+}
+
+impl SourceMap {
+    /// The map of [`upsample_to_source`].
+    pub fn new(
+        map01: &[f32],
+        spatial: &[usize],
+        model: [usize; 2],
+        model_rect: [usize; 4],
+        out: [usize; 2],
+        renormalise: bool,
+    ) -> Self {
+        let (src, [sh, sw]) = if model_rect == [0, 0, model[1], model[0]] {
+            assert_eq!(spatial.len(), 2, "upsample_to_source: a 2D map");
+            (map01.to_vec(), [spatial[0], spatial[1]])
+        } else {
+            let at_model = resize_linear(map01, spatial, &model);
+            let [x0, y0, w, h] = model_rect;
+            let mut crop = Vec::with_capacity(w * h);
+            for y in y0..y0 + h {
+                crop.extend_from_slice(&at_model[y * model[1] + x0..y * model[1] + x0 + w]);
+            }
+            (crop, [h, w])
+        };
+        let columns = if sh == out[0] {
+            src
+        } else {
+            resize_axis(&src, &[sh, sw], 0, out[0], false)
+        };
+        let line = (sw != out[1]).then(|| LineTaps::new(sw, out[1], false));
+        let mut map = Self {
+            columns,
+            width: sw,
+            line,
+            out,
+            scale: None,
+            max: f32::NEG_INFINITY,
+        };
+        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+        for y in 0..out[0] {
+            let (lo, hi) = map.row_extremes(y);
+            min = min.min(lo);
+            max = max.max(hi);
+        }
+        map.max = max;
+        if renormalise {
+            // As [`minmax_in_place`]: the largest shifted value is `max - min`.
+            map.scale = Some((min, (max - min) + 1e-7));
+        }
+        map
+    }
+
+    /// Output row `y` (`out[1]` values) into `row`.
+    pub fn row(&self, y: usize, row: &mut [f32]) {
+        match &self.line {
+            Some(line) => line.apply(self.source_row(y), row),
+            None => row.copy_from_slice(self.source_row(y)),
+        }
+        row.iter_mut().for_each(|v| *v = self.finish(*v));
+    }
+
+    /// (x, y) of the map's first maximum, as [`super::argmax`] finds it in the whole map:
+    /// only a row whose own maximum is the map's is drawn in full.
+    pub fn peak(&self) -> (usize, usize) {
+        let top = self.finish(self.max);
+        let mut row = vec![0f32; self.out[1]];
+        for y in 0..self.out[0] {
+            if self.finish(self.row_extremes(y).1) == top {
+                self.row(y, &mut row);
+                if let Some(x) = row.iter().position(|&v| v == top) {
+                    return (x, y);
+                }
+            }
+        }
+        (0, 0)
+    }
+
+    /// The vertically resized row `y`, before the horizontal resize.
+    fn source_row(&self, y: usize) -> &[f32] {
+        &self.columns[y * self.width..(y + 1) * self.width]
+    }
+
+    /// The clamped row's smallest and largest values. Clamping is monotone, so they are
+    /// the clamped extremes of the resized row.
+    fn row_extremes(&self, y: usize) -> (f32, f32) {
+        let src = self.source_row(y);
+        let (lo, hi) = match &self.line {
+            Some(line) => line.extremes(src),
+            None => src
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                }),
+        };
+        (lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0))
+    }
+
+    /// A resized value's final value: clamped, then normalised when asked.
+    fn finish(&self, v: f32) -> f32 {
+        let v = v.clamp(0.0, 1.0);
+        match self.scale {
+            Some((min, d)) => (v - min) / d,
+            None => v,
+        }
+    }
 }
 
 /// The final pytorch-grad-cam map of a 2D sample, drawn over the source region.
@@ -85,6 +197,59 @@ pub fn heatmap_on_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The map drawn row by row has the bits of the whole-map composition it replaced:
+    /// resize, clamp, min-max; and its peak is that map's first maximum. Full and cropped
+    /// (letterboxed) source regions, down- and upsampled, both normalisations.
+    #[test]
+    fn source_map_rows_equal_the_whole_map() {
+        // Some values outside [0, 1], so the clamp has work (and the peak is a plateau);
+        // and a constant map.
+        let varied: Vec<f32> = (0..7 * 7)
+            .map(|i| 1.4 * ((i * 37 % 49) as f32 / 48.0).powi(2) - 0.2)
+            .collect();
+        for map in [varied, vec![0.3; 49]] {
+            source_map_equals_whole(&map);
+        }
+    }
+
+    fn source_map_equals_whole(map: &[f32]) {
+        let whole = |rect: [usize; 4], out: [usize; 2], renormalise: bool| {
+            let full = rect == [0, 0, 224, 224];
+            let mut m = if full {
+                resize_linear(map, &[7, 7], &out)
+            } else {
+                let at = resize_linear(map, &[7, 7], &[224, 224]);
+                let [x0, y0, w, h] = rect;
+                let crop: Vec<f32> = (y0..y0 + h)
+                    .flat_map(|y| at[y * 224 + x0..y * 224 + x0 + w].to_vec())
+                    .collect();
+                resize_linear(&crop, &[h, w], &out)
+            };
+            m.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+            if renormalise {
+                minmax_in_place(&mut m);
+            }
+            m
+        };
+        for rect in [[0, 0, 224, 224], [0, 28, 224, 168], [10, 0, 200, 224]] {
+            for out in [[720, 1280], [33, 17], [224, 224], [7, 7]] {
+                for renormalise in [true, false] {
+                    let want = whole(rect, out, renormalise);
+                    let got = upsample_to_source(map, &[7, 7], [224, 224], rect, out, renormalise);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{rect:?} {out:?} {renormalise}"
+                    );
+                    let s = SourceMap::new(map, &[7, 7], [224, 224], rect, out, renormalise);
+                    let at = super::super::argmax(&want);
+                    assert_eq!(s.peak(), (at % out[1], at / out[1]), "{rect:?} {out:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn all_negative_map_is_all_zero() {

@@ -13,6 +13,8 @@ mod resize;
 mod zoom;
 
 pub use gradcam::{argmax, probability, CamBatch, GradCam, Targets};
-pub use heatmap::{aggregate, heatmap, heatmap_on_source, minmax_in_place, upsample_to_source};
+pub use heatmap::{
+    aggregate, heatmap, heatmap_on_source, minmax_in_place, upsample_to_source, SourceMap,
+};
 pub use method::{CamConfig, Method, Needs};
 pub use resize::{resize_final, resize_linear, resize_linear_corners};

@@ -63,17 +63,19 @@ fn taps(n_in: usize, n_out: usize, corners: bool) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize, corners: bool) -> Vec<f32> {
-    let n_in = shape[axis];
-    let outer: usize = shape[..axis].iter().product();
-    let inner: usize = shape[axis + 1..].iter().product();
-    let t = taps(n_in, n_out, corners);
-    let mut out = vec![0f32; outer * n_out * inner];
-    if inner == 1 {
-        // The last axis (a 720p heatmap is a million values per frame). Upsampling, long
-        // runs of outputs lie between the same two inputs and differ only in weight: a
-        // loop over each run vectorises. Same formula, same bits.
-        let weights: Vec<f32> = t.iter().map(|&(_, _, w)| w).collect();
+/// Linear resampling of one line (the last axis), as `resize_axis` does it. Upsampling,
+/// long runs of outputs lie between the same two inputs and differ only in weight: a loop
+/// over each run vectorises (a 720p heatmap is a million values per frame).
+pub(crate) struct LineTaps {
+    weights: Vec<f32>,
+    /// (lower input, upper input, outputs between them).
+    runs: Vec<(usize, usize, std::ops::Range<usize>)>,
+}
+
+impl LineTaps {
+    pub(crate) fn new(n_in: usize, n_out: usize, corners: bool) -> Self {
+        let t = taps(n_in, n_out, corners);
+        let weights = t.iter().map(|&(_, _, w)| w).collect();
         let mut runs: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         for (j, &(x0, x1, _)) in t.iter().enumerate() {
             match runs.last_mut() {
@@ -81,16 +83,55 @@ fn resize_axis(src: &[f32], shape: &[usize], axis: usize, n_out: usize, corners:
                 _ => runs.push((x0, x1, j..j + 1)),
             }
         }
-        for (s, d) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-            for (x0, x1, r) in &runs {
-                let (a, b) = (s[*x0], s[*x1]);
-                for (dv, &w) in d[r.clone()].iter_mut().zip(&weights[r.clone()]) {
-                    *dv = a + (b - a) * w;
-                }
+        Self { weights, runs }
+    }
+
+    /// The smallest and largest of the values [`LineTaps::apply`] makes from `s`, from
+    /// the ends of each run alone: within a run a + (b - a) w is monotone in w, rounding
+    /// included, so the extremes are those of the full line, bit for bit.
+    pub(crate) fn extremes(&self, s: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for (x0, x1, r) in &self.runs {
+            let (a, b) = (s[*x0], s[*x1]);
+            for j in [r.start, r.end - 1] {
+                let v = a + (b - a) * self.weights[j];
+                lo = lo.min(v);
+                hi = hi.max(v);
             }
+        }
+        (lo, hi)
+    }
+
+    /// `d` (n_out values) resampled from `s` (n_in values).
+    pub(crate) fn apply(&self, s: &[f32], d: &mut [f32]) {
+        for (x0, x1, r) in &self.runs {
+            let (a, b) = (s[*x0], s[*x1]);
+            for (dv, &w) in d[r.clone()].iter_mut().zip(&self.weights[r.clone()]) {
+                *dv = a + (b - a) * w;
+            }
+        }
+    }
+}
+
+pub(crate) fn resize_axis(
+    src: &[f32],
+    shape: &[usize],
+    axis: usize,
+    n_out: usize,
+    corners: bool,
+) -> Vec<f32> {
+    let n_in = shape[axis];
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut out = vec![0f32; outer * n_out * inner];
+    if inner == 1 {
+        let line = LineTaps::new(n_in, n_out, corners);
+        for (s, d) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+            line.apply(s, d);
         }
         return out;
     }
+    let t = taps(n_in, n_out, corners);
     for o in 0..outer {
         let s = &src[o * n_in * inner..(o + 1) * n_in * inner];
         let d = &mut out[o * n_out * inner..(o + 1) * n_out * inner];

@@ -107,21 +107,44 @@ pub(crate) fn bt601_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
 /// and the video path skips two full-frame colour conversions and blends half the bytes.
 /// Chroma takes the mask at each 2x2 block's top-left pixel (the maps are smooth).
 pub fn overlay_yuv(p: Yuv420Planes, mask: &[f32], cmap: &Colormap, alpha: f32) {
+    let w = p.width;
+    assert_eq!(
+        mask.len(),
+        w * p.height,
+        "overlay: image and mask sizes differ"
+    );
+    overlay_yuv_rows(
+        p,
+        |y, row| row.copy_from_slice(&mask[y * w..(y + 1) * w]),
+        cmap,
+        alpha,
+    );
+}
+
+/// [`overlay_yuv`] with the mask given a row at a time: `mask_row(y, row)` fills row `y`
+/// (width values), called once per row, top to bottom. A video frame's mask is then
+/// never stored whole (a million floats at 720p).
+pub fn overlay_yuv_rows(
+    p: Yuv420Planes,
+    mut mask_row: impl FnMut(usize, &mut [f32]),
+    cmap: &Colormap,
+    alpha: f32,
+) {
     let (w, h) = (p.width, p.height);
-    assert_eq!(mask.len(), w * h, "overlay: image and mask sizes differ");
     let blend = Blend::new(cmap.lut.iter().map(|&c| bt601_yuv(c)), alpha);
     // One row of table indices at a time (a loop the compiler vectorises), then one
     // table lookup per sample; chroma reuses the even rows' indices.
+    let mut m = vec![0f32; w];
     let mut index = vec![0u8; w];
     let mut chroma =
         p.u.data
             .chunks_mut(p.u.stride)
             .zip(p.v.data.chunks_mut(p.v.stride));
-    let luma = p.y.data.chunks_mut(p.y.stride).zip(mask.chunks_exact(w));
-    for (row, (luma, m)) in luma.take(h).enumerate() {
+    for (row, luma) in p.y.data.chunks_mut(p.y.stride).take(h).enumerate() {
+        mask_row(row, &mut m);
         index
             .iter_mut()
-            .zip(m)
+            .zip(&m)
             .for_each(|(i, &m)| *i = lut_index(m));
         luma[..w]
             .iter_mut()
@@ -139,6 +162,7 @@ pub fn overlay_yuv(p: Yuv420Planes, mask: &[f32], cmap: &Colormap, alpha: f32) {
 }
 
 /// The colormap's table index of a map value.
+#[inline]
 fn lut_index(m: f32) -> u8 {
     (255.0 * m.clamp(0.0, 1.0)) as u8
 }
@@ -166,6 +190,7 @@ impl Blend {
         }
     }
 
+    #[inline]
     fn mix(&self, channel: usize, index: u8, px: u8) -> u8 {
         ((self.tinted[channel][index as usize] + self.keep * px as u32) >> 8) as u8
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use camstream_core::cam::{argmax, upsample_to_source, Targets};
+use camstream_core::cam::{SourceMap, Targets};
 use camstream_core::metrics::{measure, Faithfulness, Measured, MetricsConfig};
 use camstream_core::preprocess::{prepare_image, InputSpec, Placement};
 use camstream_core::record::{ClipRecord, FrameRecord};
@@ -388,9 +388,9 @@ pub(super) fn render(
         let rect = e.placement.model.map(|v| v as usize);
         let m = e.map;
         let renormalise = config.renormalise && !m.scaled;
-        let mask = upsample_to_source(&m.map, &m.spatial, e.size, rect, [h, w], renormalise);
-        let peak = argmax(&mask);
-        picture.overlay(&mask, config.colormap, config.alpha)?;
+        let map = SourceMap::new(&m.map, &m.spatial, e.size, rect, [h, w], renormalise);
+        let (peak_x, peak_y) = map.peak();
+        picture.overlay(|y, row| map.row(y, row), config.colormap, config.alpha)?;
         if config.label {
             picture.draw_label(&format!("{} {:.2}", m.label, m.probability))?;
         }
@@ -403,8 +403,8 @@ pub(super) fn render(
             logit: m.logit,
             method: m.method.to_string(),
             metrics: e.metrics,
-            peak_x: peak % w,
-            peak_y: peak / w,
+            peak_x,
+            peak_y,
             probability: m.probability,
             pts: e.frame.pts,
             seconds: e.frame.seconds,
