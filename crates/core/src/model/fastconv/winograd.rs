@@ -100,7 +100,7 @@ pub(super) fn forward(
         act,
     };
     let dims = (oh, ow, th, tw);
-    let rows_len = 24 * (tw + 1);
+    let rows_len = 18 * (tw + 1);
     if jobs == 1 {
         // One band (small maps, small batch): the transforms run in parallel over
         // channels and each product on every thread, or one thread would do it all.
@@ -191,7 +191,7 @@ fn products(
 
 /// V (16 x c_in x tiles) of the tile rows `band` = (first global tile row, count), for
 /// the input channels `chans`; a global tile row is (image, ty). `scratch` holds
-/// 24 * (tw + 1) values. Writes only the rows of V that belong to `chans`.
+/// 18 * (tw + 1) values. Writes only the rows of V that belong to `chans`.
 #[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
@@ -208,8 +208,7 @@ fn input_transform(
     scratch: &mut [f32],
 ) {
     let (c, tb) = (g.c_in, rows * tw);
-    let (buf, rest) = scratch.split_at_mut(2 * (tw + 1));
-    let (eo, rest) = rest.split_at_mut(2 * (tw + 1));
+    let (eo, rest) = scratch.split_at_mut(2 * (tw + 1));
     // d B of the tile row's 4 input rows: cr[k][q][tx].
     let cr = &mut rest[..16 * tw];
     for ci in chans {
@@ -230,7 +229,7 @@ fn input_transform(
                     .checked_sub(g.ph)
                     .filter(|&i| i < h)
                     .map(|iy| &plane[iy * w..(iy + 1) * w]);
-                columns(row, g.pw, buf, eo, &mut cr[k * 4 * tw..(k + 1) * 4 * tw]);
+                columns(row, g.pw, eo, &mut cr[k * 4 * tw..(k + 1) * 4 * tw]);
             }
             // Bᵀ (d B): V_(i,q) from rows [0 - 2, 1 + 2, 2 - 1, 1 - 3].
             let at = ci * tb + lr * tw;
@@ -257,21 +256,33 @@ fn input_transform(
 
 /// One input row's d B for every tile along it: out = [c0, c1, c2, c3], tw values each,
 /// where tile t reads padded columns 2t..2t+4 (padded column j is input column j - pw).
+/// `eo` holds 2 (tw + 1) values.
 #[inline(always)]
-fn columns(row: Option<&[f32]>, pw: usize, buf: &mut [f32], eo: &mut [f32], out: &mut [f32]) {
+fn columns(row: Option<&[f32]>, pw: usize, eo: &mut [f32], out: &mut [f32]) {
     let Some(row) = row else {
         out.fill(0.0);
         return;
     };
     let tw = out.len() / 4;
-    buf.fill(0.0);
-    let n = row.len().min(buf.len() - pw);
-    buf[pw..pw + n].copy_from_slice(&row[..n]);
-    // Even and odd padded columns: tile t reads e[t], o[t], e[t+1], o[t+1].
+    // Even and odd padded columns, read straight from the row: tile t reads e[t], o[t],
+    // e[t+1], o[t+1]. Input column k is padded column k + pw, so with odd padding the
+    // row's even columns are the odd ones.
     let (e, o) = eo.split_at_mut(tw + 1);
-    for ((e, o), p) in e.iter_mut().zip(o.iter_mut()).zip(buf.chunks_exact(2)) {
-        *e = p[0];
-        *o = p[1];
+    e.fill(0.0);
+    o.fill(0.0);
+    let row = &row[..row.len().min(2 * (tw + 1) - pw)];
+    let (first, f0, second, s0) = if pw.is_multiple_of(2) {
+        (&mut *e, pw / 2, &mut *o, pw / 2)
+    } else {
+        (&mut *o, pw / 2, &mut *e, pw / 2 + 1)
+    };
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        first[f0 + row.len() / 2] = *last;
+    }
+    for ((x, y), p) in first[f0..].iter_mut().zip(&mut second[s0..]).zip(pairs) {
+        *x = p[0];
+        *y = p[1];
     }
     let (c0, rest) = out.split_at_mut(tw);
     let (c1, rest) = rest.split_at_mut(tw);
@@ -299,7 +310,7 @@ struct Sink<'a> {
 }
 
 /// Aᵀ M A for the output channels `chans` (of `co`) and every tile of the band, into
-/// the NCHW output, with the epilogue on each output row. `scratch` holds at least 14 * tw values.
+/// the NCHW output, with the epilogue on each output row. `scratch` holds at least 8 * tw values.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
     "x86_64+avx2+fma"
@@ -314,8 +325,8 @@ fn output_transform(
     scratch: &mut [f32],
 ) {
     let tb = rows * tw;
-    // s[0..4]: rows 0+1+2 of M, s[4..8]: rows 1-2-3 (Aᵀ M); then y: the two output rows.
-    let (s, y) = scratch[..14 * tw].split_at_mut(8 * tw);
+    // s[0..4]: rows 0+1+2 of M, s[4..8]: rows 1-2-3 (Aᵀ M).
+    let s = &mut scratch[..8 * tw];
     for lr in 0..rows {
         let (img, ty) = ((r0 + lr) / th, (r0 + lr) % th);
         for o in chans.clone() {
@@ -342,18 +353,23 @@ fn output_transform(
                 let (a, rest) = half.split_at(tw);
                 let (b, rest) = rest.split_at(tw);
                 let (c, d) = rest.split_at(tw);
-                let line = &mut y[..2 * tw];
-                for (i, p) in line.chunks_exact_mut(2).enumerate() {
-                    p[0] = a[i] + b[i] + c[i];
-                    p[1] = b[i] - c[i] - d[i];
-                }
                 let at = ((img * co + o) * oh + oy) * ow;
                 // SAFETY: this job alone writes the output rows of its tile rows, for
                 // every channel; `at..at + ow` lies inside the (n, co, oh, ow) output,
                 // and the residual is shaped like it.
                 unsafe {
-                    let d = sink.out.get().add(at);
-                    std::ptr::copy_nonoverlapping(line.as_ptr(), d, ow);
+                    // Straight into the output row: pairs, then an odd width's last.
+                    let row = std::slice::from_raw_parts_mut(sink.out.get().add(at), ow);
+                    let mut pairs = row.chunks_exact_mut(2);
+                    for (i, p) in pairs.by_ref().enumerate() {
+                        p[0] = a[i] + b[i] + c[i];
+                        p[1] = b[i] - c[i] - d[i];
+                    }
+                    if let [last] = pairs.into_remainder() {
+                        let i = ow / 2;
+                        *last = a[i] + b[i] + c[i];
+                    }
+                    let d = row.as_mut_ptr();
                     let res = sink.residual.map(|r| r.as_ptr().add(at));
                     let bias = sink.bias.map(|v| &v[o..o + 1]);
                     epilogue(d, (1, ow, 0), bias, res, sink.act);
