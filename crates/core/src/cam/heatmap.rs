@@ -72,8 +72,8 @@ pub struct SourceMap {
     out: [usize; 2],
     /// (min, max - min + 1e-7) of the clamped map, when renormalised.
     scale: Option<(f32, f32)>,
-    /// The largest clamped value.
-    max: f32,
+    /// Each row's largest clamped value.
+    row_max: Vec<f32>,
 }
 
 impl SourceMap {
@@ -110,15 +110,15 @@ impl SourceMap {
             line,
             out,
             scale: None,
-            max: f32::NEG_INFINITY,
+            row_max: Vec::with_capacity(out[0]),
         };
         let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
         for y in 0..out[0] {
             let (lo, hi) = map.row_extremes(y);
             min = min.min(lo);
             max = max.max(hi);
+            map.row_max.push(hi);
         }
-        map.max = max;
         if renormalise {
             // As [`minmax_in_place`]: the largest shifted value is `max - min`.
             map.scale = Some((min, (max - min) + 1e-7));
@@ -138,10 +138,14 @@ impl SourceMap {
     /// (x, y) of the map's first maximum, as [`super::argmax`] finds it in the whole map:
     /// only a row whose own maximum is the map's is drawn in full.
     pub fn peak(&self) -> (usize, usize) {
-        let top = self.finish(self.max);
+        let max = self
+            .row_max
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let top = self.finish(max);
         let mut row = vec![0f32; self.out[1]];
-        for y in 0..self.out[0] {
-            if self.finish(self.row_extremes(y).1) == top {
+        for (y, &row_max) in self.row_max.iter().enumerate() {
+            if self.finish(row_max) == top {
                 self.row(y, &mut row);
                 if let Some(x) = row.iter().position(|&v| v == top) {
                     return (x, y);
