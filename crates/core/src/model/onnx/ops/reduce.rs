@@ -1,8 +1,8 @@
 //! Reductions: global pooling, ReduceMean/Sum/Max (the pooling of MnasNet, the SE
 //! blocks of MobileNetV3 and EfficientNet) and Softmax.
 
-use super::{axis, one, unsupported, Ctx, OpFn, OpResult};
-use candle_core::D;
+use super::{axis, one, unsupported, Ctx, OpError, OpFn, OpResult};
+use candle_core::{Tensor, D};
 
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("GlobalAveragePool", global_pool),
@@ -57,19 +57,41 @@ fn reduce(c: &Ctx) -> OpResult {
     axes.sort_unstable();
     axes.dedup();
     let keep = c.int("keepdims").unwrap_or(1) != 0;
+    let rank = x.rank();
     let mut y = x;
+    // Trailing axes (a ReduceMean over H and W: SE blocks, dynamo's global pooling)
+    // reduce as one contiguous axis; candle's reduction over a strided axis is slow.
+    let first = axes.first().copied().unwrap_or(0);
+    if axes.len() > 1
+        && axes
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == first + i && a < rank)
+        && axes.last() == Some(&(rank - 1))
+    {
+        let mut shape = y.dims()[..first].to_vec();
+        if keep {
+            shape.extend(std::iter::repeat_n(1, axes.len()));
+        }
+        return one(reduce_axis(c, y.flatten_from(first)?, first, true)?.reshape(shape)?);
+    }
     for &a in axes.iter().rev() {
-        y = match (c.node.op.as_str(), keep) {
-            ("ReduceMean", true) => y.mean_keepdim(a)?,
-            ("ReduceMean", false) => y.mean(a)?,
-            ("ReduceSum", true) => y.sum_keepdim(a)?,
-            ("ReduceSum", false) => y.sum(a)?,
-            ("ReduceMax", true) => y.max_keepdim(a)?,
-            ("ReduceMax", false) => y.max(a)?,
-            (op, _) => return Err(unsupported(op.to_string())),
-        };
+        y = reduce_axis(c, y, a, keep)?;
     }
     one(y)
+}
+
+/// One ONNX reduction over axis `a`.
+fn reduce_axis(c: &Ctx, y: Tensor, a: usize, keep: bool) -> Result<Tensor, OpError> {
+    Ok(match (c.node.op.as_str(), keep) {
+        ("ReduceMean", true) => y.mean_keepdim(a)?,
+        ("ReduceMean", false) => y.mean(a)?,
+        ("ReduceSum", true) => y.sum_keepdim(a)?,
+        ("ReduceSum", false) => y.sum(a)?,
+        ("ReduceMax", true) => y.max_keepdim(a)?,
+        ("ReduceMax", false) => y.max(a)?,
+        (op, _) => return Err(unsupported(op.to_string())),
+    })
 }
 
 fn softmax(c: &Ctx) -> OpResult {
