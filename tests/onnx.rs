@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use camstream_core::cam::{GradCam, Targets};
+use camstream_core::model::onnx::OnnxGraph;
 use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{camstream, fails, fixtures, max_abs, npy, npy_usize, ok, s};
@@ -237,31 +238,96 @@ fn inputs_of_other_ranks_are_refused_with_their_shape() {
     );
 }
 
-/// A graph exported with a fixed batch runs at that batch: 3 samples through a batch-2
-/// graph are two runs, the second padded, and give the reference maps of those samples.
-#[test]
-fn fixed_batch_graphs_run_in_padded_chunks() {
+/// Replaces the tiny ResNet's Flatten by Reshapes to these constant shapes, in turn.
+fn reshaped_head(m: &mut candle_onnx::onnx::ModelProto, shapes: &[&[i64]]) {
+    use candle_onnx::onnx::{tensor_proto::DataType, NodeProto, TensorProto};
+    let g = m.graph.as_mut().unwrap();
+    let at = g.node.iter().position(|n| n.op_type == "Flatten").unwrap();
+    let flatten = g.node.remove(at);
+    let mut from = flatten.input[0].clone();
+    for (i, shape) in shapes.iter().enumerate() {
+        let spec = format!("head_shape_{i}");
+        g.initializer.push(TensorProto {
+            name: spec.clone(),
+            dims: vec![shape.len() as i64],
+            data_type: DataType::Int64 as i32,
+            int64_data: shape.to_vec(),
+            ..Default::default()
+        });
+        let to = if i + 1 == shapes.len() {
+            flatten.output[0].clone()
+        } else {
+            format!("head_{i}")
+        };
+        g.node.insert(
+            at + i,
+            NodeProto {
+                name: format!("head_reshape_{i}"),
+                op_type: "Reshape".into(),
+                input: vec![from, spec],
+                output: vec![to.clone()],
+                ..Default::default()
+            },
+        );
+        from = to;
+    }
+}
+
+/// The tiny ResNet with its input batch fixed and the Flatten replaced by `head`.
+fn fixed_batch_model(dir: &Path, name: &str, batch: i64, head: &[&[i64]]) -> std::path::PathBuf {
     use candle_onnx::onnx::tensor_shape_proto::dimension::Value;
-    let tmp = tempfile::tempdir().unwrap();
-    let p = edited(tmp.path(), "batch2.onnx", |m| {
-        input_dims(m)[0].value = Some(Value::DimValue(2));
-    });
-    let net = load(&p);
+    edited(dir, name, |m| {
+        input_dims(m)[0].value = Some(Value::DimValue(batch));
+        reshaped_head(m, head);
+    })
+}
+
+/// Logits and layer2 raw maps of the first 3 reference samples match PyTorch's.
+fn three_samples_match(net: &Network) {
     let (x, shape) = npy(fixtures().join("tinyres/input.npy"));
     let x = Tensor::from_vec(x, shape, &Device::Cpu)
         .unwrap()
         .narrow(0, 0, 3)
         .unwrap();
     let (want, _) = npy(fixtures().join("tinyres/logits.npy"));
-    let got = common::logits(&net, &x);
+    let got = common::logits(net, &x);
     assert!(max_abs(&got, &want[..15]) <= 1e-4);
-    let out = GradCam::new(&net, "layer2")
+    let out = GradCam::new(net, "layer2")
         .unwrap()
         .run(&x, &Targets::All(3))
         .unwrap();
     let (r, _) = npy(fixtures().join("tinyres/gradcam_layer2_fixed_raw.npy"));
     assert_eq!(out.raw.len(), r.len() / 4 * 3);
     assert!(max_abs(&out.raw, &r[..out.raw.len()]) <= 1e-4);
+}
+
+/// A graph whose batch is truly fixed (its head flattens the whole batch to 32 values,
+/// then splits them into 2 rows) runs at that batch: 3 samples are two runs, the second
+/// padded, and give the reference maps of those samples.
+#[test]
+fn fixed_batch_graphs_run_in_padded_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = fixed_batch_model(tmp.path(), "batch2.onnx", 2, &[&[32], &[2, 16]]);
+    let graph = OnnxGraph::load(&p, None, &Device::Cpu).unwrap();
+    assert_eq!(graph.fixed_batch(), Some(2));
+    three_samples_match(&load(&p));
+}
+
+/// A batch baked into a Reshape's shape (as torch's dynamo exporter writes
+/// `x.reshape(x.shape[0], -1)` or `flatten(x, 1)`) is freed: the graph runs any batch in
+/// one pass, with the same numbers.
+#[test]
+fn baked_batch_reshapes_run_any_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (batch, head) in [(1, [1i64, 16]), (2, [2, -1])] {
+        let p = fixed_batch_model(tmp.path(), "baked.onnx", batch, &[&head]);
+        let graph = OnnxGraph::load(&p, None, &Device::Cpu).unwrap();
+        assert_eq!(graph.fixed_batch(), None, "{head:?}");
+        three_samples_match(&load(&p));
+    }
+    let dynamo = fixtures().join("families/dynamo_external/model.onnx");
+    let graph = OnnxGraph::load(&dynamo, None, &Device::Cpu).unwrap();
+    assert_eq!(graph.fixed_batch(), None);
 }
 
 /// torch's default exporter writes the weights to an external file; the model names

@@ -167,6 +167,7 @@ fn reshape(c: &Ctx) -> OpResult {
     let mut infer = None;
     for (i, &s) in spec.iter().enumerate() {
         match s {
+            _ if i == 0 && c.node.batch_lead => shape.push(x.dim(0)?),
             0 if !allow_zero => shape.push(x.dim(i)?),
             -1 => {
                 infer = Some(i);
@@ -181,7 +182,7 @@ fn reshape(c: &Ctx) -> OpResult {
         shape[i] = x.elem_count() / known.max(1);
     }
     if shape.iter().product::<usize>() != x.elem_count() {
-        // A shape baked in at export (a batch-1 Reshape fed another batch size).
+        // A shape baked in at export that the graph's batch check did not free.
         return Err(unsupported(format!(
             "Reshape of {:?} to {spec:?}: the element counts differ",
             x.dims()
