@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 
 use camstream_core::cam::{GradCam, Targets};
-use camstream_core::model::onnx::OnnxGraph;
 use camstream_core::model::{ModelRequest, Network};
 use candle_core::{Device, Tensor};
 use common::{camstream, fails, fixtures, max_abs, npy, npy_usize, ok, s};
@@ -308,9 +307,14 @@ fn three_samples_match(net: &Network) {
 fn fixed_batch_graphs_run_in_padded_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let p = fixed_batch_model(tmp.path(), "batch2.onnx", 2, &[&[32], &[2, 16]]);
-    let graph = OnnxGraph::load(&p, None, &Device::Cpu).unwrap();
-    assert_eq!(graph.fixed_batch(), Some(2));
-    three_samples_match(&load(&p));
+    let net = load(&p);
+    assert_eq!(net.fixed_batch(), Some(2));
+    three_samples_match(&net);
+    let listing = ok(&camstream(&["layers", "-m", s(&p)]));
+    assert!(
+        listing.contains("; batch fixed at 2 at export"),
+        "{listing}"
+    );
 }
 
 /// A batch baked into a Reshape's shape (as torch's dynamo exporter writes
@@ -321,13 +325,14 @@ fn baked_batch_reshapes_run_any_batch() {
     let tmp = tempfile::tempdir().unwrap();
     for (batch, head) in [(1, [1i64, 16]), (2, [2, -1])] {
         let p = fixed_batch_model(tmp.path(), "baked.onnx", batch, &[&head]);
-        let graph = OnnxGraph::load(&p, None, &Device::Cpu).unwrap();
-        assert_eq!(graph.fixed_batch(), None, "{head:?}");
-        three_samples_match(&load(&p));
+        let net = load(&p);
+        assert_eq!(net.fixed_batch(), None, "{head:?}");
+        three_samples_match(&net);
+        let listing = ok(&camstream(&["layers", "-m", s(&p)]));
+        assert!(!listing.contains("batch fixed"), "{listing}");
     }
     let dynamo = fixtures().join("families/dynamo_external/model.onnx");
-    let graph = OnnxGraph::load(&dynamo, None, &Device::Cpu).unwrap();
-    assert_eq!(graph.fixed_batch(), None);
+    assert_eq!(load(&dynamo).fixed_batch(), None);
 }
 
 /// torch's default exporter writes the weights to an external file; the model names

@@ -178,6 +178,11 @@ pub trait Body: Send + Sync + std::fmt::Debug {
     fn affine_stem(&self) -> Option<String> {
         None
     }
+    /// The batch size the network only runs at (an ONNX graph's, fixed at export), so
+    /// larger batches run in chunks of it; `None` for any batch.
+    fn fixed_batch(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The part of a network after its cut: activations in, logits out.
@@ -378,6 +383,11 @@ impl Network {
     /// Other names of a target layer (see [`Body::aliases`]).
     pub fn aliases(&self, layer: &str) -> Vec<String> {
         self.body.aliases(layer)
+    }
+
+    /// See [`Body::fixed_batch`].
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.body.fixed_batch()
     }
 
     /// Every target layer with its per-sample output shape.

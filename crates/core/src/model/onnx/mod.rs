@@ -651,12 +651,6 @@ impl OnnxGraph {
             .ok_or_else(|| err(&self.path, "no output"))
     }
 
-    /// The batch size the graph runs in chunks of, if it was fixed at export and could
-    /// not be freed.
-    pub fn fixed_batch(&self) -> Option<usize> {
-        self.batch
-    }
-
     /// Lets a graph whose batch was fixed at export (dynamo bakes its example's) run any
     /// batch in one pass: chunks of 1 ran a batch-8 ResNet-18 at 0.64 of the speed of
     /// the same network with a dynamic batch. The Reshapes whose constant shape starts
@@ -785,6 +779,10 @@ impl crate::model::Body for OnnxGraph {
 
     fn aliases(&self, layer: &str) -> Vec<String> {
         self.modules_of(layer)
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.batch
     }
 
     fn layer_shapes(&self, _input: &Tensor) -> Result<Vec<(String, Vec<usize>)>> {
