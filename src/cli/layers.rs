@@ -8,12 +8,13 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     let net = args.load(None)?;
     // A closed pipe (`| head`) ends the listing quietly instead of panicking.
     let mut out = std::io::stdout().lock();
+    // The default layer stays last on the line: scripts read it from there.
     let fixed = net.fixed_batch().map_or(String::new(), |b| {
         format!("; batch fixed at {b} at export (larger batches run in chunks of {b})")
     });
     if writeln!(
         out,
-        "{}: {} classes, input {:?} x {:?}; default layer {}{fixed}",
+        "{}: {} classes, input {:?} x {:?}{fixed}; default layer {}",
         net.name, net.num_classes, net.input.channels, net.input.size, net.default_layer
     )
     .is_err()
