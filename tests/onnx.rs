@@ -311,10 +311,11 @@ fn fixed_batch_graphs_run_in_padded_chunks() {
     assert_eq!(net.fixed_batch(), Some(2));
     three_samples_match(&net);
     let listing = ok(&camstream(&["layers", "-m", s(&p)]));
-    assert!(
-        listing.contains("; batch fixed at 2 at export"),
-        "{listing}"
-    );
+    let first = listing.lines().next().unwrap();
+    assert!(first.contains("; batch fixed at 2 at export"), "{listing}");
+    // Scripts (the zoo's) read the default layer from the end of the first line.
+    let default = format!("; default layer {}", net.default_layer);
+    assert!(first.ends_with(&default), "{first}");
 }
 
 /// A batch baked into a Reshape's shape (as torch's dynamo exporter writes
