@@ -237,23 +237,28 @@ fn inputs_of_other_ranks_are_refused_with_their_shape() {
     );
 }
 
-/// Replaces the tiny ResNet's Flatten by Reshapes to these constant shapes, in turn.
-fn reshaped_head(m: &mut candle_onnx::onnx::ModelProto, shapes: &[&[i64]]) {
+/// One node of a replacement head: the operator and its constant second input (dims,
+/// values).
+type HeadOp = (&'static str, Vec<i64>, Vec<i64>);
+
+/// Replaces the tiny ResNet's Flatten by these nodes, in turn, each reading the previous
+/// one's output and its own int64 constant.
+fn replaced_head(m: &mut candle_onnx::onnx::ModelProto, head: &[HeadOp]) {
     use candle_onnx::onnx::{tensor_proto::DataType, NodeProto, TensorProto};
     let g = m.graph.as_mut().unwrap();
     let at = g.node.iter().position(|n| n.op_type == "Flatten").unwrap();
     let flatten = g.node.remove(at);
     let mut from = flatten.input[0].clone();
-    for (i, shape) in shapes.iter().enumerate() {
-        let spec = format!("head_shape_{i}");
+    for (i, (op, dims, values)) in head.iter().enumerate() {
+        let spec = format!("head_const_{i}");
         g.initializer.push(TensorProto {
             name: spec.clone(),
-            dims: vec![shape.len() as i64],
+            dims: dims.clone(),
             data_type: DataType::Int64 as i32,
-            int64_data: shape.to_vec(),
+            int64_data: values.clone(),
             ..Default::default()
         });
-        let to = if i + 1 == shapes.len() {
+        let to = if i + 1 == head.len() {
             flatten.output[0].clone()
         } else {
             format!("head_{i}")
@@ -261,8 +266,8 @@ fn reshaped_head(m: &mut candle_onnx::onnx::ModelProto, shapes: &[&[i64]]) {
         g.node.insert(
             at + i,
             NodeProto {
-                name: format!("head_reshape_{i}"),
-                op_type: "Reshape".into(),
+                name: format!("head_{op}_{i}"),
+                op_type: op.to_string(),
                 input: vec![from, spec],
                 output: vec![to.clone()],
                 ..Default::default()
@@ -272,12 +277,17 @@ fn reshaped_head(m: &mut candle_onnx::onnx::ModelProto, shapes: &[&[i64]]) {
     }
 }
 
+/// A Reshape to this constant shape, for `replaced_head`.
+fn reshape(shape: &[i64]) -> HeadOp {
+    ("Reshape", vec![shape.len() as i64], shape.to_vec())
+}
+
 /// The tiny ResNet with its input batch fixed and the Flatten replaced by `head`.
-fn fixed_batch_model(dir: &Path, name: &str, batch: i64, head: &[&[i64]]) -> std::path::PathBuf {
+fn fixed_batch_model(dir: &Path, name: &str, batch: i64, head: &[HeadOp]) -> std::path::PathBuf {
     use candle_onnx::onnx::tensor_shape_proto::dimension::Value;
     edited(dir, name, |m| {
         input_dims(m)[0].value = Some(Value::DimValue(batch));
-        reshaped_head(m, head);
+        replaced_head(m, head);
     })
 }
 
@@ -306,7 +316,12 @@ fn three_samples_match(net: &Network) {
 #[test]
 fn fixed_batch_graphs_run_in_padded_chunks() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = fixed_batch_model(tmp.path(), "batch2.onnx", 2, &[&[32], &[2, 16]]);
+    let p = fixed_batch_model(
+        tmp.path(),
+        "batch2.onnx",
+        2,
+        &[reshape(&[32]), reshape(&[2, 16])],
+    );
     let net = load(&p);
     assert_eq!(net.fixed_batch(), Some(2));
     three_samples_match(&net);
@@ -318,14 +333,21 @@ fn fixed_batch_graphs_run_in_padded_chunks() {
     assert!(first.ends_with(&default), "{first}");
 }
 
-/// A batch baked into a Reshape's shape (as torch's dynamo exporter writes
-/// `x.reshape(x.shape[0], -1)` or `flatten(x, 1)`) is freed: the graph runs any batch in
-/// one pass, with the same numbers.
+/// A batch baked into a view's shape (as torch's dynamo exporter writes
+/// `x.reshape(x.shape[0], -1)` or `flatten(x, 1)`, and ConvNeXt's `as_strided` view as
+/// a Gather of every value in order) is freed: the graph runs any batch in one pass,
+/// with the same numbers.
 #[test]
-fn baked_batch_reshapes_run_any_batch() {
+fn baked_batch_views_run_any_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    for (batch, head) in [(1, [1i64, 16]), (2, [2, -1])] {
-        let p = fixed_batch_model(tmp.path(), "baked.onnx", batch, &[&head]);
+    let in_order = ("Gather", vec![1, 16], (0..16).collect());
+    let heads = [
+        (1, vec![reshape(&[1, 16])]),
+        (2, vec![reshape(&[2, -1])]),
+        (1, vec![reshape(&[-1]), in_order]),
+    ];
+    for (batch, head) in heads {
+        let p = fixed_batch_model(tmp.path(), "baked.onnx", batch, &head);
         let net = load(&p);
         assert_eq!(net.fixed_batch(), None, "{head:?}");
         three_samples_match(&net);

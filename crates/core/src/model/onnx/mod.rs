@@ -653,8 +653,8 @@ impl OnnxGraph {
 
     /// Lets a graph whose batch was fixed at export (dynamo bakes its example's) run any
     /// batch in one pass: chunks of 1 ran a batch-8 ResNet-18 at 0.64 of the speed of
-    /// the same network with a dynamic batch. The Reshapes whose constant shape starts
-    /// with that batch keep their input's instead, and the graph is freed only if a batch
+    /// the same network with a dynamic batch. The views whose constant shape starts with
+    /// that batch (`bakes_batch`) keep their input's instead, and the graph is freed only if a batch
     /// one larger, of distinct samples, gives the logits that the chunked run gives; any
     /// other shape baked in fails there, and the chunks stay.
     fn free_batch(&mut self, device: &Device) -> Result<()> {
@@ -664,15 +664,7 @@ impl OnnxGraph {
             return Ok(());
         };
         let leads: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                let n = &self.nodes[i];
-                let spec = n.inputs.get(1).and_then(|s| self.consts.get(s));
-                n.op == "Reshape"
-                    && spec
-                        .and_then(|t| ops::i64s(t).ok())
-                        .and_then(|v| v.first().copied())
-                        == Some(b as i64)
-            })
+            .filter(|&i| self.bakes_batch(&self.nodes[i], b))
             .collect();
         let mut dims = self.shapes[&self.input].clone();
         dims[0] = b + 1;
@@ -691,6 +683,28 @@ impl OnnxGraph {
             self.batch = Some(b);
         }
         Ok(())
+    }
+
+    /// Whether node `n` is a view whose constant shape starts with the baked batch `b`:
+    /// a Reshape, or a Gather of every value of a flattened tensor in order (dynamo's
+    /// lowering of a view through `as_strided`, ConvNeXt's head), a reshape to the
+    /// indices' shape.
+    fn bakes_batch(&self, n: &Node, b: usize) -> bool {
+        let Some(c) = n.inputs.get(1).and_then(|s| self.consts.get(s)) else {
+            return false;
+        };
+        let Ok(v) = ops::i64s(c) else { return false };
+        match n.op.as_str() {
+            "Reshape" => v.first() == Some(&(b as i64)),
+            "Gather" => {
+                let flat = n.inputs.first().and_then(|x| self.shapes.get(x));
+                n.attrs.get("axis").is_none_or(|a| a.i == 0)
+                    && c.dims().first() == Some(&b)
+                    && flat == Some(&vec![v.len()])
+                    && v.iter().enumerate().all(|(i, &j)| j == i as i64)
+            }
+            _ => false,
+        }
     }
 
     fn set_batch_leads(&mut self, nodes: &[usize], on: bool) {

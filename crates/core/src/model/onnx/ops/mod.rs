@@ -112,8 +112,9 @@ pub(super) struct Node {
     pub conv: OnceLock<Conv>,
     /// The same for a 3D convolution.
     pub conv3d: OnceLock<crate::model::volume::Conv3d>,
-    /// A Reshape whose constant shape starts with the batch size baked in at export:
-    /// it keeps its input's batch instead (set by `OnnxGraph::free_batch` once checked).
+    /// A view (Reshape, or a Gather that is one) whose constant shape starts with the
+    /// batch size baked in at export: it keeps its input's batch instead (set by
+    /// `OnnxGraph::free_batch` once checked).
     pub batch_lead: bool,
 }
 

@@ -101,6 +101,14 @@ fn cast(c: &Ctx) -> OpResult {
 fn gather(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
     let idx = c.input(1)?;
+    if c.node.batch_lead {
+        // Every value of a flat tensor in order: a reshape to the indices' shape, with
+        // the batch the input has (see `OnnxGraph::bakes_batch`).
+        let rest = idx.dims()[1..].to_vec();
+        let mut shape = vec![x.elem_count() / rest.iter().product::<usize>().max(1)];
+        shape.extend(rest);
+        return one(x.reshape(shape)?);
+    }
     let a = axis(c.int("axis").unwrap_or(0), x.rank())?;
     let dim = x.dim(a)? as i64;
     let ids: Vec<u32> = i64s(&idx)?
