@@ -654,9 +654,10 @@ impl OnnxGraph {
     /// Lets a graph whose batch was fixed at export (dynamo bakes its example's) run any
     /// batch in one pass: chunks of 1 ran a batch-8 ResNet-18 at 0.64 of the speed of
     /// the same network with a dynamic batch. The views whose constant shape starts with
-    /// that batch (`bakes_batch`) keep their input's instead, and the graph is freed only if a batch
-    /// one larger, of distinct samples, gives the logits that the chunked run gives; any
-    /// other shape baked in fails there, and the chunks stay.
+    /// that batch (`bakes_batch`) keep their input's instead, and the graph is freed only
+    /// if a batch one larger, of distinct samples, gives the logits and default-target
+    /// activations that the chunked run gives; any other shape baked in fails there, and
+    /// the chunks stay.
     fn free_batch(&mut self, device: &Device) -> Result<()> {
         /// Checking costs 2 (b + 1) forwards; past this the chunks are large enough.
         const MAX_CHECKED: usize = 8;
@@ -670,19 +671,37 @@ impl OnnxGraph {
         dims[0] = b + 1;
         let n = dims.iter().product();
         let x = Tensor::from_vec(crate::random::portable("free_batch", 0, n), dims, device)?;
-        let Ok(chunked) = crate::model::Body::forward(self, &x) else {
+        let Ok(chunked) = self.checked_values(&x) else {
             return Ok(()); // the chunks stay, and the first real batch reports why
         };
         self.set_batch_leads(&leads, true);
         self.batch = None;
-        let free = crate::model::Body::forward(self, &x)
-            .and_then(|t| Ok(close(&t, &chunked)?))
-            .unwrap_or(false);
+        let free = self.checked_values(&x).is_ok_and(|whole| {
+            whole
+                .iter()
+                .zip(&chunked)
+                .all(|(a, b)| close(a, b).unwrap_or(false))
+        });
         if !free {
             self.set_batch_leads(&leads, false);
             self.batch = Some(b);
         }
         Ok(())
+    }
+
+    /// The logits and the default target's activations for the batch `x`, run in the
+    /// graph's chunks (one when its batch is free), each narrowed to the real samples.
+    fn checked_values(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let names = [&self.output, &self.default_target];
+        let keep: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut parts = vec![Vec::new(); names.len()];
+        for c in self.chunks(x.dim(0)?) {
+            let v = self.eval_all(&self.chunk_of(x, c)?, Some(&keep), None)?;
+            for (part, name) in parts.iter_mut().zip(names) {
+                part.push(self.output_of(&v, name)?.narrow(0, 0, c.1)?);
+            }
+        }
+        parts.iter().map(|p| Ok(Tensor::cat(p, 0)?)).collect()
     }
 
     /// Whether node `n` is a view whose constant shape starts with the baked batch `b`:
@@ -768,7 +787,7 @@ impl OnnxGraph {
     }
 }
 
-/// Whether two runs' logits agree to float rounding (1e-4 of their largest magnitude).
+/// Whether two runs' values agree to float rounding (1e-4 of their largest magnitude).
 fn close(a: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
     if a.dims() != b.dims() {
         return Ok(false);
