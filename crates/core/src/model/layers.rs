@@ -75,6 +75,9 @@ pub struct Conv {
     pub tf_same: bool,
     /// The weights packed for the CPU convolution, made at first use.
     pub packed: std::sync::OnceLock<std::sync::Arc<super::fastconv::Packed>>,
+    /// A grouped (not depthwise) convolution's groups as dense ones, made at first use
+    /// (see `Conv::grouped`).
+    pub groups_dense: std::sync::OnceLock<Vec<Conv>>,
 }
 
 /// A convolution's weights and bias with the eval-mode BatchNorm after it folded in
@@ -201,6 +204,7 @@ impl Conv {
             groups,
             tf_same: false,
             packed: Default::default(),
+            groups_dense: Default::default(),
         })
     }
 
@@ -362,6 +366,54 @@ impl Conv {
         }
     }
 
+    /// A grouped convolution (ResNeXt, RegNet) as one packed dense convolution per
+    /// group on that group's input channels, joined along the channels: candle runs
+    /// each group through its own slower conv2d. The epilogue is per channel, so each
+    /// group applies its slice of the bias and the residual.
+    fn grouped(
+        &self,
+        x: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (c_in, c_out) = (x.dim(1)? / self.groups, self.weight.dim(0)? / self.groups);
+        let convs = match self.groups_dense.get() {
+            Some(c) => c,
+            None => {
+                let part = |i: usize| -> candle_core::Result<Conv> {
+                    Ok(Conv {
+                        weight: self.weight.narrow(0, i * c_out, c_out)?.contiguous()?,
+                        bias: self
+                            .bias
+                            .as_ref()
+                            .map(|b| b.narrow(0, i * c_out, c_out))
+                            .transpose()?,
+                        groups: 1,
+                        tf_same: false,
+                        packed: Default::default(),
+                        groups_dense: Default::default(),
+                        ..*self
+                    })
+                };
+                let convs = (0..self.groups)
+                    .map(part)
+                    .collect::<candle_core::Result<_>>()?;
+                self.groups_dense.get_or_init(|| convs)
+            }
+        };
+        let ys = convs
+            .iter()
+            .enumerate()
+            .map(|(i, conv)| {
+                let r = residual
+                    .map(|r| r.narrow(1, i * c_out, c_out))
+                    .transpose()?;
+                conv.fast(&x.narrow(1, i * c_in, c_in)?, act, r.as_ref())
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&ys, 1)
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_with(x, Act::Identity, None)
     }
@@ -412,12 +464,12 @@ impl Conv {
         } else {
             x
         };
-        if self.groups == 1
-            && x.device().is_cpu()
-            && x.dtype() == candle_core::DType::F32
-            && self.weight.dtype() == candle_core::DType::F32
-        {
+        let fast = cpu && self.weight.dtype() == candle_core::DType::F32;
+        if self.groups == 1 && fast {
             return self.fast(x, act, residual);
+        }
+        if !depthwise && fast && self.dims == Dims::Two {
+            return self.grouped(x, act, residual);
         }
         let y = if depthwise {
             let xp = if self.padding > 0 {
@@ -844,6 +896,7 @@ mod tests {
                 groups: 1,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let var = (rand(&[c], 3).abs().unwrap() + 0.5).unwrap();
             let bn = ChannelAffine {
@@ -937,6 +990,7 @@ mod tests {
                 groups: c,
                 tf_same: true,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let x = Var::from_tensor(&rand(&[2, c, h, w], 63)).unwrap();
             let ours = conv.forward_with(x.as_tensor(), Act::Relu6, None).unwrap();
@@ -959,6 +1013,64 @@ mod tests {
             );
             let gap = grad_gap(&ours, &theirs, &[&x], 64);
             assert!(gap < 1e-5, "grad k{k} s{stride} {h}x{w}");
+        }
+    }
+
+    /// Grouped, not depthwise (ResNeXt's 32 groups of 4 channels, RegNet's wider ones):
+    /// one packed conv per group against candle's grouped conv2d, with the bias, a
+    /// residual and ReLU of the fused epilogue; forward and input gradients. Strided
+    /// sizes cover the input exactly: candle's conv2d backward (a transposed conv without
+    /// output padding) drops an uncovered last column.
+    #[test]
+    fn grouped_conv_equals_candles_forward_and_backward() {
+        use candle_core::Var;
+        for (groups, c_in, c_out, k, stride, pad, h, w) in [
+            (4, 16, 16, 3, 1, 1, 9, 7),
+            (2, 6, 10, 3, 2, 1, 11, 9),
+            (8, 32, 32, 1, 1, 0, 5, 5),
+            (3, 48, 48, 3, 1, 1, 16, 16),
+        ] {
+            let conv = Conv {
+                dims: Dims::Two,
+                weight: rand(&[c_out, c_in / groups, k, k], 71),
+                bias: Some(rand(&[c_out], 72)),
+                stride,
+                padding: pad,
+                dilation: 1,
+                groups,
+                tf_same: false,
+                packed: Default::default(),
+                groups_dense: Default::default(),
+            };
+            let x = Var::from_tensor(&rand(&[2, c_in, h, w], 73)).unwrap();
+            let plain = x
+                .as_tensor()
+                .conv2d(&conv.weight, pad, stride, 1, groups)
+                .unwrap();
+            let r = Var::from_tensor(&rand(plain.dims(), 74)).unwrap();
+            let ours = conv
+                .forward_with(x.as_tensor(), Act::Relu, Some(r.as_tensor()))
+                .unwrap();
+            let bias = conv
+                .bias
+                .clone()
+                .unwrap()
+                .reshape((1, c_out, 1, 1))
+                .unwrap();
+            let theirs = (plain.broadcast_add(&bias).unwrap() + r.as_tensor())
+                .unwrap()
+                .relu()
+                .unwrap();
+            let case = format!("g{groups} {c_in}->{c_out} k{k} s{stride}");
+            assert_eq!(
+                conv.groups_dense.get().map(Vec::len),
+                Some(groups),
+                "{case}"
+            );
+            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{case}");
+            let gap = grad_gap(&ours, &theirs, &[&x, &r], 75);
+            assert!(gap < 1e-4, "grad {case}");
         }
     }
 
@@ -989,6 +1101,7 @@ mod tests {
                 groups: c,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let x = Var::from_tensor(&rand(&[2, c, h, w], 13)).unwrap();
             let ours = conv.forward(x.as_tensor()).unwrap();
@@ -1041,6 +1154,7 @@ mod tests {
                 groups: 1,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let x = Var::from_tensor(&rand(&xs, 22)).unwrap();
             let y = conv.forward(x.as_tensor()).unwrap();
@@ -1149,6 +1263,7 @@ mod tests {
                 groups: 1,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let x = rand(&[n, cin, h, w], 33);
             let ours = conv.forward(&x).unwrap();
@@ -1193,6 +1308,7 @@ mod tests {
                 groups,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             // Scaled so that ReLU6 clips on both sides.
             let x = Var::from_tensor(&(rand(&xshape, 43) * 20.0).unwrap()).unwrap();

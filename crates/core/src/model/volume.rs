@@ -166,6 +166,7 @@ impl Conv3d {
                 groups: 1,
                 tf_same: false,
                 packed: Default::default(),
+                groups_dense: Default::default(),
             };
             let y = k.dense(&xs)?;
             acc = Some(match acc {

@@ -107,6 +107,7 @@ fn conv(c: &Ctx) -> OpResult {
         groups,
         tf_same,
         packed: Default::default(),
+        groups_dense: Default::default(),
     };
     let fresh;
     let conv = if c.is_const(1) && c.is_const(2) {
