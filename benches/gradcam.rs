@@ -59,6 +59,7 @@ fn convs(c: &mut Criterion) {
             groups: 1,
             tf_same: false,
             packed: Default::default(),
+            groups_dense: Default::default(),
         };
         let x = Tensor::randn(0f32, 1.0, (8, cin, side, side), &Device::Cpu).expect("x");
         g.bench_function(format!("{cin}->{cout} {k}x{k}/{s} at {side}x{side}"), |b| {
