@@ -2,7 +2,7 @@
 //! blocks of MobileNetV3 and EfficientNet) and Softmax.
 
 use super::{axis, one, unsupported, Ctx, OpError, OpFn, OpResult};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 pub(super) const OPS: &[(&str, OpFn)] = &[
     ("GlobalAveragePool", global_pool),
@@ -29,15 +29,12 @@ pub(in crate::model::onnx) fn is_global_pool(op: &str) -> bool {
 
 fn global_pool(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
-    let mut shape: Vec<usize> = x.dims()[..2].to_vec();
-    let flat = x.flatten_from(2)?;
-    let r = if c.node.op == "GlobalAveragePool" {
-        flat.mean_keepdim(D::Minus1)?
+    let op = if c.node.op == "GlobalAveragePool" {
+        "ReduceMean"
     } else {
-        flat.max_keepdim(D::Minus1)?
+        "ReduceMax"
     };
-    shape.extend(std::iter::repeat_n(1, x.rank() - 2));
-    one(r.reshape(shape)?)
+    one(reduce_trailing(op, &x, 2, true)?)
 }
 
 fn reduce(c: &Ctx) -> OpResult {
@@ -57,33 +54,33 @@ fn reduce(c: &Ctx) -> OpResult {
     axes.sort_unstable();
     axes.dedup();
     let keep = c.int("keepdims").unwrap_or(1) != 0;
-    let rank = x.rank();
-    let mut y = x;
-    // Trailing axes (a ReduceMean over H and W: SE blocks, dynamo's global pooling)
-    // reduce as one contiguous axis; candle's reduction over a strided axis is slow.
-    let first = axes.first().copied().unwrap_or(0);
-    if axes.len() > 1
-        && axes
-            .iter()
-            .enumerate()
-            .all(|(i, &a)| a == first + i && a < rank)
-        && axes.last() == Some(&(rank - 1))
-    {
-        let mut shape = y.dims()[..first].to_vec();
-        if keep {
-            shape.extend(std::iter::repeat_n(1, axes.len()));
-        }
-        return one(reduce_axis(c, y.flatten_from(first)?, first, true)?.reshape(shape)?);
+    let op = c.node.op.as_str();
+    // Trailing axes (a ReduceMean over H and W: SE blocks, dynamo's global pooling).
+    let trailing = axes.windows(2).all(|w| w[1] == w[0] + 1)
+        && axes.last().is_some_and(|&a| a + 1 == x.rank());
+    if axes.len() > 1 && trailing {
+        return one(reduce_trailing(op, &x, axes[0], keep)?);
     }
+    let mut y = x;
     for &a in axes.iter().rev() {
-        y = reduce_axis(c, y, a, keep)?;
+        y = reduce_axis(op, y, a, keep)?;
     }
     one(y)
 }
 
-/// One ONNX reduction over axis `a`.
-fn reduce_axis(c: &Ctx, y: Tensor, a: usize, keep: bool) -> Result<Tensor, OpError> {
-    Ok(match (c.node.op.as_str(), keep) {
+/// `op` over every axis from `first` on, reduced as one contiguous axis (candle's
+/// reduction over a strided axis is slow); with `keep`, those axes stay as 1s.
+fn reduce_trailing(op: &str, x: &Tensor, first: usize, keep: bool) -> Result<Tensor, OpError> {
+    let mut shape = x.dims()[..first].to_vec();
+    if keep {
+        shape.extend(std::iter::repeat_n(1, x.rank() - first));
+    }
+    Ok(reduce_axis(op, x.flatten_from(first)?, first, true)?.reshape(shape)?)
+}
+
+/// One ONNX reduction (ReduceMean, ReduceSum, ReduceMax) over axis `a`.
+fn reduce_axis(op: &str, y: Tensor, a: usize, keep: bool) -> Result<Tensor, OpError> {
+    Ok(match (op, keep) {
         ("ReduceMean", true) => y.mean_keepdim(a)?,
         ("ReduceMean", false) => y.mean(a)?,
         ("ReduceSum", true) => y.sum_keepdim(a)?,
