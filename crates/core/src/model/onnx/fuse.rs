@@ -1,6 +1,7 @@
 //! What the evaluator can skip: a Conv and the activation after it run as one op (with
-//! a residual Add between them: ResNet's blocks, MobileNet's bottlenecks), and a value
-//! is dropped after its last reader.
+//! a residual Add between them: ResNet's blocks, MobileNet's bottlenecks), so does a
+//! standalone BatchNormalization and its activation (DenseNet), and a value is dropped
+//! after its last reader.
 //!
 //! Every tensor of a graph can be a CAM target, so nothing is rewritten at load: a
 //! fusion is planned per Conv node and taken at run time only when none of the tensors
@@ -16,7 +17,8 @@ use candle_core::Tensor;
 use super::ops::{scalar, Node};
 use crate::model::fastconv::Act;
 
-/// A Conv node (by index) with the nodes after it that its epilogue replaces.
+/// A Conv (or BatchNormalization) node, by index, with the nodes after it that its
+/// epilogue replaces.
 #[derive(Clone, Debug)]
 pub(super) struct Fusion {
     pub act: Act,
@@ -40,7 +42,7 @@ impl Fusion {
     }
 }
 
-/// Per node, the fusion that starts at it (Conv nodes only). `values` are a probe run's
+/// Per node, the fusion that starts at it (Conv and BatchNormalization nodes only). `values` are a probe run's
 /// (Clip's bounds may come from Constant nodes).
 pub(super) fn plan(
     nodes: &[Node],
@@ -63,7 +65,12 @@ pub(super) fn plan(
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let conv_out = n.outputs.first().filter(|_| n.op == "Conv")?;
+            // A standalone BatchNormalization takes its activation too (not a residual).
+            let is_conv = n.op == "Conv";
+            let conv_out = n
+                .outputs
+                .first()
+                .filter(|_| is_conv || n.op == "BatchNormalization")?;
             let j = readers.get(conv_out.as_str())?;
             let single = |act: Act, j: usize| Fusion {
                 act,
@@ -74,6 +81,9 @@ pub(super) fn plan(
             };
             match j.as_slice() {
                 [j] if conv_out != output && nodes[*j].op == "Add" => {
+                    if !is_conv {
+                        return None;
+                    }
                     let grouped = n.attrs.get("group").is_some_and(|g| g.i > 1);
                     let add = &nodes[*j];
                     let other = match add.inputs.as_slice() {
@@ -204,6 +214,31 @@ mod tests {
         for f in residual {
             assert_eq!(f.act, crate::model::fastconv::Act::Relu);
             assert_eq!(f.absorbed.len(), 2);
+        }
+    }
+
+    /// The `dense_bn` fixture (DenseNet layers, `conv(relu(norm(cat(xs))))`): each
+    /// standalone BatchNormalization takes the ReLU after it, and none takes an Add.
+    /// Values are checked by tests/families.rs against pytorch-grad-cam.
+    #[test]
+    fn standalone_batch_norms_take_their_relu() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/families/dense_bn/model.onnx");
+        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let norms: Vec<_> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.op == "BatchNormalization")
+            .collect();
+        assert!(norms.len() >= 3, "{} norms", norms.len());
+        for (i, n) in norms {
+            let f = g.fusions[i]
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} unfused", n.name));
+            assert_eq!(f.act, crate::model::fastconv::Act::Relu, "{}", n.name);
+            assert_eq!(f.residual, None);
+            assert_eq!(g.nodes[f.absorbed[0]].op, "Relu");
         }
     }
 }

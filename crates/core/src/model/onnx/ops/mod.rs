@@ -133,8 +133,8 @@ pub(super) struct Ctx<'a> {
     pub node: &'a Node,
     pub values: &'a HashMap<String, Tensor>,
     pub consts: &'a HashMap<String, Tensor>,
-    /// The activation a Conv applies as it stores (a fusion, see `fuse`); Identity
-    /// elsewhere, and the other operators ignore it.
+    /// The activation a Conv or BatchNormalization applies as it stores (a fusion, see
+    /// `fuse`); Identity elsewhere, and the other operators ignore it.
     pub act: crate::model::fastconv::Act,
     /// The tensor a Conv adds before its activation (a fused residual Add), if any.
     pub residual: Option<&'a str>,
