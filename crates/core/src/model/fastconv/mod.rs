@@ -13,9 +13,11 @@
 //! 1D convolutions are 1-high 2D ones. The input gradient (what Grad-CAM needs below a
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
 //! Submodules: `winograd` (3x3 stride-1 convolutions on larger maps), `depthwise`,
-//! `pool` (max pooling where no gradient flows), `act` (the fused activations).
+//! `pool` (max pooling where no gradient flows), `act` (the fused activations),
+//! `concat` (channel concatenation copied on every thread).
 
 mod act;
+pub mod concat;
 pub mod conv3d;
 mod depthwise;
 pub mod pool;
