@@ -338,7 +338,11 @@ impl Conv {
                         dw: self.dilation,
                     },
                 };
-                let p = std::sync::Arc::new(Packed::new(geo, w, self.bias.as_ref())?);
+                let p = std::sync::Arc::new(if self.groups > 1 {
+                    Packed::grouped(geo, w, self.bias.as_ref())?
+                } else {
+                    Packed::new(geo, w, self.bias.as_ref())?
+                });
                 self.packed.get_or_init(|| p).clone()
             }
         })
@@ -366,9 +370,10 @@ impl Conv {
         }
     }
 
-    /// A grouped convolution (ResNeXt, RegNet) as one packed dense convolution per
-    /// group on that group's input channels, joined along the channels: candle runs
-    /// each group through its own slower conv2d. The epilogue is per channel, so each
+    /// A grouped convolution (ResNeXt, RegNet): where no gradient flows, one op over
+    /// all groups (`fastconv::GroupedConvOp`); else one packed dense convolution per
+    /// group on that group's input channels, joined along the channels (candle runs
+    /// each group through its own slower conv2d). The epilogue is per channel, so each
     /// group applies its slice of the bias and the residual.
     fn grouped(
         &self,
@@ -376,6 +381,18 @@ impl Conv {
         act: Act,
         residual: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        if !x.track_op() && residual.is_none_or(|r| !r.track_op()) {
+            let op = super::fastconv::GroupedConvOp {
+                packed: self.packed()?,
+                groups: self.groups,
+                act,
+            };
+            let x = x.contiguous()?;
+            return match residual {
+                Some(r) => x.apply_op2(&r.contiguous()?, op),
+                None => x.apply_op1(op),
+            };
+        }
         let (c_in, c_out) = (x.dim(1)? / self.groups, self.weight.dim(0)? / self.groups);
         let convs = match self.groups_dense.get() {
             Some(c) => c,
@@ -1021,7 +1038,8 @@ mod tests {
 
     /// Grouped, not depthwise (ResNeXt's 32 groups of 4 channels, RegNet's wider ones):
     /// one packed conv per group against candle's grouped conv2d, with the bias, a
-    /// residual and ReLU of the fused epilogue; forward and input gradients. Strided
+    /// residual and ReLU of the fused epilogue; forward and input gradients, and the
+    /// forward of the one op that runs all groups where no gradient flows. Strided
     /// sizes cover the input exactly: candle's conv2d backward (a transposed conv without
     /// output padding) drops an uncovered last column.
     #[test]
@@ -1074,6 +1092,20 @@ mod tests {
             assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{case}");
             let gap = grad_gap(&ours, &theirs, &[&x, &r], 75);
             assert!(gap < 1e-4, "grad {case}");
+            // Where no gradient flows: all groups in one op (its packing, not the
+            // per-group convs').
+            let fresh = Conv {
+                packed: Default::default(),
+                groups_dense: Default::default(),
+                weight: conv.weight.clone(),
+                bias: conv.bias.clone(),
+                ..conv
+            };
+            let (x, r) = (x.as_tensor().detach(), r.as_tensor().detach());
+            let ours = fresh.forward_with(&x, Act::Relu, Some(&r)).unwrap();
+            assert!(fresh.groups_dense.get().is_none() && fresh.packed.get().is_some());
+            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "no grad {case}");
         }
     }
 

@@ -155,6 +155,7 @@ impl Conv3dOp {
             weight: &p.weight,
             bias: p.bias.as_deref(),
             c_out: g.c_out,
+            groups: 1,
             ks,
             pointwise: g.pointwise(),
             act: self.act,

@@ -14,17 +14,20 @@
 //! cut) is W^T times the output gradient, scattered back (col2im), per image.
 //! Submodules: `winograd` (3x3 stride-1 convolutions on larger maps), `depthwise`,
 //! `pool` (max pooling where no gradient flows), `act` (the fused activations),
-//! `concat` (channel concatenation copied on every thread).
+//! `concat` (channel concatenation copied on every thread), `grouped` (grouped
+//! convolutions where no gradient flows).
 
 mod act;
 pub mod concat;
 pub mod conv3d;
 mod depthwise;
+mod grouped;
 pub mod pool;
 mod winograd;
 
 pub use act::Act;
 pub use depthwise::DepthwiseOp;
+pub use grouped::GroupedConvOp;
 
 use std::sync::Arc;
 
@@ -72,6 +75,22 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// Weights of a convolution in groups (depthwise included): `geo` has one group's
+    /// input channels. No Winograd transform: the grouped ops convolve directly.
+    pub fn grouped(
+        geo: Geometry,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Self> {
+        let (weight, bias) = host_weights(weight, bias, geo.c_out * geo.k_size(), &geo)?;
+        Ok(Self {
+            geo,
+            weight,
+            bias,
+            winograd: None,
+        })
+    }
+
     pub fn new(geo: Geometry, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Self> {
         let (weight, bias) = host_weights(weight, bias, geo.c_out * geo.k_size(), &geo)?;
         let winograd = (winograd::eligible(&geo) && winograd::enabled())
@@ -399,6 +418,8 @@ struct PackedView<'a> {
     weight: &'a [f32],
     bias: Option<&'a [f32]>,
     c_out: usize,
+    /// Conv groups: each reads c_in / groups input channels (1: a dense conv).
+    groups: usize,
     /// Values per output channel's weights: one im2col column's length.
     ks: usize,
     /// 1x1 (x1) stride 1 without padding: the input is the patch.
@@ -419,10 +440,11 @@ struct BandedOutput {
 /// (`phases` is scratch for strided rows).
 type PatchFn<'a> = dyn Fn(&[f32], (usize, usize), &mut [f32], &mut Vec<f32>) + Sync + 'a;
 
-/// Each (sample, band of output rows, group of output channels) as one single-threaded
-/// product written into `dst`, then the epilogue on its rows. Small batches of small
-/// maps (batch 1 at ResNet's layer4 is one band) would leave threads idle, so the output
-/// channels are split too.
+/// Each (sample, band of output rows, conv group, split of the group's output channels)
+/// as one single-threaded product written into `dst`, then the epilogue on its rows.
+/// Small batches of small maps (batch 1 at ResNet's layer4 is one band) would leave
+/// threads idle, so the output channels are split too. A conv group reads its own
+/// slice of each sample's channels and writes its own output channels.
 fn banded_jobs(
     k: &PackedView,
     out: &BandedOutput,
@@ -434,38 +456,43 @@ fn banded_jobs(
     let (ow, plane, ks) = (out.ow, out.rows * out.ow, k.ks);
     let rows = band(ow);
     let bands = out.rows.div_ceil(rows);
-    let (groups, per) = channel_groups(k.c_out, out.n * bands, rayon::current_num_threads());
-    (0..out.n * bands * groups).into_par_iter().for_each(|job| {
-        with_scratch(|scratch| {
-            let (sample_band, grp) = (job / groups, job % groups);
-            let (b, t) = (sample_band / bands, sample_band % bands);
-            let (co0, m) = (grp * per, per.min(k.c_out - grp * per));
-            let r0 = t * rows;
-            let r = rows.min(out.rows - r0);
-            let tp = r * ow;
-            let sample = &x[b * out.in_len..(b + 1) * out.in_len];
-            let at = b * k.c_out * plane + co0 * plane + r0 * ow;
-            // SAFETY: each job writes only its own channels of its own band of rows of
-            // its own sample; `dst` outlives the parallel loop; gemm reads the sample,
-            // the patch and the weights in bounds, and the residual is shaped like the
-            // output.
-            unsafe {
-                let d = dst.get().add(at);
-                let wt = k.weight.as_ptr().add(co0 * ks);
-                if k.pointwise {
-                    let src = sample.as_ptr().add(r0 * ow);
-                    matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
-                } else {
-                    let col = grown(&mut scratch.bufs[0], ks * tp);
-                    patch(sample, (r0, r), col, &mut scratch.phases);
-                    matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
+    let (groups, co_g, in_g) = (k.groups, k.c_out / k.groups, out.in_len / k.groups);
+    let (splits, per) = channel_groups(co_g, out.n * bands * groups, rayon::current_num_threads());
+    (0..out.n * bands * groups * splits)
+        .into_par_iter()
+        .for_each(|job| {
+            with_scratch(|scratch| {
+                let (rest, split) = (job / splits, job % splits);
+                let (sample_band, gi) = (rest / groups, rest % groups);
+                let (b, t) = (sample_band / bands, sample_band % bands);
+                let (co0, m) = (gi * co_g + split * per, per.min(co_g - split * per));
+                let r0 = t * rows;
+                let r = rows.min(out.rows - r0);
+                let tp = r * ow;
+                let from = b * out.in_len + gi * in_g;
+                let sample = &x[from..from + in_g];
+                let at = b * k.c_out * plane + co0 * plane + r0 * ow;
+                // SAFETY: each job writes only its own channels of its own band of rows
+                // of its own sample; `dst` outlives the parallel loop; gemm reads the
+                // sample, the patch and the weights in bounds, and the residual is shaped
+                // like the output.
+                unsafe {
+                    let d = dst.get().add(at);
+                    let wt = k.weight.as_ptr().add(co0 * ks);
+                    if k.pointwise {
+                        let src = sample.as_ptr().add(r0 * ow);
+                        matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
+                    } else {
+                        let col = grown(&mut scratch.bufs[0], ks * tp);
+                        patch(sample, (r0, r), col, &mut scratch.phases);
+                        matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
+                    }
+                    let bias = k.bias.map(|b| &b[co0..co0 + m]);
+                    let res = residual.map(|r| r.as_ptr().add(at));
+                    epilogue(d, (m, tp, plane), bias, res, k.act);
                 }
-                let bias = k.bias.map(|b| &b[co0..co0 + m]);
-                let res = residual.map(|r| r.as_ptr().add(at));
-                epilogue(d, (m, tp, plane), bias, res, k.act);
-            }
-        })
-    });
+            })
+        });
 }
 
 /// C (m x n, row stride `rs_c`) = A (m x k, row-major) * B (k x n, row stride `rs_b`);
@@ -584,6 +611,7 @@ impl ConvOp {
             weight: &p.weight,
             bias: p.bias.as_deref(),
             c_out: g.c_out,
+            groups: 1,
             ks: g.k_size(),
             pointwise: g.pointwise(),
             act: self.act,
