@@ -428,10 +428,7 @@ impl Conv {
                 conv.fast(&x.narrow(1, i * c_in, c_in)?, act, r.as_ref())
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        match super::fastconv::concat::cat(&ys, 1)? {
-            Some(y) => Ok(y),
-            None => Tensor::cat(&ys, 1),
-        }
+        Tensor::cat(&ys, 1)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
