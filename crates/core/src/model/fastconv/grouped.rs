@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
-use super::{
-    banded_jobs, count_flops, epilogue_op, filled, im2col, Act, BandedOutput, Packed, PackedView,
-};
+use super::{checked_output, epilogue_op, filled, forward_bands, Act, Packed};
 
 /// act(grouped conv(x) + bias + residual): `packed` holds the (c_out, c_in / groups,
 /// kh, kw) weights, its geometry one group's input channels and all output channels.
@@ -29,48 +27,12 @@ impl GroupedConvOp {
         (n, c, h, w): (usize, usize, usize, usize),
         residual: Option<&[f32]>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = &self.packed;
-        let g = &p.geo;
-        if self.groups == 0 || c != g.c_in * self.groups || !g.c_out.is_multiple_of(self.groups) {
-            candle_core::bail!(
-                "grouped conv: {c} input and {} output channels in {} groups of {} inputs",
-                g.c_out,
-                self.groups,
-                g.c_in
-            );
-        }
-        let (oh, ow) = g.out(h, w);
-        let len = n * g.c_out * oh * ow;
-        if residual.is_some_and(|r| r.len() != len) {
-            candle_core::bail!("grouped conv: the residual is not shaped like the output");
-        }
-        count_flops(len * g.k_size());
-        let weights = PackedView {
-            weight: &p.weight,
-            bias: p.bias.as_deref(),
-            c_out: g.c_out,
-            groups: self.groups,
-            ks: g.k_size(),
-            pointwise: g.pointwise(),
-            act: self.act,
-        };
-        let out = BandedOutput {
-            n,
-            in_len: c * h * w,
-            rows: oh,
-            ow,
-        };
-        let y = filled(len, |dst| {
-            banded_jobs(
-                &weights,
-                &out,
-                x,
-                residual,
-                dst,
-                &|img, (r0, r), col, phases| im2col(g, img, (h, w), (r0, r, ow), col, phases),
-            )
+        let (p, groups) = (&self.packed, self.groups);
+        let (oh, ow) = checked_output(&p.geo, groups, (n, c, h, w), residual)?;
+        let y = filled(n * p.geo.c_out * oh * ow, |dst| {
+            forward_bands(p, self.act, groups, x, (n, c, h, w), residual, dst)
         });
-        Ok((CpuStorage::F32(y), Shape::from((n, g.c_out, oh, ow))))
+        Ok((CpuStorage::F32(y), Shape::from((n, p.geo.c_out, oh, ow))))
     }
 
     fn input_grad(&self, _: &Tensor, _: &Tensor) -> candle_core::Result<Tensor> {

@@ -549,6 +549,68 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::
     }
 }
 
+/// The output size of a 2D conv in `groups` (1: dense) on an (n, c, h, w) input, once
+/// the channels and the residual's size are checked; its multiply-adds are counted.
+fn checked_output(
+    g: &Geometry,
+    groups: usize,
+    (n, c, h, w): (usize, usize, usize, usize),
+    residual: Option<&[f32]>,
+) -> candle_core::Result<(usize, usize)> {
+    if groups == 0 || c != g.c_in * groups || !g.c_out.is_multiple_of(groups) {
+        candle_core::bail!(
+            "camstream conv: {c} input channels, {} output channels, weights take {} in each of {groups} groups",
+            g.c_out,
+            g.c_in
+        );
+    }
+    let (oh, ow) = g.out(h, w);
+    let len = n * g.c_out * oh * ow;
+    if residual.is_some_and(|r| r.len() != len) {
+        candle_core::bail!("camstream conv: the residual is not shaped like the output");
+    }
+    count_flops(len * g.k_size());
+    Ok((oh, ow))
+}
+
+/// Each (image, band of output rows, conv group, group of output channels) as one
+/// single-threaded product, written into `dst` (n, c_out, oh, ow).
+fn forward_bands(
+    p: &Packed,
+    act: Act,
+    groups: usize,
+    x: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    residual: Option<&[f32]>,
+    dst: SendPtr,
+) {
+    let g = &p.geo;
+    let (oh, ow) = g.out(h, w);
+    let weights = PackedView {
+        weight: &p.weight,
+        bias: p.bias.as_deref(),
+        c_out: g.c_out,
+        groups,
+        ks: g.k_size(),
+        pointwise: g.pointwise(),
+        act,
+    };
+    let out = BandedOutput {
+        n,
+        in_len: c * h * w,
+        rows: oh,
+        ow,
+    };
+    banded_jobs(
+        &weights,
+        &out,
+        x,
+        residual,
+        dst,
+        &|img, (r0, r), col, phases| im2col(g, img, (h, w), (r0, r, ow), col, phases),
+    );
+}
+
 /// The forward op: (N, c_in, H, W) -> (N, c_out, OH, OW), then the epilogue. As a
 /// `CustomOp2` its second argument is a residual shaped like the output, added before
 /// the activation.
@@ -566,18 +628,8 @@ impl ConvOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = &self.packed;
         let g = &p.geo;
-        if c != g.c_in {
-            candle_core::bail!(
-                "camstream conv: {c} input channels, weights take {}",
-                g.c_in
-            );
-        }
-        let (oh, ow) = g.out(h, w);
+        let (oh, ow) = checked_output(g, 1, (n, c, h, w), residual)?;
         let plane = oh * ow;
-        if residual.is_some_and(|r| r.len() != n * g.c_out * plane) {
-            candle_core::bail!("camstream conv: the residual is not shaped like the output");
-        }
-        count_flops(n * g.c_out * plane * g.k_size());
         let shape = Shape::from((n, g.c_out, oh, ow));
         if let Some(u) = p.winograd.as_ref().filter(|_| winograd::worth(oh, ow)) {
             let bias = p.bias.as_deref();
@@ -590,46 +642,9 @@ impl ConvOp {
             return Ok((self.forward_batched(x, (n, c, h, w), residual), shape));
         }
         let out = filled(n * g.c_out * plane, |dst| {
-            self.forward_bands(x, (n, c, h, w), residual, dst)
+            forward_bands(p, self.act, 1, x, (n, c, h, w), residual, dst)
         });
         Ok((CpuStorage::F32(out), shape))
-    }
-
-    /// Each (image, band of output rows, group of output channels) as one
-    /// single-threaded product, written into `dst` (n, c_out, oh, ow).
-    fn forward_bands(
-        &self,
-        x: &[f32],
-        (n, c, h, w): (usize, usize, usize, usize),
-        residual: Option<&[f32]>,
-        dst: SendPtr,
-    ) {
-        let p = &self.packed;
-        let g = &p.geo;
-        let (oh, ow) = g.out(h, w);
-        let weights = PackedView {
-            weight: &p.weight,
-            bias: p.bias.as_deref(),
-            c_out: g.c_out,
-            groups: 1,
-            ks: g.k_size(),
-            pointwise: g.pointwise(),
-            act: self.act,
-        };
-        let out = BandedOutput {
-            n,
-            in_len: c * h * w,
-            rows: oh,
-            ow,
-        };
-        banded_jobs(
-            &weights,
-            &out,
-            x,
-            residual,
-            dst,
-            &|img, (r0, r), col, phases| im2col(g, img, (h, w), (r0, r, ow), col, phases),
-        );
     }
 
     /// Small maps of a batch as one product over all images: k x (n*plane) columns,
