@@ -76,7 +76,8 @@ pub struct Packed {
 
 impl Packed {
     /// Weights of a convolution in groups (depthwise included): `geo` has one group's
-    /// input channels. No Winograd transform: the grouped ops convolve directly.
+    /// input channels. No Winograd transform (`new` adds it where it applies): the
+    /// grouped ops convolve directly.
     pub fn grouped(
         geo: Geometry,
         weight: &Tensor,
@@ -92,15 +93,10 @@ impl Packed {
     }
 
     pub fn new(geo: Geometry, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Self> {
-        let (weight, bias) = host_weights(weight, bias, geo.c_out * geo.k_size(), &geo)?;
-        let winograd = (winograd::eligible(&geo) && winograd::enabled())
-            .then(|| winograd::transform_weights(&geo, &weight));
-        Ok(Self {
-            geo,
-            weight,
-            bias,
-            winograd,
-        })
+        let mut p = Self::grouped(geo, weight, bias)?;
+        p.winograd = (winograd::eligible(&p.geo) && winograd::enabled())
+            .then(|| winograd::transform_weights(&p.geo, &p.weight));
+        Ok(p)
     }
 }
 

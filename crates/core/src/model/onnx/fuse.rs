@@ -42,8 +42,8 @@ impl Fusion {
     }
 }
 
-/// Per node, the fusion that starts at it (Conv and BatchNormalization nodes only). `values` are a probe run's
-/// (Clip's bounds may come from Constant nodes).
+/// Per node, the fusion that starts at it (Conv and BatchNormalization nodes only).
+/// `values` are a probe run's (Clip's bounds may come from Constant nodes).
 pub(super) fn plan(
     nodes: &[Node],
     values: &HashMap<String, Tensor>,
