@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// libx264 preset of the `--video` run, as `video --preset`
     #[arg(long, default_value = camstream_media::encode::DEFAULT_PRESET)]
     pub preset: String,
+    /// libx264 threads of the `--video` run, as `video --encode-threads`
+    #[arg(long)]
+    pub encode_threads: Option<usize>,
     /// Also time these CAM methods against forward-only and Grad-CAM on the same batch:
     /// comma-separated names or `all`. Each is timed interleaved with its own forward
     /// and Grad-CAM runs; methods with extra forward passes (scorecam, ablationcam) are
@@ -290,7 +293,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         (Some(pre), Some(ovl))
     };
     let video = match &a.video {
-        Some(v) => Some(super::video::bench(&cam, v, a.batch, &a.preset)?),
+        Some(v) => Some(super::video::bench(
+            &cam,
+            v,
+            a.batch,
+            &a.preset,
+            a.encode_threads,
+        )?),
         None => None,
     };
     if a.json {

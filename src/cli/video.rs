@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use camstream_core::preprocess::{InputKind, Resize};
 use camstream_core::Explainer;
 use camstream_media::decode::Section;
-use camstream_media::encode::EncodeOptions;
+use camstream_media::encode::{default_threads as default_encode_threads, EncodeOptions};
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::{
     run_video, ClipSampling, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob,
@@ -106,6 +106,12 @@ pub struct VideoArgs {
     /// libx264 preset (ultrafast ... veryslow)
     #[arg(long, default_value = camstream_media::encode::DEFAULT_PRESET)]
     pub preset: String,
+
+    /// libx264 threads (default: a quarter of the cores, at least 1, so the network
+    /// keeps the rest; 0 lets libx264 choose). Raise it when the model runs on a GPU
+    /// and encoding becomes the slowest stage
+    #[arg(long)]
+    pub encode_threads: Option<usize>,
 
     /// Start of the section to process, in seconds
     #[arg(long)]
@@ -228,7 +234,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         encode: EncodeOptions {
             crf: a.crf,
             preset: a.preset.clone(),
-            threads: 0,
+            threads: a.encode_threads.unwrap_or_else(default_encode_threads),
         },
         frames_json: a.frames_json.clone(),
         clips_json: a.clips_json.clone(),
@@ -301,6 +307,7 @@ pub fn bench(
     input: &std::path::Path,
     batch: usize,
     preset: &str,
+    encode_threads: Option<usize>,
 ) -> Result<camstream_pipeline::VideoReport> {
     // The file is thrown away: a hidden, per-run name in the temp folder.
     let output = camstream_media::io::temp_name(&std::env::temp_dir().join("camstream-bench.mp4"));
@@ -310,6 +317,7 @@ pub fn bench(
         section: Section::default(),
         encode: EncodeOptions {
             preset: preset.into(),
+            threads: encode_threads.unwrap_or_else(default_encode_threads),
             ..EncodeOptions::default()
         },
         frames_json: None,
