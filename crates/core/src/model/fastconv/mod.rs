@@ -21,6 +21,7 @@ mod act;
 pub mod concat;
 pub mod conv3d;
 mod depthwise;
+pub mod gelu;
 mod grouped;
 pub mod pool;
 mod winograd;

@@ -92,7 +92,10 @@ fn hard_swish(c: &Ctx) -> OpResult {
 fn gelu(c: &Ctx) -> OpResult {
     let x = c.input(0)?;
     match c.string("approximate").as_deref() {
-        None | Some("none") => one(x.gelu_erf()?),
+        None | Some("none") => match crate::model::fastconv::gelu::gelu_erf(&x)? {
+            Some(y) => one(y),
+            None => one(x.gelu_erf()?),
+        },
         Some("tanh") => one(x.gelu()?),
         Some(o) => Err(unsupported(format!("Gelu approximate `{o}`"))),
     }
