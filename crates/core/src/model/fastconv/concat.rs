@@ -3,10 +3,10 @@
 //! calling thread alone: 15 % of a DenseNet-121 forward at batch 8, with the other
 //! thread idle.
 
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, filled};
+use super::{contiguous_f32, filled, untracked_cpu_f32};
 
 /// Values below which candle's copy runs (spreading it costs more than it saves).
 const PARALLEL_FROM: usize = 64 * 1024;
@@ -25,15 +25,8 @@ pub fn cat(ts: &[Tensor], axis: usize) -> candle_core::Result<Option<Tensor>> {
         t.rank() == first.rank()
             && (0..t.rank()).all(|d| d == axis || t.dims()[d] == first.dims()[d])
     };
-    let usable = axis < first.rank()
-        && ts.len() > 1
-        && ts.iter().all(|t| {
-            t.device().is_cpu()
-                && t.dtype() == DType::F32
-                && t.is_contiguous()
-                && !t.track_op()
-                && agree(t)
-        });
+    let usable =
+        axis < first.rank() && ts.len() > 1 && ts.iter().all(|t| untracked_cpu_f32(t) && agree(t));
     let total: usize = ts.iter().map(Tensor::elem_count).sum();
     if !usable || total < PARALLEL_FROM {
         return Ok(None);

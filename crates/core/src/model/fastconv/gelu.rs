@@ -1,10 +1,10 @@
 //! GELU (the erf form) on the CPU, vectorised and on every thread. candle's `gelu_erf`
 //! calls libm's scalar `erff` once per value: a tenth of a ConvNeXt-Tiny forward.
 
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{act, contiguous_f32, filled};
+use super::{act, contiguous_f32, filled, untracked_cpu_f32};
 
 /// Values below which candle's GELU runs (spreading it costs more than it saves).
 const PARALLEL_FROM: usize = 64 * 1024;
@@ -15,12 +15,7 @@ const PIECE: usize = 16 * 1024;
 /// flows from; `None` otherwise (or when it is small), and the caller runs candle's,
 /// which records its backward.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let usable = x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && x.is_contiguous()
-        && !x.track_op()
-        && x.elem_count() >= PARALLEL_FROM;
-    if !usable {
+    if !untracked_cpu_f32(x) || x.elem_count() < PARALLEL_FROM {
         return Ok(None);
     }
     let (s, l) = x.storage_and_layout();

@@ -32,7 +32,7 @@ pub use grouped::GroupedConvOp;
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -534,6 +534,12 @@ unsafe fn matmul(
             Parallelism::None
         },
     )
+}
+
+/// Whether a no-backward CPU op (`concat`, `gelu`) may take `t` in candle's place: a
+/// contiguous f32 CPU tensor from which no gradient flows.
+pub(crate) fn untracked_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
 }
 
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
