@@ -15,7 +15,8 @@
 //! Submodules: `winograd` (3x3 stride-1 convolutions on larger maps), `depthwise`,
 //! `pool` (max pooling where no gradient flows), `act` (the fused activations),
 //! `concat` (channel concatenation copied on every thread), `grouped` (grouped
-//! convolutions where no gradient flows).
+//! convolutions where no gradient flows), `gelu` and `layernorm` (ONNX's GELU and
+//! LayerNormalization where no gradient flows, on every thread).
 
 mod act;
 pub mod concat;
@@ -23,6 +24,7 @@ pub mod conv3d;
 mod depthwise;
 pub mod gelu;
 mod grouped;
+pub mod layernorm;
 pub mod pool;
 mod winograd;
 

@@ -78,6 +78,13 @@ fn layer_norm(c: &Ctx) -> OpResult {
     let eps = c.float("epsilon").unwrap_or(1e-5) as f64;
     let shape = x.dims().to_vec();
     let inner: usize = shape[first..].iter().product();
+    let scale = c.input(1)?;
+    let bias = c.opt(2);
+    if let Some(y) =
+        crate::model::fastconv::layernorm::layer_norm(&x, inner, &scale, bias.as_ref(), eps as f32)?
+    {
+        return one(y);
+    }
     let rows = x.elem_count() / inner.max(1);
     let flat = x.contiguous()?.reshape((rows, inner))?;
     let mean = flat.mean_keepdim(D::Minus1)?;
@@ -86,8 +93,8 @@ fn layer_norm(c: &Ctx) -> OpResult {
     let normed = centred
         .broadcast_div(&(var + eps)?.sqrt()?)?
         .reshape(shape)?;
-    let mut y = normed.broadcast_mul(&c.input(1)?)?;
-    if let Some(b) = c.opt(2) {
+    let mut y = normed.broadcast_mul(&scale)?;
+    if let Some(b) = bias {
         y = y.broadcast_add(&b)?;
     }
     one(y)
