@@ -31,7 +31,7 @@ pub fn layer_norm(
         || !factor(scale)
         || !bias.is_none_or(factor)
         || x.elem_count() < PARALLEL_FROM
-        || x.elem_count() % inner != 0
+        || !x.elem_count().is_multiple_of(inner)
     {
         return Ok(None);
     }
