@@ -30,7 +30,11 @@ fn tanh(c: &Ctx) -> OpResult {
 }
 
 fn erf(c: &Ctx) -> OpResult {
-    one(c.input(0)?.erf()?)
+    let x = c.input(0)?;
+    match crate::model::fastconv::gelu::erf(&x)? {
+        Some(y) => one(y),
+        None => one(x.erf()?),
+    }
 }
 
 fn softplus(c: &Ctx) -> OpResult {
