@@ -16,16 +16,22 @@ const PIECE: usize = 16 * 1024;
 /// flows from; `None` otherwise (or when it is small), and the caller runs candle's,
 /// which records its backward.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    map(x, gelu_run)
+    map(x, Func::Gelu)
 }
 
 /// erf(x), where [`gelu_erf`] runs.
 pub fn erf(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    map(x, erf_run)
+    map(x, Func::Erf)
 }
 
-/// `run` over `x` in pieces on every thread, for the tensors [`gelu_erf`] takes.
-fn map(x: &Tensor, run: unsafe fn(&[f32], *mut f32)) -> candle_core::Result<Option<Tensor>> {
+#[derive(Clone, Copy)]
+enum Func {
+    Gelu,
+    Erf,
+}
+
+/// `f` over `x` in pieces on every thread, for the tensors [`gelu_erf`] takes.
+fn map(x: &Tensor, f: Func) -> candle_core::Result<Option<Tensor>> {
     if !untracked_cpu_f32(x) || x.elem_count() < PARALLEL_FROM {
         return Ok(None);
     }
@@ -38,7 +44,7 @@ fn map(x: &Tensor, run: unsafe fn(&[f32], *mut f32)) -> candle_core::Result<Opti
         src.par_chunks(PIECE).enumerate().for_each(|(k, piece)| {
             // SAFETY: piece k writes output values k * PIECE .. k * PIECE + piece.len(),
             // which no other piece writes, inside the output of src.len() values.
-            unsafe { run(piece, dst.get().add(k * PIECE)) }
+            unsafe { run(piece, dst.get().add(k * PIECE), f) }
         })
     });
     Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
@@ -50,25 +56,16 @@ fn map(x: &Tensor, run: unsafe fn(&[f32], *mut f32)) -> candle_core::Result<Opti
     "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
     "x86_64+avx2+fma"
 ))]
-unsafe fn gelu_run(src: &[f32], dst: *mut f32) {
+unsafe fn run(src: &[f32], dst: *mut f32, f: Func) {
     // SAFETY: the caller's contract.
     let dst = unsafe { std::slice::from_raw_parts_mut(dst, src.len()) };
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = act::gelu(x);
-    }
-}
-
-/// # Safety
-/// `dst` must hold `src.len()` values.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma"
-))]
-unsafe fn erf_run(src: &[f32], dst: *mut f32) {
-    // SAFETY: the caller's contract.
-    let dst = unsafe { std::slice::from_raw_parts_mut(dst, src.len()) };
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = act::erf(x);
+    // One loop per function, each vectorised with its function inlined.
+    match f {
+        Func::Gelu => dst
+            .iter_mut()
+            .zip(src)
+            .for_each(|(d, &x)| *d = act::gelu(x)),
+        Func::Erf => dst.iter_mut().zip(src).for_each(|(d, &x)| *d = act::erf(x)),
     }
 }
 
