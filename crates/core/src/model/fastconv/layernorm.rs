@@ -40,8 +40,9 @@ pub fn layer_norm(
         Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
         None => vec![0.0; inner],
     };
-    if let Some((images, plane)) = nchw_view(x).filter(|&(_, plane)| inner * plane > 0) {
-        return nchw(x, (images, inner, plane), &scale, &bias, eps).map(Some);
+    // Only a norm over the channels alone reads the view directly.
+    if let Some(dims) = nchw_view(x).filter(|&(_, c, plane)| c == inner && plane > 0) {
+        return nchw(x, dims, &scale, &bias, eps).map(Some);
     }
     let x = x.contiguous()?;
     let (s, l) = x.storage_and_layout();
@@ -60,14 +61,14 @@ pub fn layer_norm(
     Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
 }
 
-/// (images, H·W) when `x` (N, H, W, C) is a contiguous NCHW tensor seen through
-/// permute(0, 2, 3, 1), as ConvNeXt normalises it.
-fn nchw_view(x: &Tensor) -> Option<(usize, usize)> {
+/// (images, channels, H·W) when `x` (N, H, W, C) is a contiguous NCHW tensor seen
+/// through permute(0, 2, 3, 1), as ConvNeXt normalises it.
+fn nchw_view(x: &Tensor) -> Option<(usize, usize, usize)> {
     let l = x.layout();
     let (&[n, h, w, c], &[sn, sh, sw, sc]) = (x.dims(), l.stride()) else {
         return None;
     };
-    (sc == h * w && sw == 1 && sh == w && sn == c * h * w).then_some((n, h * w))
+    (sc == h * w && sw == 1 && sh == w && sn == c * h * w).then_some((n, c, h * w))
 }
 
 /// The NCHW view normalised without a transposing copy first: each tile of positions
@@ -197,6 +198,21 @@ mod tests {
         assert!(layer_norm(tracked.as_tensor(), c, &scale, None, 1e-6)?.is_none());
         assert!(layer_norm(&x.narrow(0, 0, 1)?.narrow(1, 0, 2)?, c, &scale, None, 1e-6)?.is_none());
         assert!(layer_norm(&x, c, &scale.narrow(0, 0, 10)?, None, 1e-6)?.is_none());
+        // Over the last three axes of the same view: rows of h·w·c, not the channels.
+        let inner = h * w * c;
+        let wide = Tensor::arange(0f32, inner as f32, &Device::Cpu)?.affine(1e-4, 0.5)?;
+        let got = layer_norm(&x, inner, &wide, None, 1e-6)?.expect("large, untracked");
+        let flat = x.contiguous()?.reshape((b, inner))?;
+        let centred = flat.broadcast_sub(&flat.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let want = centred
+            .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+            .broadcast_mul(&wide)?;
+        let diff = (got.reshape((b, inner))? - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?;
+        assert!(diff.to_scalar::<f32>()? < 1e-5, "three axes: {diff}");
         Ok(())
     }
 }
