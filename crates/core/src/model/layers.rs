@@ -348,11 +348,18 @@ impl Conv {
         })
     }
 
-    fn fast(&self, x: &Tensor, act: Act, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        use super::fastconv::ConvOp;
-        let op = ConvOp {
+    /// The packed CPU op on `x` (1D convolutions as 1-high 2D ones).
+    fn run_packed(
+        &self,
+        x: &Tensor,
+        act: Act,
+        gate: Option<Vec<f32>>,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let op = super::fastconv::ConvOp {
             packed: self.packed()?,
             act,
+            gate,
         };
         let one = self.dims == Dims::One;
         let x = if one { x.unsqueeze(2)? } else { x.clone() }.contiguous()?;
@@ -425,7 +432,7 @@ impl Conv {
                 let r = residual
                     .map(|r| r.narrow(1, i * c_out, c_out))
                     .transpose()?;
-                conv.fast(&x.narrow(1, i * c_in, c_in)?, act, r.as_ref())
+                conv.run_packed(&x.narrow(1, i * c_in, c_in)?, act, None, r.as_ref())
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&ys, 1)
@@ -433,6 +440,36 @@ impl Conv {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_with(x, Act::Identity, None)
+    }
+
+    /// act(conv(x * gate) + bias + residual), `gate` (N, C, 1, 1) scaling each sample's
+    /// input channels (squeeze-and-excitation). Where no gradient flows, a dense 2D
+    /// convolution on the CPU scales its input as it reads it, so the gated copy of `x`
+    /// is never made; elsewhere the product, then [`Self::forward_with`].
+    pub fn forward_gated(
+        &self,
+        x: &Tensor,
+        gate: &Tensor,
+        act: Act,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        let direct = self.groups == 1
+            && self.dims == Dims::Two
+            && !self.tf_same
+            && x.rank() == 4
+            && gate.dims() == [x.dim(0)?, x.dim(1)?, 1, 1]
+            && f32_cpu(x)
+            && f32_cpu(gate)
+            && f32_cpu(&self.weight)
+            && !x.track_op()
+            && !gate.track_op()
+            && residual.is_none_or(|r| !r.track_op());
+        if !direct {
+            return self.forward_with(&x.broadcast_mul(gate)?, act, residual);
+        }
+        let scales = gate.flatten_all()?.to_vec1()?;
+        self.run_packed(x, act, Some(scales), residual)
     }
 
     /// act(conv(x) + bias + residual): on the CPU one pass (the epilogue of
@@ -483,7 +520,7 @@ impl Conv {
         };
         let fast = cpu && self.weight.dtype() == candle_core::DType::F32;
         if self.groups == 1 && fast {
-            return self.fast(x, act, residual);
+            return self.run_packed(x, act, None, residual);
         }
         if !depthwise && fast && self.dims == Dims::Two {
             return self.grouped(x, act, residual);
@@ -1039,6 +1076,54 @@ mod tests {
     /// forward of the one op that runs all groups where no gradient flows. Strided
     /// sizes cover the input exactly: candle's conv2d backward (a transposed conv without
     /// output padding) drops an uncovered last column.
+    /// SE's gate read by the conv equals the gated copy convolved: 1x1 and 3x3 convs on
+    /// the banded and the batched paths, 3x3 stride 1 on a map Winograd would take, with
+    /// a residual and an activation; a tracked input takes the product and its gradient.
+    #[test]
+    fn gated_conv_equals_the_product_then_the_conv() {
+        use candle_core::Var;
+        for (n, c_in, c_out, k, stride, hw, res) in [
+            (1, 24, 40, 1, 1, 20, false),
+            (3, 16, 24, 1, 1, 16, true),
+            (2, 12, 20, 3, 2, 33, true),
+            (2, 8, 16, 3, 2, 15, false),
+            (1, 8, 8, 3, 1, 40, true),
+        ] {
+            let conv = Conv {
+                dims: Dims::Two,
+                weight: rand(&[c_out, c_in, k, k], 81),
+                bias: Some(rand(&[c_out], 82)),
+                stride,
+                padding: k / 2,
+                dilation: 1,
+                groups: 1,
+                tf_same: false,
+                packed: Default::default(),
+                groups_dense: Default::default(),
+            };
+            let x = rand(&[n, c_in, hw, hw], 83);
+            let gate = rand(&[n, c_in, 1, 1], 84).abs().unwrap();
+            let product = x.broadcast_mul(&gate).unwrap();
+            let out_dims = conv.forward(&product).unwrap().dims().to_vec();
+            let r = res.then(|| rand(&out_dims, 85));
+            let theirs = conv.forward_with(&product, Act::Silu, r.as_ref()).unwrap();
+            let ours = conv
+                .forward_gated(&x, &gate, Act::Silu, r.as_ref())
+                .unwrap();
+            let case = format!("n{n} {c_in}->{c_out} k{k} s{stride} {hw}x{hw}");
+            let d = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{case}");
+            // A gradient to x: the product and the conv, candle's and the conv's backward.
+            let xv = Var::from_tensor(&x).unwrap();
+            let ours = conv
+                .forward_gated(xv.as_tensor(), &gate, Act::Relu, None)
+                .unwrap();
+            let plain = xv.as_tensor().broadcast_mul(&gate).unwrap();
+            let theirs = conv.forward_with(&plain, Act::Relu, None).unwrap();
+            assert!(grad_gap(&ours, &theirs, &[&xv], 86) < 1e-5, "grad {case}");
+        }
+    }
+
     #[test]
     fn grouped_conv_equals_candles_forward_and_backward() {
         use candle_core::Var;

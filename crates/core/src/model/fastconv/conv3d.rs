@@ -159,6 +159,7 @@ impl Conv3dOp {
             ks,
             pointwise: g.pointwise(),
             act: self.act,
+            gate: None,
         };
         let shape = BandedOutput {
             n,

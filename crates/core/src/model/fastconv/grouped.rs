@@ -30,7 +30,7 @@ impl GroupedConvOp {
         let (p, groups) = (&self.packed, self.groups);
         let (oh, ow) = checked_output(&p.geo, groups, (n, c, h, w), residual)?;
         let y = filled(n * p.geo.c_out * oh * ow, |dst| {
-            forward_bands(p, self.act, groups, x, (n, c, h, w), residual, dst)
+            forward_bands(p, (self.act, groups, None), x, (n, c, h, w), residual, dst)
         });
         Ok((CpuStorage::F32(y), Shape::from((n, p.geo.c_out, oh, ow))))
     }

@@ -7,6 +7,8 @@
 //! copies of input rows, each (image, band of output rows) is one single-threaded gemm
 //! whose result lands directly in the NCHW output, bias added while it is in cache, and
 //! 1x1 stride-1 convolutions skip im2col altogether. Jobs run in parallel on rayon.
+//! A squeeze-and-excitation gate, one scale per (image, input channel), can be applied
+//! to the patch as it is built, so its gated copy of the input is never made.
 //! The epilogue (bias, a residual added, an [`Act`]) runs on each job's rows while
 //! they are in cache, so a ResNet block or a MobileNet conv is one pass over memory,
 //! not three; its backward masks the gradient by the saved output.
@@ -424,6 +426,10 @@ struct PackedView<'a> {
     /// 1x1 (x1) stride 1 without padding: the input is the patch.
     pointwise: bool,
     act: Act,
+    /// Squeeze-and-excitation's gate: one scale per (sample, input channel), applied to
+    /// the patch as it is built (the weights' columns scaled per sample), so no gated
+    /// copy of the whole input is made.
+    gate: Option<&'a [f32]>,
 }
 
 /// The output's shape as the jobs cut it: `n` samples of `in_len` input values; per
@@ -478,12 +484,19 @@ fn banded_jobs(
                 unsafe {
                     let d = dst.get().add(at);
                     let wt = k.weight.as_ptr().add(co0 * ks);
-                    if k.pointwise {
+                    if k.pointwise && k.gate.is_none() {
                         let src = sample.as_ptr().add(r0 * ow);
                         matmul(m, tp, ks, d, plane, wt, ks, 1, src, plane, false, 1);
                     } else {
                         let col = grown(&mut scratch.bufs[0], ks * tp);
                         patch(sample, (r0, r), col, &mut scratch.phases);
+                        if let Some(gate) = k.gate {
+                            // This sample's scales of this group's channels.
+                            let c_in = gate.len() / out.n;
+                            let c_g = c_in / groups;
+                            let scales = &gate[b * c_in + gi * c_g..][..c_g];
+                            scale_rows(col, tp, ks / c_g, scales);
+                        }
                         matmul(m, tp, ks, d, plane, wt, ks, 1, col.as_ptr(), tp, false, 1);
                     }
                     let bias = k.bias.map(|b| &b[co0..co0 + m]);
@@ -492,6 +505,19 @@ fn banded_jobs(
                 }
             })
         });
+}
+
+/// Multiplies the patch rows of each input channel (`per` rows of `tp` values each, one
+/// per kernel tap) by that channel's scale.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma"
+))]
+fn scale_rows(col: &mut [f32], tp: usize, per: usize, scales: &[f32]) {
+    for (r, row) in col.chunks_exact_mut(tp).enumerate() {
+        let s = scales[r / per];
+        row.iter_mut().for_each(|v| *v *= s);
+    }
 }
 
 /// C (m x n, row stride `rs_c`) = A (m x k, row-major) * B (k x n, row stride `rs_b`);
@@ -582,8 +608,7 @@ fn checked_output(
 /// single-threaded product, written into `dst` (n, c_out, oh, ow).
 fn forward_bands(
     p: &Packed,
-    act: Act,
-    groups: usize,
+    (act, groups, gate): (Act, usize, Option<&[f32]>),
     x: &[f32],
     (n, c, h, w): (usize, usize, usize, usize),
     residual: Option<&[f32]>,
@@ -599,6 +624,7 @@ fn forward_bands(
         ks: g.k_size(),
         pointwise: g.pointwise(),
         act,
+        gate,
     };
     let out = BandedOutput {
         n,
@@ -622,6 +648,9 @@ fn forward_bands(
 pub struct ConvOp {
     pub packed: Arc<Packed>,
     pub act: Act,
+    /// N x c_in scales of the input's channels (squeeze-and-excitation's gate), applied
+    /// as the input is read. No backward: only where no gradient flows.
+    pub gate: Option<Vec<f32>>,
 }
 
 impl ConvOp {
@@ -634,9 +663,14 @@ impl ConvOp {
         let p = &self.packed;
         let g = &p.geo;
         let (oh, ow) = checked_output(g, 1, (n, c, h, w), residual)?;
+        let gate = self.gate.as_deref();
+        if gate.is_some_and(|s| s.len() != n * c) {
+            candle_core::bail!("camstream conv: the gate needs one scale per sample and channel");
+        }
         let plane = oh * ow;
         let shape = Shape::from((n, g.c_out, oh, ow));
-        if let Some(u) = p.winograd.as_ref().filter(|_| winograd::worth(oh, ow)) {
+        let winograd = p.winograd.as_ref().filter(|_| gate.is_none());
+        if let Some(u) = winograd.filter(|_| winograd::worth(oh, ow)) {
             let bias = p.bias.as_deref();
             let out = filled(n * g.c_out * plane, |dst| {
                 winograd::forward(g, u, bias, x, (n, h, w), residual, self.act, dst)
@@ -647,7 +681,7 @@ impl ConvOp {
             return Ok((self.forward_batched(x, (n, c, h, w), residual), shape));
         }
         let out = filled(n * g.c_out * plane, |dst| {
-            forward_bands(p, self.act, 1, x, (n, c, h, w), residual, dst)
+            forward_bands(p, (self.act, 1, gate), x, (n, c, h, w), residual, dst)
         });
         Ok((CpuStorage::F32(out), shape))
     }
@@ -666,11 +700,15 @@ impl ConvOp {
         let g = &p.geo;
         let (oh, ow) = g.out(h, w);
         let (plane, ks, cols) = (oh * ow, g.k_size(), n * oh * ow);
+        let taps = g.kh * g.kw;
         let product = |col: &mut [f32], prod: &mut [f32]| {
             col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
                 for (b, dst) in row.chunks_exact_mut(plane).enumerate() {
                     let img = &x[b * c * h * w..(b + 1) * c * h * w];
                     im2col_row(g, img, (h, w), (0, oh, ow), r, dst);
+                    if let Some(gate) = &self.gate {
+                        scale_rows(dst, plane, 1, &[gate[b * c + r / taps]]);
+                    }
                 }
             });
             // SAFETY: prod is c_out x cols, the weights c_out x ks, col ks x cols.
@@ -722,6 +760,9 @@ impl ConvOp {
     }
 
     fn input_grad(&self, arg: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        if self.gate.is_some() {
+            candle_core::bail!("camstream conv: a gated conv runs only where no gradient flows");
+        }
         let (_, _, h, w) = arg.dims4()?;
         let g = grad.contiguous()?;
         g.apply_op1_no_bwd(&ConvInputGrad {

@@ -1,7 +1,8 @@
 //! What the evaluator can skip: a Conv and the activation after it run as one op (with
 //! a residual Add between them: ResNet's blocks, MobileNet's bottlenecks), so does a
-//! standalone BatchNormalization and its activation (DenseNet), and a value is dropped
-//! after its last reader.
+//! standalone BatchNormalization and its activation (DenseNet), a Conv reads the
+//! squeeze-and-excitation gate before it instead of its gated copy (EfficientNet,
+//! MobileNetV3), and a value is dropped after its last reader.
 //!
 //! Every tensor of a graph can be a CAM target, so nothing is rewritten at load: a
 //! fusion is planned per Conv node and taken at run time only when none of the tensors
@@ -56,11 +57,7 @@ pub(super) fn plan(
             _ => None,
         }
     };
-    let producer: HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
-        .collect();
+    let producer = producers(nodes);
     nodes
         .iter()
         .enumerate()
@@ -158,6 +155,78 @@ pub(super) fn plan(
         .collect()
 }
 
+/// Squeeze-and-excitation's gate before a dense Conv: `product = Mul(x, scale)`, with
+/// `scale` one value per (sample, channel), read only by that Conv. Where the product is
+/// not wanted and no gradient flows, the Mul is skipped and the Conv scales `x` as it
+/// reads it (`layers::Conv::forward_gated`): no gated copy of the largest tensor of a
+/// MobileNetV3 or EfficientNet block.
+#[derive(Clone, Debug)]
+pub(super) struct Gate {
+    pub mul: usize,
+    pub x: String,
+    pub scale: String,
+    pub product: String,
+}
+
+impl Gate {
+    /// Whether the Mul may be left to the Conv, given the tensors wanted and those
+    /// computed so far.
+    pub fn allowed(&self, keep: &HashSet<String>, values: &HashMap<String, Tensor>) -> bool {
+        let untracked = |t: &String| values.get(t).is_some_and(|v| !v.track_op());
+        !keep.contains(&self.product) && untracked(&self.x) && untracked(&self.scale)
+    }
+}
+
+/// Per node, the gate a Conv node reads through (see [`Gate`]). `values` are a probe
+/// run's, for the shapes; `consts` the graph's constants.
+pub(super) fn gates(
+    nodes: &[Node],
+    values: &HashMap<String, Tensor>,
+    consts: &HashMap<String, Tensor>,
+    output: &str,
+) -> Vec<Option<Gate>> {
+    let readers = readers(nodes);
+    let producer = producers(nodes);
+    let dims = |t: &str| values.get(t).map(|v| v.dims().to_vec());
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let dense = n.op == "Conv" && n.attrs.get("group").is_none_or(|g| g.i == 1);
+            let product = n.inputs.first().filter(|_| dense)?;
+            // Weights computed by the graph could depend on a cut's target.
+            let weights_given =
+                (n.inputs.iter().skip(1)).all(|w| w.is_empty() || consts.contains_key(w));
+            let &mul = producer.get(product.as_str())?;
+            let m = &nodes[mul];
+            let read_once = readers.get(product.as_str()).map(Vec::as_slice) == Some(&[i]);
+            if m.op != "Mul" || !weights_given || !read_once || product == output {
+                return None;
+            }
+            let [a, b] = m.inputs.as_slice() else {
+                return None;
+            };
+            let full = dims(product)?;
+            let per_channel = |t: &str| {
+                dims(t).is_some_and(|d| {
+                    d.len() == 4 && d[..2] == full[..2] && d[2..] == [1, 1] && full[2..] != [1, 1]
+                })
+            };
+            let (x, scale) = match (dims(a) == Some(full.clone()), dims(b) == Some(full.clone())) {
+                (true, false) if per_channel(b) => (a, b),
+                (false, true) if per_channel(a) => (b, a),
+                _ => return None,
+            };
+            Some(Gate {
+                mul,
+                x: x.clone(),
+                scale: scale.clone(),
+                product: product.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Clip's bounds: inputs from opset 11, attributes before.
 fn clip_bounds(n: &Node, values: &HashMap<String, Tensor>) -> Option<(f32, f32)> {
     let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
@@ -170,6 +239,13 @@ fn clip_bounds(n: &Node, values: &HashMap<String, Tensor>) -> Option<(f32, f32)>
         bound(1, "min", f32::NEG_INFINITY)?,
         bound(2, "max", f32::INFINITY)?,
     ))
+}
+
+/// Per tensor, the node that computes it.
+fn producers(nodes: &[Node]) -> HashMap<&str, usize> {
+    (nodes.iter().enumerate())
+        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
+        .collect()
 }
 
 /// Per tensor, the nodes that read it.
@@ -186,17 +262,26 @@ fn readers(nodes: &[Node]) -> HashMap<&str, Vec<usize>> {
     r
 }
 
-/// Per tensor, the index of the last node that reads it.
-pub(super) fn last_reads(nodes: &[Node]) -> HashMap<String, usize> {
-    readers(nodes)
+/// Per tensor, the index of the last node that reads it; a gated Conv reads its gate's
+/// `x` and `scale`.
+pub(super) fn last_reads(nodes: &[Node], gates: &[Option<Gate>]) -> HashMap<String, usize> {
+    let mut last: HashMap<String, usize> = readers(nodes)
         .into_iter()
         .filter_map(|(t, v)| Some((t.to_string(), *v.last()?)))
-        .collect()
+        .collect();
+    for (conv, g) in gates.iter().enumerate() {
+        for t in g.iter().flat_map(|g| [&g.x, &g.scale]) {
+            let at = last.entry(t.clone()).or_default();
+            *at = (*at).max(conv);
+        }
+    }
+    last
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::OnnxGraph;
+    use super::*;
     use candle_core::Device;
 
     /// The tiny residual fixture (torch.onnx.export of torchvision BasicBlocks): layer1's
@@ -214,6 +299,32 @@ mod tests {
         for f in residual {
             assert_eq!(f.act, crate::model::fastconv::Act::Relu);
             assert_eq!(f.absorbed.len(), 2);
+        }
+    }
+
+    /// The `se_block` fixture (torchvision's SqueezeExcitation, then a 3x3 conv, twice):
+    /// both gates are planned; where the product is not wanted the Mul never runs and the
+    /// logits are the probe's (every node run, nothing fused); a wanted product is made.
+    /// Values against pytorch-grad-cam: tests/families.rs.
+    #[test]
+    fn se_gates_are_read_by_the_conv_after_them() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/families/se_block/model.onnx");
+        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let gates: Vec<_> = g.gates.iter().flatten().collect();
+        assert_eq!(gates.len(), 2, "{gates:#?}");
+        let x = crate::random::test_tensor(&g.shapes[&g.input], 91);
+        let probe = g.eval_all(&x, None, None).unwrap();
+        for gate in gates {
+            assert_eq!(g.nodes[gate.mul].op, "Mul");
+            for (wanted, made) in [(&gate.x, false), (&gate.product, true)] {
+                let keep = HashSet::from([g.output.clone(), wanted.clone()]);
+                let v = g.eval_all(&x, Some(&keep), None).unwrap();
+                assert_eq!(v.contains_key(&gate.product), made, "keeping {wanted}");
+                let d = (&v[&g.output] - &probe[&g.output]).unwrap().abs().unwrap();
+                let d = d.max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-5, "keeping {wanted}: logits differ by {d}");
+            }
         }
     }
 

@@ -46,6 +46,10 @@ pub struct OnnxGraph {
     pub default_target: String,
     /// Per node, the Conv + activation fusion that may start there.
     fusions: Vec<Option<fuse::Fusion>>,
+    /// Per Conv node, the squeeze-and-excitation gate it may take over (`fuse::Gate`).
+    gates: Vec<Option<fuse::Gate>>,
+    /// Each such gate's Mul node, and its Conv node.
+    gate_muls: HashMap<usize, usize>,
     /// Per tensor, the last node that reads it.
     last_read: HashMap<String, usize>,
 }
@@ -273,6 +277,8 @@ impl OnnxGraph {
             modules: Vec::new(),
             default_target: String::new(),
             fusions: Vec::new(),
+            gates: Vec::new(),
+            gate_muls: HashMap::new(),
             last_read: HashMap::new(),
         };
         g.probe(size, device)?;
@@ -311,7 +317,11 @@ impl OnnxGraph {
         // Every tensor kept and none fused: the probe records them all.
         let values = self.eval_all(&x, None, None)?;
         self.fusions = fuse::plan(&self.nodes, &values, &self.output);
-        self.last_read = fuse::last_reads(&self.nodes);
+        self.gates = fuse::gates(&self.nodes, &values, &self.consts, &self.output);
+        self.gate_muls = (self.gates.iter().enumerate())
+            .filter_map(|(conv, g)| Some((g.as_ref()?.mul, conv)))
+            .collect();
+        self.last_read = fuse::last_reads(&self.nodes, &self.gates);
         let out = values.get(&self.output).ok_or_else(|| {
             err(
                 &self.path,
@@ -506,16 +516,16 @@ impl OnnxGraph {
             Some(cut) => cut.after.clone(),
             None => vec![false; self.nodes.len()],
         };
-        for (i, n) in self.nodes.iter().enumerate() {
+        for i in 0..self.nodes.len() {
             if skip[i] {
                 continue;
             }
-            match keep.and_then(|k| self.fusion(i, k, &values)) {
-                Some(f) => self.eval_fused(n, f, &mut values, &mut skip)?,
-                None => self.eval_node(n, &mut values)?,
+            match keep {
+                Some(keep) => self.step(i, keep, &mut values, &mut skip)?,
+                None => self.eval_node(&self.nodes[i], None, &mut values)?,
             }
             if let Some(keep) = keep {
-                for t in &n.inputs {
+                for t in self.reads(i) {
                     if self.last_read.get(t) == Some(&i)
                         && !keep.contains(t)
                         && !self.consts.contains_key(t)
@@ -528,16 +538,54 @@ impl OnnxGraph {
         Ok(values)
     }
 
-    /// The fusion that starts at node `i`, if it may run now.
+    /// Runs node `i`, fused where it may be; a gate's Mul that its Conv may take over
+    /// does not run (the Conv finds its product missing and reads the gate).
+    fn step(
+        &self,
+        i: usize,
+        keep: &HashSet<String>,
+        values: &mut HashMap<String, Tensor>,
+        skip: &mut [bool],
+    ) -> Result<()> {
+        let gate_of = |conv: usize| self.gates.get(conv).and_then(Option::as_ref);
+        if let Some(g) = self.gate_muls.get(&i).and_then(|&c| gate_of(c)) {
+            if g.allowed(keep, values) {
+                return Ok(());
+            }
+        }
+        let gate = gate_of(i).filter(|g| !values.contains_key(&g.product));
+        let n = &self.nodes[i];
+        match self.fusion(i, keep, values, gate) {
+            Some(f) => self.eval_fused(n, f, gate, values, skip),
+            None => self.eval_node(n, gate, values),
+        }
+    }
+
+    /// The tensors node `i` reads: its inputs, and a gated Conv's gate.
+    fn reads(&self, i: usize) -> impl Iterator<Item = &String> {
+        let gate = self.gates.get(i).and_then(Option::as_ref);
+        self.nodes[i]
+            .inputs
+            .iter()
+            .chain(gate.into_iter().flat_map(|g| [&g.x, &g.scale]))
+    }
+
+    /// The fusion that starts at node `i`, if it may run now (reading `gate`'s input
+    /// in place of its own when its Mul was skipped).
     fn fusion(
         &self,
         i: usize,
         keep: &HashSet<String>,
         values: &HashMap<String, Tensor>,
+        gate: Option<&fuse::Gate>,
     ) -> Option<&fuse::Fusion> {
         let f = self.fusions.get(i)?.as_ref()?;
-        let input = self.nodes[i].inputs.first().and_then(|t| values.get(t));
-        f.allowed(keep, input).then_some(f)
+        let first = match gate {
+            Some(g) => Some(&g.x),
+            None => self.nodes[i].inputs.first(),
+        };
+        f.allowed(keep, first.and_then(|t| values.get(t)))
+            .then_some(f)
     }
 
     /// A Conv with its activation as one op; the nodes it stands for are marked skipped.
@@ -545,6 +593,7 @@ impl OnnxGraph {
         &self,
         n: &Node,
         f: &fuse::Fusion,
+        gate: Option<&fuse::Gate>,
         values: &mut HashMap<String, Tensor>,
         skip: &mut [bool],
     ) -> Result<()> {
@@ -554,6 +603,7 @@ impl OnnxGraph {
             consts: &self.consts,
             act: f.act,
             residual: f.residual.as_deref(),
+            gate: gate.map(|g| (g.x.as_str(), g.scale.as_str())),
         };
         let out = (n.run)(&ctx)
             .map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?
@@ -567,13 +617,19 @@ impl OnnxGraph {
         Ok(())
     }
 
-    fn eval_node(&self, n: &Node, values: &mut HashMap<String, Tensor>) -> Result<()> {
+    fn eval_node(
+        &self,
+        n: &Node,
+        gate: Option<&fuse::Gate>,
+        values: &mut HashMap<String, Tensor>,
+    ) -> Result<()> {
         let ctx = Ctx {
             node: n,
             values,
             consts: &self.consts,
             act: Act::Identity,
             residual: None,
+            gate: gate.map(|g| (g.x.as_str(), g.scale.as_str())),
         };
         let outs =
             (n.run)(&ctx).map_err(|e| err(&self.path, format!("node {}: {e}", n.describe())))?;
@@ -636,13 +692,9 @@ impl OnnxGraph {
         values.insert(cut.target.clone(), leaf.clone());
         let keep = HashSet::from([self.output.clone()]);
         let mut skip = vec![false; self.nodes.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            if skip[i] || !cut.after[i] {
-                continue;
-            }
-            match self.fusion(i, &keep, &values) {
-                Some(f) => self.eval_fused(n, f, &mut values, &mut skip)?,
-                None => self.eval_node(n, &mut values)?,
+        for i in 0..self.nodes.len() {
+            if !skip[i] && cut.after[i] {
+                self.step(i, &keep, &mut values, &mut skip)?;
             }
         }
         values

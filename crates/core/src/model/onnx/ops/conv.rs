@@ -45,7 +45,14 @@ fn uniform(v: Option<Vec<i64>>, rank: usize, what: &str) -> Result<usize, OpErro
 }
 
 fn conv(c: &Ctx) -> OpResult {
-    let x = c.input(0)?;
+    let value = |name: &str| {
+        (c.values.get(name).cloned()).ok_or_else(|| unsupported(format!("`{name}` not computed")))
+    };
+    // With a gate, input 0 was never computed: x and its per-channel scale stand for it.
+    let (x, gate) = match c.gate {
+        Some((x, scale)) => (value(x)?, Some(value(scale)?)),
+        None => (c.input(0)?, None),
+    };
     let w = c.input(1)?;
     // Untrusted graphs: a weight of rank < 3 or a group count < 1 is an error, not an
     // underflow.
@@ -54,6 +61,10 @@ fn conv(c: &Ctx) -> OpResult {
         .checked_sub(2)
         .ok_or_else(|| unsupported(format!("weight of rank {}", w.rank())))?;
     if rank == 3 {
+        let x = match &gate {
+            Some(g) => x.broadcast_mul(g)?,
+            None => x,
+        };
         return conv3d(c, x, w);
     }
     let dims = dims_of(rank)?;
@@ -116,7 +127,11 @@ fn conv(c: &Ctx) -> OpResult {
         fresh = build();
         &fresh
     };
-    one(conv.forward_with(&x, c.act, fused_residual(c)?)?)
+    let residual = fused_residual(c)?;
+    one(match gate {
+        Some(g) => conv.forward_gated(&x, &g, c.act, residual)?,
+        None => conv.forward_with(&x, c.act, residual)?,
+    })
 }
 
 /// The residual a fusion adds in the conv's epilogue (see `fuse.rs`), if any.

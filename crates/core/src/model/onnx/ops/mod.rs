@@ -138,6 +138,9 @@ pub(super) struct Ctx<'a> {
     pub act: crate::model::fastconv::Act,
     /// The tensor a Conv adds before its activation (a fused residual Add), if any.
     pub residual: Option<&'a str>,
+    /// A Conv's squeeze-and-excitation gate, `(x, scale)`, when the Mul that makes its
+    /// input was left to it (see `fuse::Gate`).
+    pub gate: Option<(&'a str, &'a str)>,
 }
 
 impl Ctx<'_> {
