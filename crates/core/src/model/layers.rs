@@ -914,6 +914,22 @@ mod tests {
 
     use crate::random::test_tensor as rand;
 
+    /// A 2D conv of random weights (`seed`) and bias (`seed + 1`) shaped `w`.
+    fn conv2d(w: &[usize], seed: u64, stride: usize, padding: usize, groups: usize) -> Conv {
+        Conv {
+            dims: Dims::Two,
+            weight: rand(w, seed),
+            bias: Some(rand(&w[..1], seed + 1)),
+            stride,
+            padding,
+            dilation: 1,
+            groups,
+            tf_same: false,
+            packed: Default::default(),
+            groups_dense: Default::default(),
+        }
+    }
+
     /// The largest difference between the gradients of sum(ours * g) and sum(theirs * g)
     /// with respect to each of `vars` (g random): two computations of one function.
     fn grad_gap(ours: &Tensor, theirs: &Tensor, vars: &[&candle_core::Var], seed: u64) -> f32 {
@@ -1089,18 +1105,7 @@ mod tests {
             (2, 8, 16, 3, 2, 15, false),
             (1, 8, 8, 3, 1, 40, true),
         ] {
-            let conv = Conv {
-                dims: Dims::Two,
-                weight: rand(&[c_out, c_in, k, k], 81),
-                bias: Some(rand(&[c_out], 82)),
-                stride,
-                padding: k / 2,
-                dilation: 1,
-                groups: 1,
-                tf_same: false,
-                packed: Default::default(),
-                groups_dense: Default::default(),
-            };
+            let conv = conv2d(&[c_out, c_in, k, k], 81, stride, k / 2, 1);
             let x = rand(&[n, c_in, hw, hw], 83);
             let gate = rand(&[n, c_in, 1, 1], 84).abs().unwrap();
             let product = x.broadcast_mul(&gate).unwrap();
@@ -1133,18 +1138,7 @@ mod tests {
             (8, 32, 32, 1, 1, 0, 5, 5),
             (3, 48, 48, 3, 1, 1, 16, 16),
         ] {
-            let conv = Conv {
-                dims: Dims::Two,
-                weight: rand(&[c_out, c_in / groups, k, k], 71),
-                bias: Some(rand(&[c_out], 72)),
-                stride,
-                padding: pad,
-                dilation: 1,
-                groups,
-                tf_same: false,
-                packed: Default::default(),
-                groups_dense: Default::default(),
-            };
+            let conv = conv2d(&[c_out, c_in / groups, k, k], 71, stride, pad, groups);
             let x = Var::from_tensor(&rand(&[2, c_in, h, w], 73)).unwrap();
             let plain = x
                 .as_tensor()

@@ -284,15 +284,21 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// A graph of tests/fixtures, loaded on the CPU.
+    fn fixture(path: &str) -> OnnxGraph {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(path);
+        OnnxGraph::load(&file, None, &Device::Cpu).unwrap()
+    }
+
     /// The tiny residual fixture (torch.onnx.export of torchvision BasicBlocks): layer1's
     /// second Conv takes the identity shortcut and the ReLU after the Add; in layer2 the
     /// downsample Conv runs after conv2, so it (not conv2) takes the Add, with conv2's
     /// output as the residual. Values are checked by tests/onnx.rs against PyTorch.
     #[test]
     fn residual_adds_join_the_conv_that_runs_last() {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/tinyres/tinyres.onnx");
-        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let g = fixture("tinyres/tinyres.onnx");
         let fused: Vec<_> = g.fusions.iter().flatten().collect();
         let residual: Vec<_> = fused.iter().filter(|f| f.residual.is_some()).collect();
         assert_eq!(residual.len(), 2, "{fused:#?}");
@@ -308,9 +314,7 @@ mod tests {
     /// Values against pytorch-grad-cam: tests/families.rs.
     #[test]
     fn se_gates_are_read_by_the_conv_after_them() {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/families/se_block/model.onnx");
-        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let g = fixture("families/se_block/model.onnx");
         let gates: Vec<_> = g.gates.iter().flatten().collect();
         assert_eq!(gates.len(), 2, "{gates:#?}");
         let x = crate::random::test_tensor(&g.shapes[&g.input], 91);
@@ -333,9 +337,7 @@ mod tests {
     /// Values are checked by tests/families.rs against pytorch-grad-cam.
     #[test]
     fn standalone_batch_norms_take_their_relu() {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/families/dense_bn/model.onnx");
-        let g = OnnxGraph::load(&file, None, &Device::Cpu).unwrap();
+        let g = fixture("families/dense_bn/model.onnx");
         let norms: Vec<_> = g
             .nodes
             .iter()
