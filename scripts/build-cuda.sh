@@ -46,8 +46,16 @@ export PATH=$cuda/bin:$PATH
 export LIBRARY_PATH=$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 # H100/H200 (sm_90); set CUDA_COMPUTE_CAP for another card.
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-# Its own target folder, so the CPU build is not rebuilt each time.
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cuda}
+# candle-kernels' build script compiles its kernels with nvcc on half the cores unless
+# told otherwise: one nvcc at a time on a 2-core machine, the longest part of this build.
+export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
+# A build gets its own target folder, so the CPU build is not rebuilt each time. A check
+# shares the workspace's: the dependencies CUDA does not touch are then already checked
+# (CI runs clippy first), and only candle's CUDA side and camstream's crates are left.
+case "$mode" in
+  check) export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target} ;;
+  *) export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cuda} ;;
+esac
 nvcc --version | tail -1
 
 case "$mode" in
