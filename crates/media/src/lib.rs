@@ -18,3 +18,12 @@ pub mod render;
 pub mod resample;
 
 pub use error::{Error, Result};
+
+/// Threads for a codec that shares the machine with the network: a quarter of the
+/// cores, at least one. One codec thread costs less CPU per frame than several (frame
+/// threads copy and wait), and a CPU model needs every core it can get; one thread
+/// still decodes or encodes 720p several times faster than a CPU model explains it.
+#[cfg(feature = "video")]
+pub fn codec_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
+}

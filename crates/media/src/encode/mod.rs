@@ -79,12 +79,11 @@ impl EncodeOptions {
     }
 }
 
-/// libx264 threads unless asked: a quarter of the cores, at least one. The encoder shares
-/// the machine with the network, and one x264 thread costs less CPU per frame than
-/// several (720p ultrafast on the 2-core EPYC, 528 frames: 6.0 ms against 7.2 with
-/// libx264's own 3 threads) while still encoding far faster than a CPU model explains.
+/// libx264 threads unless asked: [`crate::codec_threads`]. On the 2-core EPYC, 720p
+/// ultrafast over 528 frames took 6.0 ms of CPU a frame with one thread against 7.2 with
+/// libx264's own three.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
+    crate::codec_threads()
 }
 
 impl Default for EncodeOptions {
