@@ -361,6 +361,10 @@ fn a_two_hour_record_streams_in_flat_memory() {
         .map(|(a, b, c)| (a.to_string(), *b, c.to_string()))
         .collect();
     assert_eq!(stages, want);
+    // Each stage's own threads did its work.
+    for st in long.1["stages"].as_array().unwrap() {
+        assert!(st["cpu_s"].as_f64().unwrap() > 0.0, "{st}");
+    }
     let (_, shape) = npy(tmp.path().join("out_long/long.relevance.npy"));
     assert_eq!(shape, [360 * 7200]);
     assert!(

@@ -345,12 +345,40 @@ fn memory_stays_flat_for_a_longer_input() {
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
         peaks.push(r["peak_rss_mb"].as_f64().unwrap());
+        stages_count_frames_and_cpu(&r);
     }
     eprintln!(
         "peak RSS: 6 s input {:.1} MB, 18 s input {:.1} MB",
         peaks[0], peaks[1]
     );
     assert!(peaks[1] <= peaks[0] * 1.15, "{peaks:?}");
+}
+
+/// A run's report: every stage handled every frame, spent CPU on its own threads, and
+/// the stages' CPU fits in the process's.
+fn stages_count_frames_and_cpu(r: &serde_json::Value) {
+    let frames = r["frames"].as_u64().unwrap();
+    let stages = r["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|st| st["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["decode", "preprocess", "model", "overlay", "encode"]
+    );
+    let mut own = 0.0;
+    for st in stages {
+        assert_eq!(st["count"].as_u64(), Some(frames), "{st}");
+        let cpu = st["cpu_s"].as_f64().unwrap();
+        assert!(cpu > 0.0, "{st}");
+        own += cpu;
+    }
+    let all = r["cpu_s"].as_f64().unwrap();
+    assert!(
+        own <= all + 0.01,
+        "stages {own} s of CPU, the process {all} s"
+    );
 }
 
 /// Starts `video` on a 500-frame clip, waits until it writes, sends `signals` (a short

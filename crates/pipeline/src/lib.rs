@@ -71,16 +71,21 @@ pub enum PipelineError {
 
 /// Runs a stage body on its own thread, named after the stage (so `top -H` and profilers
 /// show each stage's CPU), turning its error (or panic) into the pipeline's first error.
+/// The thread's CPU time goes to the stage's busy clock when it ends.
 pub(crate) fn spawn_stage<'scope>(
     s: &'scope std::thread::Scope<'scope, '_>,
     stage: &'static str,
-    errors: &'scope FirstError,
+    ctl: StageCtl<'scope>,
     body: impl FnOnce() -> Result<(), PipelineError> + Send + 'scope,
 ) {
-    let run = move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => errors.set(e),
-        Err(_) => errors.set(PipelineError::Panicked(stage)),
+    let run = move || {
+        let cpu = thread_cpu_seconds();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => ctl.errors.set(e),
+            Err(_) => ctl.errors.set(PipelineError::Panicked(stage)),
+        }
+        ctl.busy.add_cpu(thread_cpu_seconds() - cpu);
     };
     if std::thread::Builder::new()
         .name(stage.into())
@@ -88,7 +93,7 @@ pub(crate) fn spawn_stage<'scope>(
         .is_err()
     {
         // The closure (and the channel ends it owns) is dropped: the other stages stop.
-        errors.set(PipelineError::Panicked(stage));
+        ctl.errors.set(PipelineError::Panicked(stage));
     }
 }
 
@@ -144,6 +149,10 @@ pub struct StageStat {
     pub busy_s: f64,
     /// `count` per second of busy time: what this stage alone could sustain.
     pub per_s: f64,
+    /// CPU seconds of the stage's own threads (all its workers). Not of threads it hands
+    /// work to: the network's maths pool (the model stage's own share is its driving)
+    /// and any codec threads beyond one; the process's CPU less the stages' is theirs.
+    pub cpu_s: f64,
 }
 
 /// The first error of any stage; later ones are consequences and are dropped. Once
@@ -181,17 +190,22 @@ impl<'a> StageCtl<'a> {
     }
 }
 
-/// Accumulated busy time, shared by a stage's workers.
+/// Accumulated busy time and CPU time, shared by a stage's workers.
 #[derive(Default)]
 pub(crate) struct Busy {
     nanos: std::sync::atomic::AtomicU64,
     frames: std::sync::atomic::AtomicU64,
+    cpu_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Busy {
     pub(crate) fn add(&self, d: Duration, frames: u64) {
         self.nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
         self.frames.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub(crate) fn add_cpu(&self, seconds: f64) {
+        let nanos = (seconds.max(0.0) * 1e9) as u64;
+        self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
     pub(crate) fn stat_named(
         &self,
@@ -207,6 +221,7 @@ impl Busy {
             unit,
             busy_s: busy,
             per_s: if busy > 0.0 { count as f64 / busy } else { 0.0 },
+            cpu_s: self.cpu_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 }
@@ -245,6 +260,18 @@ pub fn cpu_seconds() -> f64 {
     let u = usage();
     let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// CPU seconds (user + system) of the calling thread so far; 0 if the clock fails.
+pub(crate) fn thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills the struct we pass; no other invariants.
+    unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) != 0 {
+            return 0.0;
+        }
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    }
 }
 
 /// A fault to inject (test builds only): `CAMSTREAM_FAIL_AT=STAGE:N` makes that stage

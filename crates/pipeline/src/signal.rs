@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::{peak_rss_mb, spawn_stage, Busy, FirstError, PipelineError, StageCtl, StageStat};
+use super::{
+    peak_rss_mb, spawn_stage, thread_cpu_seconds, Busy, FirstError, PipelineError, StageCtl,
+    StageStat,
+};
 use camstream_core::cam::relevance::{
     frames_to_samples, window_relevance, window_relevance_tf, Combined, OverlapMean, RateMap,
 };
@@ -351,38 +354,27 @@ pub fn run_signal(
         let progress = job.progress;
         let cancel = job.cancel;
         let mut resampler = resampler;
-        spawn_stage(s, "read", errors, move || {
+        let read_ctl = StageCtl::new(errors, &busy[0]);
+        spawn_stage(s, "read", read_ctl, move || {
             read_stage(
                 reader.as_mut(),
                 plan,
                 resampler.as_mut(),
                 raw_tx,
-                StageCtl::new(errors, &busy[0]),
+                read_ctl,
                 frames_read,
                 ReadHooks { progress, cancel },
             )
         });
         let features = &features;
-        spawn_stage(s, "window", errors, move || {
-            window_stage(
-                features,
-                hop,
-                plan.len(),
-                raw_rx,
-                cut_tx,
-                StageCtl::new(errors, &busy[1]),
-            )
+        let window_ctl = StageCtl::new(errors, &busy[1]);
+        spawn_stage(s, "window", window_ctl, move || {
+            window_stage(features, hop, plan.len(), raw_rx, cut_tx, window_ctl)
         });
         let (explainer, model) = (job.explainer, &job.model);
-        spawn_stage(s, "model", errors, move || {
-            model_stage(
-                explainer,
-                model,
-                features,
-                cut_rx,
-                cam_tx,
-                StageCtl::new(errors, &busy[2]),
-            )
+        let model_ctl = StageCtl::new(errors, &busy[2]);
+        spawn_stage(s, "model", model_ctl, move || {
+            model_stage(explainer, model, features, cut_rx, cam_tx, model_ctl)
         });
         let timing = Timing {
             input_rate,
@@ -394,6 +386,8 @@ pub fn run_signal(
             windows_done: &windows_done,
             frames_read,
         };
+        // The writer runs on this thread: its CPU is counted here.
+        let cpu = thread_cpu_seconds();
         let r = writer(
             output,
             &timing,
@@ -403,6 +397,7 @@ pub fn run_signal(
             StageCtl::new(errors, &busy[3]),
             counts,
         );
+        busy[3].add_cpu(thread_cpu_seconds() - cpu);
         match r {
             Ok(Some((p, n))) => {
                 plot_state = Some(p);

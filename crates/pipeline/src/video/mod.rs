@@ -321,35 +321,30 @@ fn run_stages(
     std::thread::scope(|s| {
         let decode_ctl = ctl(0);
         let src = &mut *source;
-        spawn_stage(s, Stage::Decode.name(), decode_ctl.errors, move || {
+        spawn_stage(s, Stage::Decode.name(), decode_ctl, move || {
             stages::decode(src, dec_tx, cancel, decode_ctl)
         });
         let pre_ctl = ctl(1);
-        spawn_stage(s, Stage::Preprocess.name(), pre_ctl.errors, move || {
+        spawn_stage(s, Stage::Preprocess.name(), pre_ctl, move || {
             stages::preprocess(input, dec_rx, pre_tx, pre_ctl)
         });
         let model_ctl = ctl(2);
-        spawn_stage(
-            s,
-            Stage::Model.name(),
-            model_ctl.errors,
-            move || match model {
-                ModelRun::Frames(m) => m.run(pre_rx, cam_tx, model_ctl),
-                ModelRun::Clips(c) => c.run(pre_rx, cam_tx, model_ctl),
-            },
-        );
+        spawn_stage(s, Stage::Model.name(), model_ctl, move || match model {
+            ModelRun::Frames(m) => m.run(pre_rx, cam_tx, model_ctl),
+            ModelRun::Clips(c) => c.run(pre_rx, cam_tx, model_ctl),
+        });
         // A scan stops at the model: nothing is drawn or written.
         if scan.is_none() {
             for _ in 0..workers {
                 let (rx, tx, c) = (cam_rx.clone(), ren_tx.clone(), ctl(3));
                 let overlay = &job.overlay;
-                spawn_stage(s, Stage::Overlay.name(), c.errors, move || {
+                spawn_stage(s, Stage::Overlay.name(), c, move || {
                     stages::render(overlay, rx, tx, c)
                 });
             }
             let (c, written) = (ctl(4), &written);
             let sinks = &mut sinks;
-            spawn_stage(s, Stage::Encode.name(), c.errors, move || {
+            spawn_stage(s, Stage::Encode.name(), c, move || {
                 stages::write(sinks, expected, ren_rx, cancel, written, c)
             });
         }
