@@ -55,17 +55,22 @@ fn image_memory_is_flat_in_the_number_of_inputs() {
                 name
             })
             .collect();
-        let mut cmd: Vec<String> = ["image", "-m", shapes.to_str().unwrap(), "--out"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        cmd.push(format!("out{n}"));
-        cmd.extend(inputs);
-        peaks.push(peak_rss_mb(dir, &cmd));
-        let written = std::fs::read_dir(dir.join(format!("out{n}")))
-            .unwrap()
-            .count();
-        assert_eq!(written, n, "one overlay per input, nothing else");
+        // The smaller of two runs: one run of the same inputs varies by up to ~20 MB
+        // in a debug build (the threads' timing decides what is in flight at the peak).
+        let mut runs = Vec::new();
+        for run in 0..2 {
+            let out = format!("out{n}-{run}");
+            let mut cmd: Vec<String> = ["image", "-m", shapes.to_str().unwrap(), "--out"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            cmd.push(out.clone());
+            cmd.extend(inputs.iter().cloned());
+            runs.push(peak_rss_mb(dir, &cmd));
+            let written = std::fs::read_dir(dir.join(&out)).unwrap().count();
+            assert_eq!(written, n, "one overlay per input, nothing else");
+        }
+        peaks.push(runs.into_iter().fold(f64::INFINITY, f64::min));
     }
     eprintln!(
         "peak RSS: 60 pictures {:.0} MB, 240 pictures {:.0} MB",
