@@ -205,7 +205,7 @@ impl VideoDecoder {
         let mut ctx =
             ffmpeg::codec::context::Context::from_parameters(params).map_err(codec_err)?;
         // Frame threads keep decode from being the bottleneck on many cores; on few, one
-        // thread leaves more to the network (720p H.264 on the 2-core EPYC: 2.1 ms of CPU
+        // thread leaves more to the network (720p H.264 on the 2-core EPYC: 2.1-2.7 ms of CPU
         // a frame with one thread, 2.6-3.3 with two).
         ctx.set_threading(ffmpeg::codec::threading::Config {
             kind: ffmpeg::codec::threading::Type::Frame,
