@@ -10,8 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use camstream_core::preprocess::{InputKind, Resize};
 use camstream_core::Explainer;
+use camstream_media::codec_threads;
 use camstream_media::decode::Section;
-use camstream_media::encode::{default_threads as default_encode_threads, EncodeOptions};
+use camstream_media::encode::EncodeOptions;
 use camstream_media::render::{colormap_by_name, COLORMAPS};
 use camstream_pipeline::{
     run_video, ClipSampling, FrameJob, ModelConfig, Norm, OverlayConfig, VideoJob,
@@ -234,7 +235,7 @@ pub fn run(a: &VideoArgs) -> Result<()> {
         encode: EncodeOptions {
             crf: a.crf,
             preset: a.preset.clone(),
-            threads: a.encode_threads.unwrap_or_else(default_encode_threads),
+            threads: a.encode_threads.unwrap_or_else(codec_threads),
         },
         frames_json: a.frames_json.clone(),
         clips_json: a.clips_json.clone(),
@@ -317,7 +318,7 @@ pub fn bench(
         section: Section::default(),
         encode: EncodeOptions {
             preset: preset.into(),
-            threads: encode_threads.unwrap_or_else(default_encode_threads),
+            threads: encode_threads.unwrap_or_else(codec_threads),
             ..EncodeOptions::default()
         },
         frames_json: None,
