@@ -381,6 +381,58 @@ fn stages_count_frames_and_cpu(r: &serde_json::Value) {
     );
 }
 
+/// `bench --video --json`: the pipeline's report with every stage's count and CPU, the
+/// model alone's CPU a frame, and the two ratios against the model alone, the second
+/// recomputed here from the report's own figures. No timing is asserted.
+#[test]
+fn bench_video_reports_the_frame_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = clip(tmp.path(), "in.mp4", spec(160, 96, 24, false));
+    let (o, _) = run(
+        &[
+            "bench",
+            "-m",
+            s(&shapes_model()),
+            "-b",
+            "4",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--video",
+            s(&input),
+            "--json",
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let j: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let video = &j["video"];
+    assert_eq!(video["frames"].as_u64(), Some(24), "{video}");
+    stages_count_frames_and_cpu(video);
+    let num = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+    assert!(num("model_cpu_ms_per_frame") > 0.0);
+    assert!(num("video_over_model") > 0.0);
+    // The ratio had every core been busy: the end-to-end one over the share of the
+    // cores the run used, which can only raise it.
+    let used =
+        video["cpu_s"].as_f64().unwrap() / (num("cores") * video["wall_s"].as_f64().unwrap());
+    let bound = num("video_cpu_bound");
+    let want = num("video_over_model") / used;
+    assert!(
+        (bound - want).abs() <= 1e-6 * want,
+        "{bound} against {want}"
+    );
+    assert!(bound >= num("video_over_model") * (1.0 - 1e-6), "{bound}");
+    assert!(
+        !stdout.contains("frames/s end to end"),
+        "JSON only: {stdout}"
+    );
+}
+
 /// Starts `video` on a 500-frame clip, waits until it writes, sends `signals` (a short
 /// pause between them) and returns the exit code and the output's path.
 fn interrupted_video(tmp: &Path, signals: &[i32]) -> (Option<i32>, PathBuf, String) {

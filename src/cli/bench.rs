@@ -308,6 +308,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "gradcam_after_video": video.as_ref().map(|v| &v.after),
                 "model_cpu_ms_per_frame": video.as_ref().map(|v| v.model_cpu_ms),
                 "video_over_model": video.as_ref().map(|v| v.over_model(&gc)),
+                "video_cpu_bound": video.as_ref().map(|v| v.cpu_bound(&gc)),
+                "cores": super::cores(),
                 "methods": per_method,
             })
         );
@@ -376,9 +378,19 @@ impl VideoBench {
         self.report.fps / (0.5 * (before.frames_per_s + self.after.frames_per_s))
     }
 
+    /// The most the video could reach against the model alone at the CPU it spent a
+    /// frame, were every core busy the whole run: its end-to-end ratio over the share of
+    /// the cores it used. Where this is low, the host stages' CPU bounds the video, not
+    /// how the stages are scheduled.
+    fn cpu_bound(&self, before: &Timing) -> f64 {
+        let v = &self.report;
+        let busy_rate = super::cores() as f64 * v.frames as f64 / v.cpu_s.max(1e-9);
+        busy_rate / (0.5 * (before.frames_per_s + self.after.frames_per_s))
+    }
+
     fn print(&self, before: &Timing, batch: usize) {
         let v = &self.report;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = super::cores();
         let wall = v.wall_s.max(1e-9);
         println!(
             "  video: {} frames, {:.1} frames/s end to end = {:.2} x the model alone (Grad-CAM at batch {batch}: {:.1} frames/s before the video, {:.1} after); CPU {:.0} % of {cores} cores",
@@ -420,6 +432,10 @@ impl VideoBench {
             per_frame(v.cpu_s - own),
             per_frame(v.cpu_s),
             self.model_cpu_ms,
+        );
+        println!(
+            "  so with every core busy the whole run, the video could reach {:.2} x the model alone",
+            self.cpu_bound(before)
         );
     }
 }

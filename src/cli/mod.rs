@@ -73,6 +73,11 @@ fn configure_threads(threads: Option<u64>) {
     camstream_core::device::flush_denormals();
 }
 
+/// The cores the OS lets this process use.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Explain pictures (PNG/JPEG) or preprocessed (C,H,W)/(N,C,H,W) float32 .npy tensors.

@@ -341,7 +341,7 @@ pub fn bench(
                 label: true,
                 renormalise: true,
             },
-            overlay_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            overlay_workers: super::cores(),
         },
         progress: None,
         observe: None,
