@@ -10,6 +10,8 @@
 # pytorch-grad-cam's (method_peers.py); MODELS=0 skips the Grad-CAM models. With
 # VIDEO=1, also the video ResNets (r3d_18, r2plus1d_18) on clips of 16x112x112 at batch 1,
 # in clips/s, against video_model_peers.py (channels_last_3d or contiguous).
+# ARCHS, BATCHES and ROUNDS narrow or lengthen the Grad-CAM models' part, e.g. one noisy
+# row measured longer: ARCHS=resnet50 BATCHES=8 ROUNDS=8 bash benches/peers/interleaved.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${1:-2}
@@ -18,11 +20,11 @@ iters=${3:-10}
 cs=target/release/camstream
 export OMP_WAIT_POLICY=PASSIVE
 echo "{\"date\": \"$(date -u +%Y-%m-%dT%H:%MZ)\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc), \"threads\": $threads}"
-models="resnet18 resnet50"
+models=${ARCHS:-resnet18 resnet50}
 [ "${MODELS:-1}" = 0 ] && models=
 for arch in $models; do
-  for b in 1 8; do
-    for round in 1 2; do
+  for b in ${BATCHES:-1 8}; do
+    for round in $(seq 1 "${ROUNDS:-2}"); do
       $cs bench -m "$arch" -b "$b" --threads "$threads" --iters "$iters" --json |
         sed "s/^{/{\"who\": \"camstream\", \"round\": $round, /"
       $py benches/peers/torch_peers.py --threads "$threads" --iters "$iters" --archs "$arch" \
