@@ -426,7 +426,8 @@ fn bench_video_reports_the_frame_budget() {
         (bound - want).abs() <= 1e-6 * want,
         "{bound} against {want}"
     );
-    assert!(bound >= num("video_over_model") * (1.0 - 1e-6), "{bound}");
+    // A process uses at most all its cores (the two clocks are read microseconds apart).
+    assert!(bound >= num("video_over_model") * 0.999, "{bound}");
     assert!(
         !stdout.contains("frames/s end to end"),
         "JSON only: {stdout}"
