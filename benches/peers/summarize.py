@@ -1,11 +1,16 @@
 """Ratios from `interleaved.sh`'s JSON lines: camstream's Grad-CAM img/s against the best
 PyTorch cut Grad-CAM (channels_last or contiguous) of the same round, per model, batch and
-round; and each camstream run's forward against its GEMM ceiling. Standard library only:
+round; and each camstream run's forward against its GEMM ceiling. Then, per model and
+batch, the median ratio over the rounds and how many reach issue 15's 1.2: on a shared
+host one round can swing by a fifth. Several files read as one. Standard library only:
 
-    python3 benches/peers/summarize.py benches/peers/interleaved-DATE-KIND.jsonl
+    python3 benches/peers/summarize.py benches/peers/interleaved-DATE-KIND.jsonl [MORE.jsonl]
 """
 import json
+import statistics
 import sys
+
+TARGET = 1.2
 
 
 def rows(lines):
@@ -34,25 +39,35 @@ def rows(lines):
     return out
 
 
-def main(path):
-    with open(path) as f:
-        lines = f.readlines()
-    head = json.loads(lines[0])
-    print(f"{head.get('date')}  {head.get('cpu')}  {head.get('cores')} cores, {head.get('threads')} threads")
-    print("| model | batch | round | camstream Grad-CAM img/s | best cut img/s (layout) | ratio | forward / GEMM ceiling |")
-    print("|---|---|---|---|---|---|---|")
-    for (model, batch, rnd), r in rows(lines).items():
-        cs, pt = r.get("camstream"), r.get("torch")
-        if cs is None or pt is None:
-            continue
-        ours = cs["gradcam"]["frames_per_s"]
-        best = pt["best_cut_gradcam"]
-        ceil = cs.get("ceiling") or {}
-        frac = ceil.get("forward_gflops", 0) / ceil["gemm_gflops"] if ceil.get("gemm_gflops") else None
-        frac = f"{frac:.2f} ({ceil['gemm_gflops']:.0f} GFLOP/s)" if frac else "-"
-        print(f"| {model} | {batch} | {rnd} | {ours:.1f} | {best['frames_per_s']:.1f} ({best['layout']}) "
-              f"| {ours / best['frames_per_s']:.2f} | {frac} |")
+def main(paths):
+    ratios = {}
+    for path in paths:
+        with open(path) as f:
+            lines = f.readlines()
+        head = json.loads(lines[0])
+        print(f"{path}: {head.get('date')}  {head.get('cpu')}  {head.get('cores')} cores, {head.get('threads')} threads")
+        print("| model | batch | round | camstream Grad-CAM img/s | best cut img/s (layout) | ratio | forward / GEMM ceiling |")
+        print("|---|---|---|---|---|---|---|")
+        for (model, batch, rnd), r in rows(lines).items():
+            cs, pt = r.get("camstream"), r.get("torch")
+            if cs is None or pt is None:
+                continue
+            ours = cs["gradcam"]["frames_per_s"]
+            best = pt["best_cut_gradcam"]
+            ratio = ours / best["frames_per_s"]
+            ratios.setdefault((model, batch), []).append(ratio)
+            ceil = cs.get("ceiling") or {}
+            frac = ceil.get("forward_gflops", 0) / ceil["gemm_gflops"] if ceil.get("gemm_gflops") else None
+            frac = f"{frac:.2f} ({ceil['gemm_gflops']:.0f} GFLOP/s)" if frac else "-"
+            print(f"| {model} | {batch} | {rnd} | {ours:.1f} | {best['frames_per_s']:.1f} ({best['layout']}) "
+                  f"| {ratio:.2f} | {frac} |")
+        print()
+    print(f"| model | batch | rounds | median ratio | min - max | rounds at {TARGET} or more |")
+    print("|---|---|---|---|---|---|")
+    for (model, batch), rs in ratios.items():
+        reach = sum(r >= TARGET for r in rs)
+        print(f"| {model} | {batch} | {len(rs)} | {statistics.median(rs):.2f} | {min(rs):.2f} - {max(rs):.2f} | {reach} of {len(rs)} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
