@@ -378,14 +378,18 @@ impl VideoBench {
         self.report.fps / (0.5 * (before.frames_per_s + self.after.frames_per_s))
     }
 
+    /// The share of all the cores the video's run used.
+    fn cores_used(&self) -> f64 {
+        let v = &self.report;
+        v.cpu_s / (v.wall_s.max(1e-9) * super::cores() as f64)
+    }
+
     /// The most the video could reach against the model alone at the CPU it spent a
     /// frame, were every core busy the whole run: its end-to-end ratio over the share of
     /// the cores it used. Where this is low, the host stages' CPU bounds the video, not
     /// how the stages are scheduled.
     fn cpu_bound(&self, before: &Timing) -> f64 {
-        let v = &self.report;
-        let busy_rate = super::cores() as f64 * v.frames as f64 / v.cpu_s.max(1e-9);
-        busy_rate / (0.5 * (before.frames_per_s + self.after.frames_per_s))
+        self.over_model(before) / self.cores_used().max(1e-9)
     }
 
     fn print(&self, before: &Timing, batch: usize) {
@@ -399,7 +403,7 @@ impl VideoBench {
             self.over_model(before),
             before.frames_per_s,
             self.after.frames_per_s,
-            100.0 * v.cpu_s / (wall * cores as f64),
+            100.0 * self.cores_used(),
         );
         let stages: Vec<String> = v
             .stages
