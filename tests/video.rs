@@ -388,7 +388,8 @@ fn stages_count_frames_and_cpu(r: &serde_json::Value) {
 fn bench_video_reports_the_frame_budget() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, _) = clip(tmp.path(), "in.mp4", spec(160, 96, 24, false));
-    let (o, _) = run(
+    // The run's thrown-away output goes to the temp folder: this one, checked after.
+    let (o, _) = run_env(
         &[
             "bench",
             "-m",
@@ -405,9 +406,11 @@ fn bench_video_reports_the_frame_budget() {
             s(&input),
             "--json",
         ],
+        &[("TMPDIR", s(tmp.path()))],
         Duration::from_secs(300),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    no_leftovers(tmp.path());
     let stdout = String::from_utf8_lossy(&o.stdout);
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     let video = &j["video"];

@@ -310,8 +310,11 @@ pub fn bench(
     preset: &str,
     encode_threads: Option<usize>,
 ) -> Result<camstream_pipeline::VideoReport> {
-    // The file is thrown away: a hidden, per-run name in the temp folder.
-    let output = camstream_media::io::temp_name(&std::env::temp_dir().join("camstream-bench.mp4"));
+    // The file is thrown away: a hidden, per-run name in the temp folder, where what a
+    // killed bench left is swept first.
+    let tmp = std::env::temp_dir();
+    super::sweep(&tmp);
+    let output = camstream_media::io::temp_name(&tmp.join("camstream-bench.mp4"));
     let job = VideoJob {
         input: input.to_path_buf(),
         output: output.clone(),
